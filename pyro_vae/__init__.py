@@ -1,0 +1,82 @@
+"""pyro_vae: variational autoencoders as Pyro probabilistic programs.
+
+A :class:`VAE` is a ``PyroModule`` whose ``model`` is the prior over z and the decoder
+likelihood, and whose ``guide`` is the encoder's amortized Normal(mu(x), sigma(x)).
+``encode(x)`` returns mu(x) and sigma(x): one pair per input, the parameters of that
+input's approximate posterior q(z|x).
+
+Importing the package sets ``pyro.settings.set(module_local_params=True)``: parameters
+then live in each module, not in Pyro's global param store, so two models in one
+process never share or shadow each other's parameters.
+"""
+
+from __future__ import annotations
+
+import pyro
+
+pyro.settings.set(module_local_params=True)
+
+from .bounds import elbo_per_datum, iwae_per_datum, log_weights  # noqa: E402
+from .build import GUIDES, LIKELIHOODS, PRIORS, build_vae  # noqa: E402
+from .checkpoint import load, load_run  # noqa: E402
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
+from .data import Dataset, load_dataset  # noqa: E402
+from .errors import (  # noqa: E402
+    CheckpointError,
+    ConfigError,
+    DataError,
+    PyroVAEError,
+    TrainingDivergedError,
+)
+from .guides import DiagonalNormalGuide, Guide  # noqa: E402
+from .likelihoods import BernoulliLikelihood, Likelihood, NormalLikelihood  # noqa: E402
+from .nn import MLP  # noqa: E402
+from .objectives import Objective, TraceELBO  # noqa: E402
+from .priors import Prior, StandardNormalPrior  # noqa: E402
+from .runner import RunResult, evaluate_run, resume_run, train_run  # noqa: E402
+from .train import EpochRecord, evaluate_elbo, fit  # noqa: E402
+from .vae import VAE  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VAE",
+    "MLP",
+    "Prior",
+    "StandardNormalPrior",
+    "Guide",
+    "DiagonalNormalGuide",
+    "Likelihood",
+    "BernoulliLikelihood",
+    "NormalLikelihood",
+    "Objective",
+    "TraceELBO",
+    "PRIORS",
+    "GUIDES",
+    "LIKELIHOODS",
+    "build_vae",
+    "ModelConfig",
+    "DataConfig",
+    "TrainConfig",
+    "RunConfig",
+    "Dataset",
+    "load_dataset",
+    "fit",
+    "evaluate_elbo",
+    "EpochRecord",
+    "log_weights",
+    "elbo_per_datum",
+    "iwae_per_datum",
+    "load",
+    "load_run",
+    "train_run",
+    "resume_run",
+    "evaluate_run",
+    "RunResult",
+    "PyroVAEError",
+    "DataError",
+    "ConfigError",
+    "CheckpointError",
+    "TrainingDivergedError",
+    "__version__",
+]

@@ -1,0 +1,232 @@
+"""Command line: ``pyro-vae train|evaluate|encode|sample`` (also ``python -m pyro_vae``).
+
+The flags of ``train`` are generated from the config dataclasses, so each default lives
+in :mod:`pyro_vae.config` only. Every user error prints one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .build import GUIDES, LIKELIHOODS, OBJECTIVES, PRIORS
+from .checkpoint import atomic_write, load_run
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .data import BINARIZE_MODES, load_array, load_dataset
+from .errors import ConfigError, PyroVAEError
+from .nn import ACTIVATIONS
+
+__all__ = ["main", "build_parser"]
+
+# flag -> (config section, field, argparse kwargs). The default shown in --help is read
+# from the dataclass; argparse's own default stays None so that we can tell which flags
+# the user gave (``--resume`` accepts only a few).
+_TRAIN_FLAGS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "--data": ("data", "data", {"metavar": "NAME|PATH", "help": "digits (built in), mnist, or a .npy/.npz/.csv file"}),
+    "--data-dir": ("data", "data_dir", {"metavar": "DIR", "help": "folder of the MNIST IDX files (env PYRO_VAE_DATA_DIR)"}),
+    "--binarize": ("data", "binarize", {"choices": BINARIZE_MODES, "help": "how 0/1 observations are made"}),
+    "--threshold": ("data", "threshold", {"type": float, "help": "cut-off for --binarize threshold"}),
+    "--val-fraction": ("data", "val_fraction", {"type": float, "help": "share of rows held out for validation"}),
+    "--z-dim": ("model", "z_dim", {"type": int, "help": "latent dimensions"}),
+    "--hidden": ("model", "hidden", {"type": int, "nargs": "*", "metavar": "WIDTH", "help": "encoder layer widths (decoder: reversed)"}),
+    "--activation": ("model", "activation", {"choices": sorted(ACTIVATIONS), "help": "hidden non-linearity"}),
+    "--likelihood": ("model", "likelihood", {"choices": sorted(LIKELIHOODS), "help": "p(x|z)"}),
+    "--prior": ("model", "prior", {"choices": sorted(PRIORS), "help": "p(z)"}),
+    "--guide": ("model", "guide", {"choices": sorted(GUIDES), "help": "q(z|x)"}),
+    "--epochs": ("train", "epochs", {"type": int, "help": "passes over the training data (with --resume: total)"}),
+    "--batch-size": ("train", "batch_size", {"type": int, "help": "data points per step"}),
+    "--lr": ("train", "lr", {"type": float, "help": "Adam learning rate"}),
+    "--seed": ("train", "seed", {"type": int, "help": "seed of every random draw"}),
+    "--elbo": ("train", "elbo", {"choices": sorted(OBJECTIVES), "help": "training objective"}),
+    "--particles": ("train", "particles", {"type": int, "help": "samples of z per data point in the objective"}),
+    "--beta": ("train", "beta", {"type": float, "help": "weight of the KL term (beta-VAE when > 1)"}),
+    "--kl-warmup": ("train", "kl_warmup", {"type": int, "help": "epochs of linear KL warm-up (0: none)"}),
+    "--eval-particles": ("train", "eval_particles", {"type": int, "help": "samples of z for the validation ELBO"}),
+    "--device": ("train", "device", {"help": "cpu or cuda"}),
+}
+_RESUMABLE = {"--epochs", "--device"}
+_SECTIONS = {"model": ModelConfig(), "data": DataConfig(), "train": TrainConfig()}
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``pyro-vae``."""
+    parser = argparse.ArgumentParser(
+        prog="pyro-vae", description="Variational autoencoders as Pyro programs: train, evaluate, encode, sample."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a VAE (default: the built-in digits data)")
+    for flag, (section, name, kwargs) in _TRAIN_FLAGS.items():
+        default = getattr(_SECTIONS[section], name)
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        train.add_argument(flag, dest=_dest(flag), default=None, **{**kwargs, "help": f"{kwargs['help']} (default: {shown})"})
+    train.add_argument("--out", metavar="RUN_DIR", help="run directory (default: a fresh folder under runs/)")
+    train.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out, replacing its run files")
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    evaluate = sub.add_parser("evaluate", help="ELBO per data point on held-out data")
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--particles", type=int, default=1, help="samples of z per data point (default: 1)")
+    evaluate.add_argument("--device", default=None, help="cpu or cuda (default: the run's)")
+
+    encode = sub.add_parser("encode", help="write mu(x) and sigma(x) for every row of a data set")
+    encode.add_argument("run_dir", metavar="RUN_DIR")
+    encode.add_argument("--data", default=None, metavar="NAME|PATH", help="data to encode (default: the run's)")
+    encode.add_argument("--data-dir", default=None, metavar="DIR", help="folder of the MNIST IDX files")
+    encode.add_argument(
+        "--split", choices=("train", "val", "test", "all"), default="all",
+        help="for a named data set: which rows (default: all, in the order train, val, test)",
+    )
+    encode.add_argument("--out", required=True, metavar="FILE", help="output .npz or .csv")
+    encode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    sample = sub.add_parser("sample", help="draw x from the model: z ~ p(z), x = mean of p(x|z)")
+    sample.add_argument("run_dir", metavar="RUN_DIR")
+    sample.add_argument("-n", "--num", type=int, default=64, help="number of samples (default: 64)")
+    sample.add_argument("--out", required=True, metavar="FILE", help="output .png (a grid) or .npy (the means)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
+    sample.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace) -> RunConfig:
+    sections = {k: dataclasses.asdict(v) for k, v in _SECTIONS.items()}
+    for flag, (section, name, _) in _TRAIN_FLAGS.items():
+        value = getattr(args, _dest(flag))
+        if value is not None:
+            sections[section][name] = tuple(value) if isinstance(value, list) else value
+    return RunConfig.from_dict(sections)
+
+
+def _cmd_train(args: argparse.Namespace, say: Callable[[str], None]) -> None:
+    from .runner import resume_run, train_run
+
+    progress = not args.no_progress
+    if args.resume:
+        given = [f for f in _TRAIN_FLAGS if getattr(args, _dest(f)) is not None and f not in _RESUMABLE]
+        given += ["--out"] * bool(args.out) + ["--overwrite"] * args.overwrite
+        if given:
+            raise ConfigError(
+                f"--resume takes its settings from RUN_DIR/config.json; drop {', '.join(given)} "
+                "(only --epochs and --device can change)"
+            )
+        if args.device is not None:
+            # The device is a property of this call, not of the model: allow switching.
+            from .checkpoint import load_config, save_config
+
+            config = load_config(args.resume)
+            config.train = dataclasses.replace(config.train, device=args.device)
+            save_config(args.resume, config)
+        result = resume_run(args.resume, epochs=args.epochs, progress=progress)
+    else:
+        result = train_run(_config_from_args(args), args.out, overwrite=args.overwrite, progress=progress)
+    last = result.history[-1]
+    say(f"held-out ELBO per data point: {result.val_elbo:.4f} nats (epoch {last.epoch}, {result.seconds:.1f} s)")
+    say(f"run directory: {result.run_dir}")
+
+
+def _cmd_evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> None:
+    from .runner import evaluate_run
+
+    if args.particles < 1:
+        raise ConfigError(f"--particles must be >= 1, got {args.particles}")
+    report = evaluate_run(args.run_dir, particles=args.particles, device=args.device)
+    say(
+        f"{report['split']} ELBO per data point: {report['elbo_per_datum']:.4f} nats "
+        f"({report['num_points']} points, {report['particles']} particle(s))"
+    )
+    say(json.dumps(report))
+
+
+def _check_out(path: Path, suffixes: Sequence[str], overwrite: bool) -> None:
+    if path.suffix not in suffixes:
+        raise ConfigError(f"--out {str(path)!r} must end in {' or '.join(suffixes)}")
+    if path.exists() and not overwrite:
+        raise ConfigError(f"--out {str(path)!r} exists; pass --overwrite to replace it or choose another name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"the folder of --out {str(path)!r} does not exist; create it first")
+
+
+def _encode_rows(args: argparse.Namespace, config: RunConfig) -> np.ndarray:
+    name = args.data or config.data.data
+    if Path(name).suffix in (".npy", ".npz", ".csv"):
+        return load_array(name)[0]
+    data = load_dataset(name, args.data_dir or config.data.data_dir, val_fraction=config.data.val_fraction, seed=config.train.seed)
+    splits = {"train": [data.train], "val": [data.val], "test": [data.test], "all": [data.train, data.val, data.test]}
+    chosen = [x for x in splits[args.split] if x is not None]
+    if not chosen:
+        raise ConfigError(f"the data {name!r} has no {args.split} split; choose --split train, val or all")
+    return np.concatenate(chosen)
+
+
+@torch.no_grad()
+def _cmd_encode(args: argparse.Namespace, say: Callable[[str], None]) -> None:
+    out = Path(args.out)
+    _check_out(out, (".npz", ".csv"), args.overwrite)
+    config, vae = load_run(args.run_dir)
+    x = torch.from_numpy(_encode_rows(args, config))
+    vae.check_x(x)
+    vae.likelihood.check_support(x)
+    loc, scale = (t.numpy() for t in vae.encode(x))  # (N, z_dim) each
+    if out.suffix == ".npz":
+        buffer = io.BytesIO()
+        np.savez(buffer, loc=loc, scale=scale)
+        atomic_write(out, buffer.getvalue())
+    else:
+        header = ",".join([f"mu_{d + 1}" for d in range(vae.z_dim)] + [f"sigma_{d + 1}" for d in range(vae.z_dim)])
+        buffer = io.StringIO()
+        np.savetxt(buffer, np.concatenate([loc, scale], axis=1), delimiter=",", header=header, comments="", fmt="%.7g")
+        atomic_write(out, buffer.getvalue())
+    say(f"wrote mu(x) and sigma(x) of {len(loc)} rows ({vae.z_dim} latent dimensions) to {out}")
+
+
+@torch.no_grad()
+def _cmd_sample(args: argparse.Namespace, say: Callable[[str], None]) -> None:
+    from .figures import plot_samples
+
+    out = Path(args.out)
+    _check_out(out, (".png", ".npy"), args.overwrite)
+    if args.num < 1:
+        raise ConfigError(f"-n must be >= 1, got {args.num}")
+    config, vae = load_run(args.run_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)
+        z = vae.prior().sample((args.num,))  # (n, z_dim)
+    means = vae.decode(z).mean.numpy()  # (n, x_dim)
+    if out.suffix == ".npy":
+        buffer = io.BytesIO()
+        np.save(buffer, means)
+        atomic_write(out, buffer.getvalue())
+    else:
+        plot_samples(means, config.data.image_shape, out)
+    say(f"wrote {args.num} samples to {out}")
+
+
+_COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "encode": _cmd_encode, "sample": _cmd_sample}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for a user error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        _COMMANDS[args.command](args, print)
+    except PyroVAEError as err:
+        print(f"pyro-vae: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-vae: interrupted; the last completed epoch's checkpoint is kept", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,197 @@
+"""Typed configuration: every default lives here, once.
+
+The CLI builds its flags from these dataclasses' defaults, the checkpoint stores them as
+JSON, and :func:`pyro_vae.build.build_vae` turns a :class:`ModelConfig` back into the
+same architecture. Nothing else holds a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "RunConfig"]
+
+
+@dataclass
+class ModelConfig:
+    """The generative model p(z) p(x|z) and the guide q(z|x).
+
+    Attributes:
+        x_dim: Number of features of one data point (0 until filled in from the data).
+        z_dim: Size of the latent vector z.
+        hidden: Encoder layer widths; the decoder uses them reversed.
+        activation: Hidden-layer non-linearity (``relu``, ``tanh``, ``softplus``, ``elu``).
+        likelihood: Name of the likelihood p(x|z) (see ``pyro_vae.build.LIKELIHOODS``).
+        prior: Name of the prior p(z) (see ``pyro_vae.build.PRIORS``).
+        guide: Name of the guide family q(z|x) (see ``pyro_vae.build.GUIDES``).
+    """
+
+    x_dim: int = 0
+    z_dim: int = 2
+    hidden: tuple[int, ...] = (256, 128)
+    activation: str = "relu"
+    likelihood: str = "bernoulli"
+    prior: str = "normal"
+    guide: str = "diagonal"
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` if a value is out of range."""
+        if self.x_dim < 0:
+            raise ConfigError(f"x_dim must be >= 0 (0: set from the data), got {self.x_dim}")
+        if self.z_dim < 1:
+            raise ConfigError(f"--z-dim must be >= 1, got {self.z_dim}")
+        if any(h < 1 for h in self.hidden):
+            raise ConfigError(f"--hidden widths must all be >= 1, got {list(self.hidden)}")
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is prepared.
+
+    Attributes:
+        data: ``digits`` (built in, offline), ``mnist`` (IDX files in ``data_dir``) or a
+            path to a ``.npy``, ``.npz`` or ``.csv`` file holding a 2-D array.
+        data_dir: Folder of the IDX files for ``data="mnist"``; defaults to the
+            ``PYRO_VAE_DATA_DIR`` environment variable.
+        binarize: ``auto`` (``dynamic`` for the Bernoulli likelihood, else ``none``),
+            ``dynamic`` (a fresh Bernoulli draw of every pixel each epoch), ``threshold``
+            (fixed: ``x > threshold``) or ``none`` (keep values as they are).
+        threshold: Cut-off for ``binarize="threshold"``.
+        val_fraction: Fraction of the training rows held out for validation.
+        image_shape: ``(height, width)`` of image data (filled in from the data; empty
+            for plain feature vectors), used to draw figures.
+    """
+
+    data: str = "digits"
+    data_dir: str | None = None
+    binarize: str = "auto"
+    threshold: float = 0.5
+    val_fraction: float = 0.1
+    image_shape: tuple[int, ...] = ()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` if a value is out of range."""
+        if self.binarize not in ("auto", "dynamic", "threshold", "none"):
+            raise ConfigError(
+                f"--binarize must be one of auto, dynamic, threshold, none; got {self.binarize!r}"
+            )
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"--threshold must be in (0, 1), got {self.threshold}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation: objective, optimizer and schedule.
+
+    Attributes:
+        epochs: Passes over the training data.
+        batch_size: Data points per gradient step.
+        lr: Adam learning rate.
+        seed: Seed of every random draw (split, shuffling, binarization, eps).
+        elbo: Name of the training objective (see ``pyro_vae.build.OBJECTIVES``).
+        particles: Monte Carlo samples of z per data point in the objective (vectorized).
+        beta: Weight of the latent (KL) term; 1 is the ELBO, > 1 a beta-VAE.
+        kl_warmup: Epochs over which the KL weight rises linearly from beta/kl_warmup
+            to beta (0: no warm-up).
+        eval_particles: Samples of z per data point for the validation ELBO.
+        device: ``cpu`` or ``cuda`` (or ``cuda:N``).
+    """
+
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    elbo: str = "trace"
+    particles: int = 1
+    beta: float = 1.0
+    kl_warmup: int = 0
+    eval_particles: int = 1
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` if a value is out of range."""
+        for name in ("epochs", "batch_size", "particles", "eval_particles"):
+            value = getattr(self, name)
+            if value < 1:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be >= 1, got {value}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if not self.beta > 0:
+            raise ConfigError(f"--beta must be > 0, got {self.beta}")
+        if self.kl_warmup < 0:
+            raise ConfigError(f"--kl-warmup must be >= 0 epochs, got {self.kl_warmup}")
+
+    def kl_weight(self, epoch: int) -> float:
+        """The weight of the KL term in epoch ``epoch`` (0-based), warm-up included."""
+        if self.kl_warmup == 0:
+            return self.beta
+        return self.beta * min(1.0, (epoch + 1) / self.kl_warmup)
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved as ``config.json`` in the run directory."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        """Validate every section."""
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """Pretty JSON text of :meth:`to_dict`."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "RunConfig":
+        """Rebuild from :meth:`to_dict` output, rejecting unknown keys.
+
+        Raises:
+            ConfigError: A section or key is unknown or has the wrong type.
+        """
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"config must be a JSON object, got {type(raw).__name__}")
+        sections = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+        unknown = set(raw) - set(sections)
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(sections)}")
+        built = {}
+        for name, klass in sections.items():
+            built[name] = _section_from_dict(klass, raw.get(name, {}), name)
+        return cls(**built)
+
+
+def _section_from_dict(klass: type, raw: Any, section: str) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config section {section!r} must be a JSON object, got {type(raw).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(klass)}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {sorted(unknown)} in config section {section!r}; known keys: {sorted(fields)}"
+        )
+    values = {}
+    for name, value in raw.items():
+        default = getattr(klass(), name)
+        if isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"config {section}.{name} must be a list, got {value!r}")
+            value = tuple(value)
+        values[name] = value
+    return klass(**values)

@@ -1,0 +1,115 @@
+"""PNG figures of a run: loss curve, reconstructions, prior samples, latent means.
+
+Matplotlib runs on the non-interactive Agg backend, so figures work on machines with
+no display. Every function takes arrays, draws, writes one PNG atomically and returns
+nothing; none of them touches the model.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .checkpoint import atomic_write  # noqa: E402
+
+__all__ = ["plot_history", "plot_reconstructions", "plot_samples", "plot_latent"]
+
+
+def _save(fig: "plt.Figure", path: str | os.PathLike) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write(path, buffer.getvalue())
+
+
+def plot_history(history: Sequence[dict[str, float]], path: str | os.PathLike) -> None:
+    """Training loss and validation negative ELBO per data point against epoch."""
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [h["train_loss"] for h in history], label="train loss (-ELBO)")
+    val = [-h["val_elbo"] for h in history]
+    if not all(math.isnan(v) for v in val):
+        ax.plot(epochs, val, label="validation -ELBO")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("nats per data point")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def _image_grid(rows: Sequence[np.ndarray], image_shape: Sequence[int]) -> np.ndarray:
+    h, w = image_shape
+    return np.concatenate(
+        [np.concatenate([r.reshape(h, w) for r in row], axis=1) for row in rows], axis=0
+    )
+
+
+def _show(ax: "plt.Axes", data: np.ndarray) -> None:
+    ax.imshow(data, cmap="gray", vmin=0.0, vmax=max(1.0, float(np.nanmax(data))), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_reconstructions(
+    inputs: np.ndarray, reconstructions: np.ndarray, image_shape: Sequence[int], path: str | os.PathLike
+) -> None:
+    """Inputs (top row) beside the means of p(x|z) at z drawn from q(z|x) (bottom row).
+
+    Without an image shape each data point is drawn as one column of a heat map.
+    """
+    fig, axes = plt.subplots(2, 1, figsize=(max(4, len(inputs) * 0.6), 3))
+    if image_shape:
+        _show(axes[0], _image_grid([inputs], image_shape))
+        _show(axes[1], _image_grid([reconstructions], image_shape))
+    else:
+        _show(axes[0], inputs.T)
+        _show(axes[1], reconstructions.T)
+    axes[0].set_title("inputs", fontsize=9)
+    axes[1].set_title("reconstructions", fontsize=9)
+    _save(fig, path)
+
+
+def plot_samples(samples: np.ndarray, image_shape: Sequence[int], path: str | os.PathLike) -> None:
+    """Means of p(x|z) for z drawn from the prior, as an image grid (or heat map)."""
+    n = len(samples)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if image_shape:
+        cols = math.ceil(math.sqrt(n))
+        padded = np.concatenate([samples, np.zeros((cols * cols - n, samples.shape[1]))])
+        _show(ax, _image_grid(padded.reshape(cols, cols, -1), image_shape))
+    else:
+        _show(ax, samples.T)
+    ax.set_title(f"{n} samples from the prior", fontsize=9)
+    _save(fig, path)
+
+
+def plot_latent(
+    loc: np.ndarray, scale: np.ndarray, labels: np.ndarray | None, path: str | os.PathLike
+) -> None:
+    """Encoded means mu(x) of a 2-D latent, coloured by label, with a few 1-sigma ellipses.
+
+    Each point is one input's mu(x); the ellipses (for every 25th point) show that
+    each input also has its own sigma(x).
+    """
+    from matplotlib.patches import Ellipse
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(loc[:, 0], loc[:, 1], c=labels if labels is not None else None, cmap="tab10", s=6)
+    for i in range(0, len(loc), 25):
+        ax.add_patch(
+            Ellipse(loc[i], 2 * scale[i, 0], 2 * scale[i, 1], fill=False, lw=0.6, alpha=0.6, color="k")
+        )
+    if labels is not None:
+        fig.colorbar(sc, ax=ax, label="label")
+    ax.set_xlabel("mu_1(x)")
+    ax.set_ylabel("mu_2(x)")
+    ax.set_title("encoded means mu(x), one per input (ellipses: 1 sigma(x))", fontsize=9)
+    _save(fig, path)

@@ -1,0 +1,333 @@
+"""A training run end to end: data -> model -> fit -> run directory.
+
+This is what ``pyro-vae train`` does, callable from Python: :func:`train_run` starts a
+run, :func:`resume_run` goes on from the last checkpoint. A run directory holds
+
+- ``config.json``: the :class:`~pyro_vae.config.RunConfig` (rebuilds the model);
+- ``model.safetensors``: the weights, rewritten after every epoch;
+- ``training_state.pt``: weights, optimizer state and history, for ``--resume``;
+- ``metrics.csv``: epoch, train loss, validation ELBO per data point, seconds;
+- ``summary.json``: the final held-out ELBO and wall time;
+- figures: ``loss.png``, ``reconstructions.png``, ``samples.png`` and, for a 2-D
+  latent, ``latent.png``.
+
+The data is loaded and the model built before anything is written, so a bad option
+leaves the disk untouched; an existing non-empty directory is only reused with
+``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .build import build_vae
+from .checkpoint import (
+    CONFIG_FILE,
+    STATE_FILE,
+    WEIGHTS_FILE,
+    atomic_write,
+    load_config,
+    load_training_state,
+    save_config,
+    save_training_state,
+    save_weights,
+)
+from .config import RunConfig
+from .data import Dataset, binarize, load_dataset
+from .errors import CheckpointError, ConfigError, DataError
+from .figures import plot_history, plot_latent, plot_reconstructions, plot_samples
+from .train import BatchTransform, EpochRecord, evaluate_elbo, fit
+from .vae import VAE
+
+__all__ = ["RunResult", "train_run", "resume_run", "load_data", "make_transform", "resolve_device"]
+
+METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
+FIGURES = ("loss.png", "reconstructions.png", "samples.png", "latent.png")
+#: Every file a run writes; ``overwrite=True`` removes exactly these.
+RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, METRICS_FILE, SUMMARY_FILE) + FIGURES
+
+
+@dataclass
+class RunResult:
+    """What a finished run returns.
+
+    Attributes:
+        run_dir: Where the run's files are.
+        config: The full configuration (``x_dim`` and ``image_shape`` filled in).
+        vae: The trained model (eval mode).
+        history: One record per epoch.
+        val_elbo: Held-out ELBO per data point after the last epoch.
+        seconds: Wall time of this call.
+    """
+
+    run_dir: Path
+    config: RunConfig
+    vae: VAE
+    history: list[EpochRecord]
+    val_elbo: float
+    seconds: float
+
+
+def resolve_device(name: str) -> torch.device:
+    """``torch.device(name)``, checking that CUDA exists when asked for.
+
+    Raises:
+        ConfigError: The device string is invalid or CUDA is not available.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for but no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+def load_data(config: RunConfig) -> Dataset:
+    """Load the data set named in ``config.data`` with its reproducible validation split."""
+    d = config.data
+    return load_dataset(d.data, d.data_dir, val_fraction=d.val_fraction, seed=config.train.seed)
+
+
+def make_transform(config: RunConfig, vae: VAE) -> BatchTransform | None:
+    """The per-minibatch transform of the data pipeline (binarization), or ``None``.
+
+    ``auto`` binarizes dynamically for a likelihood that ``needs_binary`` and leaves the
+    data alone otherwise.
+    """
+    mode = config.data.binarize
+    if mode == "auto":
+        mode = "dynamic" if vae.likelihood.needs_binary else "none"
+    if mode == "none":
+        return None
+    threshold = config.data.threshold
+    return lambda x: binarize(x, mode, threshold=threshold)
+
+
+def _check_data(config: RunConfig, vae: VAE, data: Dataset) -> None:
+    for split, x in (("training", data.train), ("validation", data.val), ("test", data.test)):
+        if x is None:
+            continue
+        try:
+            vae.likelihood.check_support(torch.from_numpy(x))
+        except DataError as err:
+            raise DataError(f"{split} data {config.data.data!r}: {err}") from None
+    needs_binary = vae.likelihood.needs_binary
+    if needs_binary and config.data.binarize == "none" and not np.isin(data.train, (0.0, 1.0)).all():
+        raise ConfigError(
+            f"--likelihood {config.model.likelihood} needs 0/1 data but {config.data.data!r} has values "
+            "between 0 and 1 and --binarize none was given; use --binarize dynamic or threshold, "
+            "or a likelihood for [0, 1] data"
+        )
+
+
+def _fresh_run_dir(config: RunConfig) -> Path:
+    stem = Path(config.data.data).stem or "data"
+    base = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{stem}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _claim_run_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file, not a directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(
+                f"output directory {str(out)!r} exists and is not empty; pass --overwrite to replace its "
+                "run files, --resume to continue it, or choose another --out"
+            )
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_metrics(run_dir: Path, history: list[EpochRecord]) -> None:
+    lines = ["epoch,train_loss,val_elbo,seconds"]
+    lines += [f"{h.epoch},{h.train_loss:.6f},{h.val_elbo:.6f},{h.seconds:.4f}" for h in history]
+    atomic_write(run_dir / METRICS_FILE, "\n".join(lines) + "\n")
+
+
+@torch.no_grad()
+def _write_figures(run_dir: Path, config: RunConfig, vae: VAE, data: Dataset, history: list[EpochRecord]) -> None:
+    device = next(vae.parameters()).device
+    plot_history([h.to_dict() for h in history], run_dir / "loss.png")
+    image_shape = config.data.image_shape
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.train.seed)
+        x = torch.from_numpy(data.val[:12]).to(device)
+        z = vae.posterior(x).sample()
+        recon = vae.decode(z).mean
+        plot_reconstructions(x.cpu().numpy(), recon.cpu().numpy(), image_shape, run_dir / "reconstructions.png")
+        samples = vae.decode(vae.prior().sample((64,))).mean
+        plot_samples(samples.cpu().numpy(), image_shape, run_dir / "samples.png")
+    if vae.z_dim == 2:
+        loc, scale = vae.encode(torch.from_numpy(data.val).to(device))
+        plot_latent(loc.cpu().numpy(), scale.cpu().numpy(), data.val_labels, run_dir / "latent.png")
+
+
+def _run(
+    config: RunConfig,
+    run_dir: Path,
+    vae: VAE,
+    data: Dataset,
+    optimizer: torch.optim.Optimizer,
+    history: list[EpochRecord],
+    progress: bool,
+) -> RunResult:
+    start = time.perf_counter()
+    device = next(vae.parameters()).device
+    train = torch.from_numpy(data.train).to(device)
+    val = torch.from_numpy(data.val).to(device)
+    transform = make_transform(config, vae)
+
+    def checkpoint(records: list[EpochRecord]) -> None:
+        save_training_state(run_dir, vae, optimizer, [r.to_dict() for r in records])
+        save_weights(run_dir, vae, metadata={"epoch": str(records[-1].epoch)})
+        _write_metrics(run_dir, records)
+
+    history = fit(
+        vae,
+        train,
+        val,
+        config.train,
+        optimizer=optimizer,
+        transform=transform,
+        history=history,
+        on_epoch_end=checkpoint,
+        progress=progress,
+    )
+    vae.eval()
+    _write_figures(run_dir, config, vae, data, history)
+    val_elbo = history[-1].val_elbo if history else float("nan")
+    seconds = time.perf_counter() - start
+    summary = {
+        "epochs": len(history),
+        "val_elbo_per_datum": val_elbo,
+        "train_seconds_this_call": seconds,
+        "num_train": int(data.train.shape[0]),
+        "num_val": int(data.val.shape[0]),
+    }
+    atomic_write(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    return RunResult(run_dir, config, vae, history, val_elbo, seconds)
+
+
+def _optimizer(vae: VAE, config: RunConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(vae.parameters(), lr=config.train.lr)
+
+
+def train_run(
+    config: RunConfig | None = None,
+    out: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> RunResult:
+    """Train a new model and write its run directory.
+
+    Args:
+        config: What to train; default :class:`RunConfig()` (digits, Bernoulli, 2-D latent).
+        out: Run directory; default a fresh folder under ``runs/``.
+        overwrite: Reuse a non-empty ``out``, replacing its run files.
+        progress: Show a progress bar.
+
+    Raises:
+        PyroVAEError: Bad data or options (nothing is written), or the loss diverged
+            (the last good checkpoint is kept).
+    """
+    config = dataclasses.replace(config) if config is not None else RunConfig()
+    config.validate()
+    device = resolve_device(config.train.device)
+    data = load_data(config)
+    config.model = dataclasses.replace(config.model, x_dim=data.x_dim)
+    config.data = dataclasses.replace(config.data, image_shape=tuple(data.image_shape or ()))
+    torch.manual_seed(config.train.seed)  # the initial weights
+    vae = build_vae(config.model).to(device)
+    _check_data(config, vae, data)
+    run_dir = Path(out) if out is not None else _fresh_run_dir(config)
+    _claim_run_dir(run_dir, overwrite)
+    save_config(run_dir, config)
+    return _run(config, run_dir, vae, data, _optimizer(vae, config), [], progress)
+
+
+def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool = True) -> RunResult:
+    """Continue a run from its last checkpoint, up to ``epochs`` in all.
+
+    The resumed run draws the same random numbers an uninterrupted run would, so its
+    history continues the same curve.
+
+    Raises:
+        CheckpointError: The run directory is missing, damaged or inconsistent.
+    """
+    run_dir = Path(run_dir)
+    config = load_config(run_dir)
+    if epochs is not None:
+        config.train = dataclasses.replace(config.train, epochs=epochs)
+        config.train.validate()
+    device = resolve_device(config.train.device)
+    state = load_training_state(run_dir)
+    data = load_data(config)
+    if data.x_dim != config.model.x_dim:
+        raise CheckpointError(
+            f"the data {config.data.data!r} now has {data.x_dim} features but the run was trained on "
+            f"{config.model.x_dim}; restore the original data file or start a new run"
+        )
+    vae = build_vae(config.model)
+    try:
+        vae.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{STATE_FILE} in {str(run_dir)!r} does not match config.json ({str(err).splitlines()[0]}); "
+            "restore the original files or start a new run"
+        ) from None
+    vae.to(device)
+    optimizer = _optimizer(vae, config)
+    optimizer.load_state_dict(state["optimizer"])
+    history = [EpochRecord(**h) for h in state["history"]]
+    if len(history) >= config.train.epochs:
+        raise ConfigError(
+            f"the run already has {len(history)} epochs and asks for {config.train.epochs}; "
+            f"pass --epochs N with N > {len(history)} to train longer"
+        )
+    save_config(run_dir, config)
+    return _run(config, run_dir, vae, data, optimizer, history, progress)
+
+
+def held_out(data: Dataset) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """The held-out split used for evaluation: the test set if the data has one, else validation."""
+    if data.test is not None:
+        return data.test, data.test_labels, "test"
+    return data.val, data.val_labels, "validation"
+
+
+def evaluate_run(
+    run_dir: str | Path, *, particles: int = 1, device: str | None = None, log: Callable[[str], None] | None = None
+) -> dict[str, float]:
+    """ELBO per data point of a trained run on its held-out data.
+
+    The draws and the binarization use the run's seed, so repeated calls agree.
+    """
+    from .checkpoint import load_run
+
+    config = load_config(run_dir)
+    dev = resolve_device(device or config.train.device)
+    config, vae = load_run(run_dir, dev)
+    data = load_data(config)
+    x, _, split = held_out(data)
+    xt = torch.from_numpy(x).to(dev)
+    vae.likelihood.check_support(xt)
+    elbo = evaluate_elbo(vae, xt, particles=particles, seed=config.train.seed, transform=make_transform(config, vae))
+    return {"split": split, "num_points": int(x.shape[0]), "elbo_per_datum": elbo, "particles": particles}

@@ -1,0 +1,188 @@
+"""The one training loop: SVI with a Pyro objective and a ``torch.optim`` optimizer.
+
+``fit`` is the easy path. It is SVI in the form Pyro itself uses in
+``pyro.contrib.gp.util.train``: the objective's ``differentiable_loss`` (``Trace_ELBO``
+by default) and a torch optimizer over ``vae.parameters()``, so that no parameter lives
+in Pyro's global param store and two models in one process never share anything.
+
+Randomness is re-seeded from ``(seed, epoch)`` at the start of every epoch, which makes
+a run resumed at epoch k draw exactly what an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from .bounds import elbo_per_datum, log_weights
+from .config import TrainConfig
+from .errors import DataError, TrainingDivergedError
+from .objectives import Objective
+from .vae import VAE
+
+__all__ = ["EpochRecord", "fit", "evaluate_elbo", "epoch_seed", "BatchTransform"]
+
+#: Maps a raw minibatch to the observations the model sees (e.g. binarization).
+BatchTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EpochRecord:
+    """One line of the training history.
+
+    Attributes:
+        epoch: 1-based epoch number.
+        train_loss: Mean negative training objective per data point over the epoch.
+        val_elbo: ELBO per data point on the validation data (NaN without it).
+        seconds: Wall time of the epoch, validation included.
+    """
+
+    epoch: int
+    train_loss: float
+    val_elbo: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch`` (0-based) of a run seeded with ``seed``."""
+    return (seed * 1_000_003 + epoch * 7_919) % (2**63 - 1)
+
+
+@torch.no_grad()
+def evaluate_elbo(
+    vae: VAE,
+    x: torch.Tensor,
+    *,
+    particles: int = 1,
+    batch_size: int = 1024,
+    seed: int = 0,
+    transform: BatchTransform | None = None,
+) -> float:
+    """ELBO per data point of ``x``, averaged over the rows.
+
+    The draws come from a forked RNG seeded with ``seed``, so the result is the same
+    on every call and the caller's random stream is left untouched.
+
+    Args:
+        vae: The model.
+        x: Data ``(N, x_dim)``.
+        particles: Draws of z per data point.
+        batch_size: Rows per chunk (bounds memory).
+        seed: Seed of the draws (and of ``transform``'s randomness).
+        transform: Applied to each chunk first (e.g. binarization).
+
+    Returns:
+        The mean ELBO per data point, in nats.
+    """
+    was_training = vae.training
+    vae.eval()
+    devices = [x.device] if x.device.type == "cuda" else []
+    total = 0.0
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start : start + batch_size]
+            if transform is not None:
+                xb = transform(xb)
+            total += float(elbo_per_datum(log_weights(vae, xb, particles)).sum())
+    vae.train(was_training)
+    return total / x.shape[0]
+
+
+def fit(
+    vae: VAE,
+    train: torch.Tensor,
+    val: torch.Tensor | None = None,
+    config: TrainConfig | None = None,
+    *,
+    objective: Objective | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    transform: BatchTransform | None = None,
+    history: list[EpochRecord] | None = None,
+    on_epoch_end: Optional[Callable[[list[EpochRecord]], None]] = None,
+    progress: bool = True,
+) -> list[EpochRecord]:
+    """Train ``vae`` by stochastic variational inference.
+
+    Args:
+        vae: The model to train, in place.
+        train: Training data ``(N, x_dim)`` on the model's device.
+        val: Validation data; its ELBO per data point is recorded each epoch.
+        config: Epochs, batch size, learning rate, seed, objective, particles, KL weight.
+        objective: The loss; default the one ``config.elbo`` names (``Trace_ELBO``).
+        optimizer: Default ``Adam(vae.parameters(), lr=config.lr)``; pass one back in
+            (with its state loaded) to resume.
+        transform: Applied to each minibatch before the model sees it (binarization).
+        history: Records of earlier epochs; training goes on after the last of them.
+        on_epoch_end: Called with the history after each epoch (e.g. to checkpoint).
+        progress: Show a progress bar with the running loss.
+
+    Returns:
+        The history: one :class:`EpochRecord` per epoch, earlier ones included.
+
+    Raises:
+        DataError: The data does not fit the model.
+        TrainingDivergedError: The loss became NaN or inf. Parameters are left as they
+            were before the failing step, and ``on_epoch_end`` has saved the epochs
+            that completed.
+    """
+    config = config or TrainConfig()
+    config.validate()
+    vae.check_x(train[:1])
+    if val is not None:
+        vae.check_x(val[:1])
+    if objective is None:
+        from .build import build_objective  # build imports the components; keep train light
+
+        objective = build_objective(config)
+    optimizer = optimizer or torch.optim.Adam(vae.parameters(), lr=config.lr)
+    history = list(history or [])
+    num_data = train.shape[0]
+    first_epoch = len(history)
+    bar = tqdm(total=config.epochs, initial=first_epoch, disable=not progress, unit="epoch", dynamic_ncols=True)
+    try:
+        for epoch in range(first_epoch, config.epochs):
+            start = time.perf_counter()
+            vae.train()
+            generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+            torch.manual_seed(epoch_seed(config.seed, epoch))
+            order = torch.randperm(num_data, generator=generator).to(train.device)
+            total = 0.0
+            beta = config.kl_weight(epoch)
+            for step, lo in enumerate(range(0, num_data, config.batch_size)):
+                xb = train[order[lo : lo + config.batch_size]]
+                if transform is not None:
+                    xb = transform(xb)
+                loss = objective.loss(vae, xb, num_data, beta)
+                if not torch.isfinite(loss):
+                    raise TrainingDivergedError(
+                        f"the loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; "
+                        f"the last good checkpoint (epoch {epoch}) was kept: lower --lr "
+                        "or check the data for extreme values"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                # The loss estimates the full-data objective: per data point it is / N.
+                total += float(loss.detach()) * xb.shape[0] / num_data
+            val_elbo = math.nan
+            if val is not None:
+                val_elbo = evaluate_elbo(
+                    vae, val, particles=config.eval_particles, seed=config.seed, transform=transform
+                )
+            history.append(EpochRecord(epoch + 1, total / num_data, val_elbo, time.perf_counter() - start))
+            bar.update(1)
+            bar.set_postfix(loss=f"{history[-1].train_loss:.3f}", val_elbo=f"{val_elbo:.3f}")
+            if on_epoch_end is not None:
+                on_epoch_end(history)
+    finally:
+        bar.close()
+    return history
