@@ -454,28 +454,30 @@ def binarize(
     )
 
 
-def resolve_binarize(mode: str, likelihood: str) -> str:
+def resolve_binarize(mode: str, needs_binary: bool) -> str:
     """Resolve ``auto`` to the binarization that suits the likelihood.
 
     Args:
         mode: One of ``auto``, ``dynamic``, ``threshold``, ``none``.
-        likelihood: Name of the likelihood p(x|z), e.g. ``bernoulli``.
+        needs_binary: Whether the likelihood's support is {0, 1}
+            (``Likelihood.needs_binary``).
 
     Returns:
-        ``dynamic`` for ``auto`` with the Bernoulli likelihood (whose support is
-        {0, 1}), ``none`` for ``auto`` otherwise, else ``mode`` unchanged.
+        ``dynamic`` for ``auto`` with a likelihood that needs 0/1 data (dynamic
+        binarization, as in the published MNIST benchmarks), ``none`` for ``auto``
+        otherwise, else ``mode`` unchanged.
 
     Raises:
         DataError: ``mode`` is not one of the four choices.
 
     Example:
-        >>> resolve_binarize("auto", "bernoulli"), resolve_binarize("auto", "normal")
+        >>> resolve_binarize("auto", True), resolve_binarize("auto", False)
         ('dynamic', 'none')
     """
     if mode not in BINARIZE_MODES:
         raise DataError(f"unknown --binarize {mode!r}; choose one of {', '.join(BINARIZE_MODES)}")
     if mode == "auto":
-        return "dynamic" if likelihood == "bernoulli" else "none"
+        return "dynamic" if needs_binary else "none"
     return mode
 
 

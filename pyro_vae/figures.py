@@ -102,7 +102,8 @@ def plot_latent(
     from matplotlib.patches import Ellipse
 
     fig, ax = plt.subplots(figsize=(6, 5))
-    sc = ax.scatter(loc[:, 0], loc[:, 1], c=labels if labels is not None else None, cmap="tab10", s=6)
+    colour = {"c": labels, "cmap": "tab10"} if labels is not None else {}
+    sc = ax.scatter(loc[:, 0], loc[:, 1], s=6, **colour)
     for i in range(0, len(loc), 25):
         ax.add_patch(
             Ellipse(loc[i], 2 * scale[i, 0], 2 * scale[i, 1], fill=False, lw=0.6, alpha=0.6, color="k")

@@ -8,17 +8,29 @@ Interface (all a new guide needs): subclass :class:`Guide`, create every paramet
 - ``encode(h) -> (loc, scale)``, each of shape ``h.shape[:-1] + (z_dim,)``: for the
   diagonal Normal these are exactly the parameters mu(x), sigma(x) of q(z|x); for
   other families, the location and the per-dimension scale of their Gaussian part.
+
+The guides here, each with reparameterized draws (``rsample``):
+
+- :class:`DiagonalNormalGuide`: Normal(mu(x), diag(sigma(x)^2)).
+- :class:`FullCovarianceGuide`: MultivariateNormal(mu(x), L(x) L(x)^T), with a
+  Cholesky factor L(x) whose diagonal is positive.
+- :class:`LowRankGuide`: MultivariateNormal(mu(x), W(x) W(x)^T + diag(d(x)^2)).
+- :class:`FlowGuide`: Normal(mu(x), diag(sigma(x)^2)) followed by inverse
+  autoregressive transforms conditioned on the encoder's features (Kingma et al., 2016).
 """
 
 from __future__ import annotations
 
 import pyro.distributions as dist
 import torch
+from pyro.distributions.transforms import ConditionalAffineAutoregressive
+from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
+from .errors import ConfigError
 from .nn import softplus_scale
 
-__all__ = ["Guide", "DiagonalNormalGuide"]
+__all__ = ["Guide", "DiagonalNormalGuide", "FullCovarianceGuide", "LowRankGuide", "FlowGuide"]
 
 
 class Guide(nn.Module):
@@ -70,3 +82,145 @@ class DiagonalNormalGuide(Guide):
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
         loc, scale = self.encode(h)
         return dist.Normal(loc, scale).to_event(1)
+
+
+class FullCovarianceGuide(Guide):
+    """q(z|x) = MultivariateNormal(mu(x), L(x) L(x)^T): correlated latent dimensions.
+
+    A linear map of the encoder's features gives the ``z_dim * (z_dim + 1) / 2``
+    entries of the lower-triangular Cholesky factor L(x); its diagonal goes through
+    softplus (plus a small floor) so that it is positive and the covariance is
+    positive definite.
+
+    :meth:`encode` returns mu(x) and the marginal standard deviations
+    ``sqrt(diag(L L^T))``, the row norms of L(x).
+
+    Example:
+        >>> g = FullCovarianceGuide(4, 3)
+        >>> q = g(torch.zeros(5, 4))
+        >>> q.batch_shape, q.event_shape, q.rsample().shape
+        (torch.Size([5]), torch.Size([3]), torch.Size([5, 3]))
+    """
+
+    def __init__(self, in_features: int, z_dim: int) -> None:
+        super().__init__(in_features, z_dim)
+        self.loc = nn.Linear(in_features, z_dim)
+        self.raw_tril = nn.Linear(in_features, z_dim * (z_dim + 1) // 2)
+        rows, cols = torch.tril_indices(z_dim, z_dim)
+        # Fixed by z_dim, so not saved: a fresh instance recomputes them.
+        self.register_buffer("tril_rows", rows, persistent=False)
+        self.register_buffer("tril_cols", cols, persistent=False)
+
+    def scale_tril(self, h: torch.Tensor) -> torch.Tensor:
+        """The Cholesky factor L(x), shape ``h.shape[:-1] + (z_dim, z_dim)``."""
+        raw = self.raw_tril(h)  # (..., z_dim (z_dim + 1) / 2)
+        tril = raw.new_zeros(raw.shape[:-1] + (self.z_dim, self.z_dim))
+        tril[..., self.tril_rows, self.tril_cols] = raw
+        diagonal = softplus_scale(tril.diagonal(dim1=-2, dim2=-1))  # (..., z_dim)
+        return tril.tril(-1) + torch.diag_embed(diagonal)  # (..., z_dim, z_dim)
+
+    def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.loc(h), self.scale_tril(h).pow(2).sum(-1).sqrt()  # (B, z_dim) each
+
+    def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
+        return dist.MultivariateNormal(self.loc(h), scale_tril=self.scale_tril(h))
+
+
+class LowRankGuide(Guide):
+    """q(z|x) = MultivariateNormal(mu(x), W(x) W(x)^T + diag(d(x)^2)).
+
+    A covariance with ``rank`` correlated directions W(x) (``z_dim x rank``) plus an
+    independent scale d(x) per dimension: cheaper than :class:`FullCovarianceGuide`
+    for a large ``z_dim``.
+
+    :meth:`encode` returns mu(x) and the marginal standard deviations
+    ``sqrt(sum_r W_ir^2 + d_i^2)``.
+
+    Args:
+        in_features: Size of the encoder's output.
+        z_dim: Size of the latent vector.
+        rank: Number of columns of W(x), 1 to ``z_dim``.
+
+    Raises:
+        ConfigError: ``rank`` is not in 1 .. ``z_dim``.
+
+    Example:
+        >>> g = LowRankGuide(4, 3, rank=2)
+        >>> q = g(torch.zeros(5, 4))
+        >>> q.batch_shape, q.event_shape, q.cov_factor.shape
+        (torch.Size([5]), torch.Size([3]), torch.Size([5, 3, 2]))
+    """
+
+    def __init__(self, in_features: int, z_dim: int, rank: int = 1) -> None:
+        super().__init__(in_features, z_dim)
+        if not 1 <= rank <= z_dim:
+            raise ConfigError(f"--guide-rank must be between 1 and --z-dim {z_dim}, got {rank}")
+        self.rank = rank
+        self.loc = nn.Linear(in_features, z_dim)
+        self.cov_factor = nn.Linear(in_features, z_dim * rank)
+        self.raw_diag_scale = nn.Linear(in_features, z_dim)
+
+    def _parts(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        factor = self.cov_factor(h).unflatten(-1, (self.z_dim, self.rank))  # (..., z_dim, rank)
+        return self.loc(h), factor, softplus_scale(self.raw_diag_scale(h))  # (..., z_dim) loc and d
+
+    def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loc, factor, diag_scale = self._parts(h)
+        return loc, (factor.pow(2).sum(-1) + diag_scale.pow(2)).sqrt()  # (B, z_dim) each
+
+    def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
+        loc, factor, diag_scale = self._parts(h)
+        # LowRankMultivariateNormal takes the diagonal as a variance.
+        return dist.LowRankMultivariateNormal(loc, factor, diag_scale.pow(2))
+
+
+class FlowGuide(Guide):
+    """q(z|x): Normal(mu(x), diag(sigma(x)^2)) followed by conditional IAF layers.
+
+    Each layer is Pyro's ``ConditionalAffineAutoregressive`` (an inverse
+    autoregressive flow) whose MADE network also reads the encoder's features h(x),
+    so every input gets its own non-Gaussian posterior. Draws and the density of a
+    fresh draw cost one network pass per layer (the transforms cache their inverse);
+    the density of an arbitrary z (e.g. a VampPrior built on this guide) costs
+    ``z_dim`` passes per layer.
+
+    :meth:`encode` returns mu(x) and sigma(x) of the Gaussian base, before the flow.
+
+    Args:
+        in_features: Size of the encoder's output (the flow's context).
+        z_dim: Size of the latent vector (>= 2).
+        num_layers: Number of autoregressive layers.
+        hidden: Width of each layer's MADE network (default ``10 * z_dim``; at least
+            ``z_dim``).
+
+    Raises:
+        ConfigError: ``z_dim < 2``, ``num_layers < 1`` or ``hidden < z_dim``.
+
+    Example:
+        >>> g = FlowGuide(4, 3, num_layers=2)
+        >>> q = g(torch.zeros(5, 4))
+        >>> q.batch_shape, q.event_shape, q.rsample().shape
+        (torch.Size([5]), torch.Size([3]), torch.Size([5, 3]))
+    """
+
+    def __init__(self, in_features: int, z_dim: int, num_layers: int = 2, hidden: int | None = None) -> None:
+        super().__init__(in_features, z_dim)
+        hidden = 10 * z_dim if hidden is None else hidden
+        if z_dim < 2:
+            raise ConfigError(f"a flow guide needs --z-dim >= 2 (an autoregressive flow in 1-D is affine), got {z_dim}")
+        if num_layers < 1:
+            raise ConfigError(f"--flow-layers must be >= 1, got {num_layers}")
+        if hidden < z_dim:
+            raise ConfigError(f"the flow's hidden width must be >= z_dim {z_dim}, got {hidden}")
+        self.base = DiagonalNormalGuide(in_features, z_dim)
+        self.layers = nn.ModuleList(
+            ConditionalAffineAutoregressive(ConditionalAutoRegressiveNN(z_dim, in_features, [hidden]))
+            for _ in range(num_layers)
+        )
+
+    def encode(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base.encode(h)
+
+    def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
+        flow = dist.ConditionalTransformedDistribution(self.base(h), list(self.layers))
+        return flow.condition(h)  # batch h.shape[:-1], event (z_dim,)

@@ -9,6 +9,14 @@ parameter in ``__init__``, and implement
   the data cannot come from this likelihood;
 - the class attribute ``needs_binary`` (``True`` when observations must be 0/1, so
   that the data pipeline binarizes them).
+
+The likelihoods here, by the data they model:
+
+- binary (0/1): :class:`BernoulliLikelihood` (grey values are binarized);
+- values in [0, 1], kept as they are: :class:`ContinuousBernoulliLikelihood`;
+- real values: :class:`NormalLikelihood`;
+- counts: :class:`PoissonLikelihood`, :class:`NegativeBinomialLikelihood`
+  (over-dispersed counts, as in scVI).
 """
 
 from __future__ import annotations
@@ -22,7 +30,14 @@ from torch import nn
 from .errors import DataError
 from .nn import SCALE_FLOOR, softplus_scale
 
-__all__ = ["Likelihood", "BernoulliLikelihood", "NormalLikelihood"]
+__all__ = [
+    "Likelihood",
+    "BernoulliLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "NormalLikelihood",
+    "PoissonLikelihood",
+    "NegativeBinomialLikelihood",
+]
 
 
 def _describe_bad(x: torch.Tensor, bad: torch.Tensor) -> str:
@@ -118,3 +133,110 @@ class NormalLikelihood(Likelihood):
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
         loc = self.loc(h)  # (..., x_dim)
         return dist.Normal(loc, softplus_scale(self.raw_scale).expand_as(loc)).to_event(1)
+
+
+class ContinuousBernoulliLikelihood(Likelihood):
+    """Independent continuous Bernoulli features: data in [0, 1], not binarized.
+
+    The continuous Bernoulli (Loaiza-Ganem and Cunningham, 2019) is the normalized
+    version of the Bernoulli density on [0, 1], so grey values are modelled as they
+    are and the log-likelihood is a proper density.
+
+    Example:
+        >>> lik = ContinuousBernoulliLikelihood(4, 6)
+        >>> d = lik(torch.zeros(3, 4))
+        >>> d.event_shape, d.log_prob(torch.full((3, 6), 0.25)).shape
+        (torch.Size([6]), torch.Size([3]))
+    """
+
+    def __init__(self, in_features: int, x_dim: int) -> None:
+        super().__init__(in_features, x_dim)
+        self.logits = nn.Linear(in_features, x_dim)
+
+    def check_support(self, x: torch.Tensor) -> None:
+        super().check_support(x)
+        bad = (x < 0) | (x > 1)
+        if bad.any():
+            raise DataError(
+                f"the continuous Bernoulli likelihood needs data in [0, 1], but {_describe_bad(x, bad)}; "
+                "rescale the data to [0, 1] or use --likelihood normal for real-valued data"
+            )
+
+    def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
+        return dist.ContinuousBernoulli(logits=self.logits(h)).to_event(1)  # batch h.shape[:-1], event (x_dim,)
+
+
+class _CountLikelihood(Likelihood):
+    """Shared support check of the count likelihoods: non-negative integers."""
+
+    _name = "count"
+
+    def check_support(self, x: torch.Tensor) -> None:
+        super().check_support(x)
+        bad = (x < 0) | (x != torch.round(x))
+        if bad.any():
+            raise DataError(
+                f"the {self._name} likelihood needs counts (non-negative integers), but {_describe_bad(x, bad)}; "
+                "pass raw counts, or use --likelihood normal for real-valued data"
+            )
+
+
+class PoissonLikelihood(_CountLikelihood):
+    """Independent Poisson counts with rate softplus(W h + b).
+
+    Example:
+        >>> lik = PoissonLikelihood(4, 6)
+        >>> d = lik(torch.zeros(3, 4))
+        >>> d.event_shape, d.log_prob(torch.ones(3, 6)).shape
+        (torch.Size([6]), torch.Size([3]))
+    """
+
+    _name = "Poisson"
+
+    def __init__(self, in_features: int, x_dim: int) -> None:
+        super().__init__(in_features, x_dim)
+        self.raw_rate = nn.Linear(in_features, x_dim)
+
+    def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
+        # softplus rather than exp: a large pre-activation gives a large rate, not inf.
+        return dist.Poisson(softplus_scale(self.raw_rate(h))).to_event(1)
+
+
+class NegativeBinomialLikelihood(_CountLikelihood):
+    """Independent negative binomial counts with mean mu(z) and a learned dispersion.
+
+    Parameterized as in scVI by the mean ``mu`` (from the decoder, through softplus)
+    and an inverse dispersion ``theta`` per feature (learned, shared by all data
+    points): the variance is ``mu + mu^2 / theta``, so small ``theta`` means strong
+    over-dispersion and ``theta -> inf`` gives the Poisson. In the ``(total_count,
+    logits)`` form of the distribution, ``total_count = theta`` and ``logits =
+    log(mu) - log(theta)``.
+
+    Args:
+        in_features: Size of the decoder's output.
+        x_dim: Number of features of one data point.
+        init_theta: Initial inverse dispersion of every feature.
+
+    Example:
+        >>> lik = NegativeBinomialLikelihood(4, 6)
+        >>> d = lik(torch.zeros(3, 4))
+        >>> d.event_shape, round(float(lik.theta[0]), 4)
+        (torch.Size([6]), 1.0)
+    """
+
+    _name = "negative binomial"
+
+    def __init__(self, in_features: int, x_dim: int, init_theta: float = 1.0) -> None:
+        super().__init__(in_features, x_dim)
+        self.raw_mean = nn.Linear(in_features, x_dim)
+        self.raw_theta = nn.Parameter(torch.full((x_dim,), math.log(math.expm1(init_theta - SCALE_FLOOR))))
+
+    @property
+    def theta(self) -> torch.Tensor:
+        """The inverse dispersion per feature, shape ``(x_dim,)``."""
+        return softplus_scale(self.raw_theta)
+
+    def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
+        mean = softplus_scale(self.raw_mean(h))  # (..., x_dim)
+        theta = self.theta.expand_as(mean)
+        return dist.NegativeBinomial(total_count=theta, logits=mean.log() - theta.log()).to_event(1)

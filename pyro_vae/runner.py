@@ -42,7 +42,7 @@ from .checkpoint import (
     save_weights,
 )
 from .config import RunConfig
-from .data import Dataset, binarize, load_dataset
+from .data import Dataset, binarize, load_dataset, resolve_binarize
 from .errors import CheckpointError, ConfigError, DataError
 from .figures import plot_history, plot_latent, plot_reconstructions, plot_samples
 from .train import BatchTransform, EpochRecord, evaluate_elbo, fit
@@ -105,9 +105,7 @@ def make_transform(config: RunConfig, vae: VAE) -> BatchTransform | None:
     ``auto`` binarizes dynamically for a likelihood that ``needs_binary`` and leaves the
     data alone otherwise.
     """
-    mode = config.data.binarize
-    if mode == "auto":
-        mode = "dynamic" if vae.likelihood.needs_binary else "none"
+    mode = resolve_binarize(config.data.binarize, vae.likelihood.needs_binary)
     if mode == "none":
         return None
     threshold = config.data.threshold

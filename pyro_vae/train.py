@@ -164,7 +164,7 @@ def fit(
                 loss = objective.loss(vae, xb, num_data, beta)
                 if not torch.isfinite(loss):
                     raise TrainingDivergedError(
-                        f"the loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; "
+                        f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
                         f"the last good checkpoint (epoch {epoch}) was kept: lower --lr "
                         "or check the data for extreme values"
                     )

@@ -503,13 +503,13 @@ def test_binarize_unknown_mode() -> None:
 
 
 def test_resolve_binarize() -> None:
-    assert D.resolve_binarize("auto", "bernoulli") == "dynamic"
-    assert D.resolve_binarize("auto", "normal") == "none"
+    assert D.resolve_binarize("auto", True) == "dynamic"
+    assert D.resolve_binarize("auto", False) == "none"
     for mode in ("dynamic", "threshold", "none"):
-        assert D.resolve_binarize(mode, "normal") == mode
-        assert D.resolve_binarize(mode, "bernoulli") == mode
+        assert D.resolve_binarize(mode, False) == mode
+        assert D.resolve_binarize(mode, True) == mode
     with pytest.raises(DataError, match="choose one of auto, dynamic, threshold, none"):
-        D.resolve_binarize("sometimes", "bernoulli")
+        D.resolve_binarize("sometimes", True)
 
 
 def test_default_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
