@@ -17,7 +17,8 @@ import pyro
 pyro.settings.set(module_local_params=True)
 
 from .bounds import elbo_per_datum, iwae_per_datum, log_weights  # noqa: E402
-from .build import GUIDES, LIKELIHOODS, PRIORS, build_vae  # noqa: E402
+from .amortization import PerPointFit, refine_per_point  # noqa: E402
+from .build import GUIDES, LIKELIHOODS, OBJECTIVES, PRIORS, build_vae  # noqa: E402
 from .checkpoint import load, load_run  # noqa: E402
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from .data import Dataset, load_dataset  # noqa: E402
@@ -28,11 +29,18 @@ from .errors import (  # noqa: E402
     PyroVAEError,
     TrainingDivergedError,
 )
-from .guides import DiagonalNormalGuide, Guide  # noqa: E402
-from .likelihoods import BernoulliLikelihood, Likelihood, NormalLikelihood  # noqa: E402
+from .guides import DiagonalNormalGuide, FlowGuide, FullCovarianceGuide, Guide, LowRankGuide  # noqa: E402
+from .likelihoods import (  # noqa: E402
+    BernoulliLikelihood,
+    ContinuousBernoulliLikelihood,
+    Likelihood,
+    NegativeBinomialLikelihood,
+    NormalLikelihood,
+    PoissonLikelihood,
+)
 from .nn import MLP  # noqa: E402
-from .objectives import Objective, TraceELBO  # noqa: E402
-from .priors import Prior, StandardNormalPrior  # noqa: E402
+from .objectives import IWAE, Objective, TraceELBO, TraceMeanFieldELBO  # noqa: E402
+from .priors import FlowPrior, LearnedNormalPrior, MixturePrior, Prior, StandardNormalPrior, VampPrior  # noqa: E402
 from .runner import RunResult, evaluate_run, resume_run, train_run  # noqa: E402
 from .train import EpochRecord, evaluate_elbo, fit  # noqa: E402
 from .vae import VAE  # noqa: E402
@@ -44,13 +52,28 @@ __all__ = [
     "MLP",
     "Prior",
     "StandardNormalPrior",
+    "LearnedNormalPrior",
+    "MixturePrior",
+    "VampPrior",
+    "FlowPrior",
     "Guide",
     "DiagonalNormalGuide",
+    "FullCovarianceGuide",
+    "LowRankGuide",
+    "FlowGuide",
     "Likelihood",
     "BernoulliLikelihood",
     "NormalLikelihood",
+    "ContinuousBernoulliLikelihood",
+    "PoissonLikelihood",
+    "NegativeBinomialLikelihood",
     "Objective",
     "TraceELBO",
+    "TraceMeanFieldELBO",
+    "IWAE",
+    "OBJECTIVES",
+    "PerPointFit",
+    "refine_per_point",
     "PRIORS",
     "GUIDES",
     "LIKELIHOODS",

@@ -1,7 +1,11 @@
-"""Command line: ``pyro-vae train|evaluate|encode|sample`` (also ``python -m pyro_vae``).
+"""Command line: ``pyro-vae train|evaluate|encode|sample|inspect`` (also ``python -m pyro_vae``).
 
 The flags of ``train`` are generated from the config dataclasses, so each default lives
 in :mod:`pyro_vae.config` only. Every user error prints one line and exits with status 2.
+
+``train`` also runs data-parallel under ``torchrun`` (``torchrun --nproc_per_node N -m
+pyro_vae train ...``): it joins the process group torchrun describes, only rank 0 prints
+and writes, and ``--dist-timeout`` bounds how long a rank waits for the others.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from .build import GUIDES, LIKELIHOODS, OBJECTIVES, PRIORS
 from .checkpoint import atomic_write, load_run
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from . import distributed
 from .data import BINARIZE_MODES, load_array, load_dataset
 from .errors import ConfigError, PyroVAEError
 from .nn import ACTIVATIONS
@@ -41,8 +46,11 @@ _TRAIN_FLAGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "--likelihood": ("model", "likelihood", {"choices": sorted(LIKELIHOODS), "help": "p(x|z)"}),
     "--prior": ("model", "prior", {"choices": sorted(PRIORS), "help": "p(z)"}),
     "--guide": ("model", "guide", {"choices": sorted(GUIDES), "help": "q(z|x)"}),
+    "--prior-components": ("model", "prior_components", {"type": int, "help": "K: Gaussians of --prior mixture, pseudo-inputs of --prior vamp"}),
+    "--flow-layers": ("model", "flow_layers", {"type": int, "help": "autoregressive layers of --prior flow and --guide flow"}),
+    "--guide-rank": ("model", "guide_rank", {"type": int, "help": "rank of the covariance factor of --guide lowrank"}),
     "--epochs": ("train", "epochs", {"type": int, "help": "passes over the training data (with --resume: total)"}),
-    "--batch-size": ("train", "batch_size", {"type": int, "help": "data points per step"}),
+    "--batch-size": ("train", "batch_size", {"type": int, "help": "data points per step (under torchrun: per process)"}),
     "--lr": ("train", "lr", {"type": float, "help": "Adam learning rate"}),
     "--seed": ("train", "seed", {"type": int, "help": "seed of every random draw"}),
     "--elbo": ("train", "elbo", {"choices": sorted(OBJECTIVES), "help": "training objective"}),
@@ -76,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out, replacing its run files")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    train.add_argument(
+        "--dist-timeout", type=float, default=None, metavar="SECONDS",
+        help="under torchrun: seconds a rank waits for the others before the job fails "
+        f"(default: env {distributed.TIMEOUT_ENV} or {distributed.DEFAULT_TIMEOUT_S:g})",
+    )
 
     evaluate = sub.add_parser("evaluate", help="ELBO per data point on held-out data")
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
@@ -99,6 +112,24 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, metavar="FILE", help="output .png (a grid) or .npy (the means)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
     sample.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    inspect = sub.add_parser(
+        "inspect", help="compare the guide q(z|x) with the exact posterior p(z|x) for a few inputs (ArviZ)"
+    )
+    inspect.add_argument("run_dir", metavar="RUN_DIR")
+    inspect.add_argument("--index", type=int, nargs="+", required=True, metavar="I", help="rows of the data to inspect")
+    inspect.add_argument(
+        "--split", choices=("train", "val", "test"), default=None,
+        help="which rows --index counts (default: test if the data has one, else val)",
+    )
+    inspect.add_argument("--mcmc", action="store_true", help="reference by NUTS (default: importance resampling, faster)")
+    inspect.add_argument("--samples", type=int, default=500, metavar="N", help="draws per chain (default: 500)")
+    inspect.add_argument("--chains", type=int, default=4, help="chains per point (default: 4)")
+    inspect.add_argument("--warmup", type=int, default=None, metavar="N", help="NUTS warm-up steps per chain (default: --samples)")
+    inspect.add_argument("--seed", type=int, default=None, help="seed of every draw (default: the run's)")
+    inspect.add_argument("--out", default=None, metavar="DIR", help="output folder (default: RUN_DIR/inspect)")
+    inspect.add_argument("--overwrite", action="store_true", help="replace the files of an earlier inspection in --out")
+    inspect.add_argument("--no-progress", action="store_true", help="hide the NUTS progress bar")
     return parser
 
 
@@ -127,9 +158,12 @@ def _cmd_train(args: argparse.Namespace, say: Callable[[str], None]) -> None:
             # The device is a property of this call, not of the model: allow switching.
             from .checkpoint import load_config, save_config
 
-            config = load_config(args.resume)
-            config.train = dataclasses.replace(config.train, device=args.device)
-            save_config(args.resume, config)
+            def switch_device() -> None:
+                config = load_config(args.resume)
+                config.train = dataclasses.replace(config.train, device=args.device)
+                save_config(args.resume, config)
+
+            distributed.run_on_main(switch_device)  # under torchrun, rank 0 writes
         result = resume_run(args.resume, epochs=args.epochs, progress=progress)
     else:
         result = train_run(_config_from_args(args), args.out, overwrite=args.overwrite, progress=progress)
@@ -215,18 +249,76 @@ def _cmd_sample(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     say(f"wrote {args.num} samples to {out}")
 
 
-_COMMANDS = {"train": _cmd_train, "evaluate": _cmd_evaluate, "encode": _cmd_encode, "sample": _cmd_sample}
+def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
+    import pandas as pd
+
+    from .inspection import check_outputs, inspect_points, load_points, write_inspection
+
+    for flag, value, least in (("--samples", args.samples, 4), ("--chains", args.chains, 1), ("--warmup", args.warmup, 0)):
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be >= {least}, got {value}")
+    out = check_outputs(args.out or Path(args.run_dir) / "inspect", overwrite=args.overwrite)  # before the long part
+    config, vae, x, split = load_points(args.run_dir, args.index, split=args.split, seed=args.seed)
+    seed = config.train.seed if args.seed is None else args.seed
+    found = inspect_points(
+        vae, x, args.index, mcmc=args.mcmc, num_samples=args.samples, num_chains=args.chains,
+        warmup_steps=args.warmup, seed=seed, progress=not args.no_progress,
+    )
+    written = write_inspection(found, out, overwrite=args.overwrite)
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
+        say(f"rows {' '.join(map(str, args.index))} of the {split} split of {config.data.data!r}")
+        say(found.describe_reference())
+        say(found.table.to_string())
+        say(found.points.to_string())
+    say(f"wrote {', '.join(p.name for p in written)} to {out}")
+
+
+_COMMANDS = {
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+    "encode": _cmd_encode,
+    "sample": _cmd_sample,
+    "inspect": _cmd_inspect,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a user error)."""
     args = build_parser().parse_args(argv)
+    joined = False
     try:
-        _COMMANDS[args.command](args, print)
+        if args.command == "train":
+            joined = distributed.init_from_env(args.dist_timeout)  # under torchrun only
+        _COMMANDS[args.command](args, print if distributed.is_main_process() else _silent)
     except PyroVAEError as err:
-        print(f"pyro-vae: error: {err}", file=sys.stderr)
-        return 2
+        print(f"pyro-vae: error{_where()}: {err}", file=sys.stderr)
+        status = 2
     except KeyboardInterrupt:
         print("pyro-vae: interrupted; the last completed epoch's checkpoint is kept", file=sys.stderr)
         return 130
-    return 0
+    except Exception as err:
+        if distributed.world_size() > 1:
+            # Say which rank stopped and why before the traceback; a rank that lost a peer
+            # ends here too ("Connection closed by peer" or a timeout of --dist-timeout).
+            first = (str(err).strip().splitlines() or [""])[0]
+            print(
+                f"pyro-vae: error{_where()}: {type(err).__name__}: {first} (if another rank failed first, "
+                "its message is the cause; torchrun stops the remaining ranks)",
+                file=sys.stderr,
+            )
+        raise
+    else:
+        status = 0
+    if joined:
+        distributed.shutdown()
+    return status
+
+
+def _silent(_: str) -> None:
+    """Output of ranks other than 0 under torchrun."""
+
+
+def _where() -> str:
+    if distributed.world_size() == 1:
+        return ""
+    return f" (rank {distributed.rank()} of {distributed.world_size()})"

@@ -29,6 +29,12 @@ class ModelConfig:
         likelihood: Name of the likelihood p(x|z) (see ``pyro_vae.build.LIKELIHOODS``).
         prior: Name of the prior p(z) (see ``pyro_vae.build.PRIORS``).
         guide: Name of the guide family q(z|x) (see ``pyro_vae.build.GUIDES``).
+        prior_components: K, the number of Gaussians of the ``mixture`` prior and of
+            pseudo-inputs of the ``vamp`` prior (ignored by the other priors).
+        flow_layers: Number of autoregressive layers of the ``flow`` prior and the
+            ``flow`` guide (ignored by the others).
+        guide_rank: Number of correlated directions of the ``lowrank`` guide's
+            covariance, 1 to ``z_dim`` (ignored by the other guides).
     """
 
     x_dim: int = 0
@@ -38,6 +44,9 @@ class ModelConfig:
     likelihood: str = "bernoulli"
     prior: str = "normal"
     guide: str = "diagonal"
+    prior_components: int = 10
+    flow_layers: int = 2
+    guide_rank: int = 1
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` if a value is out of range."""
@@ -47,6 +56,10 @@ class ModelConfig:
             raise ConfigError(f"--z-dim must be >= 1, got {self.z_dim}")
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"--hidden widths must all be >= 1, got {list(self.hidden)}")
+        for name in ("prior_components", "flow_layers", "guide_rank"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
 @dataclass
@@ -145,10 +158,20 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
-        """Validate every section."""
+        """Validate every section, then the combination of model and objective.
+
+        Raises:
+            ConfigError: A value is out of range, a name unknown, or the objective
+                cannot train the model (see :func:`pyro_vae.build.check_compatible`).
+        """
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        # Imported here: build imports this module. Checked here so that a bad
+        # combination fails before a run writes anything.
+        from .build import check_compatible
+
+        check_compatible(self.model, self.train)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""

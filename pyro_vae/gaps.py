@@ -244,21 +244,27 @@ class LogMarginal:
     ess: torch.Tensor
     num_samples: int
 
+    @classmethod
+    def from_log_weights(cls, *strata: torch.Tensor) -> "LogMarginal":
+        """The estimate from log-weights ``(n, B)``, one tensor per mixture component.
 
-def _mean_exp_stats(strata: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """log of the stratified mean of exp(lw), its standard error and the Kish ESS.
+        With one tensor this is plain importance sampling. With M tensors, each holds
+        the weights (against the even mixture) of draws from one component, drawn in
+        equal shares, and ``(1/M) sum_m mean_k w_mk`` is an unbiased (stratified)
+        estimate of p(x).
 
-    Each stratum is ``(n_m, B)`` log-weights of draws from one mixture component,
-    drawn in equal shares, so the estimate ``(1/M) sum_m mean_k w_mk`` is unbiased.
-    """
-    shift = torch.stack([s.max(0).values for s in strata]).max(0).values  # (B,)
-    m = len(strata)
-    means = [torch.exp(s - shift).mean(0) for s in strata]  # each (B,)
-    var = sum(torch.exp(s - shift).var(0, unbiased=True) / s.shape[0] for s in strata) / m**2  # (B,)
-    mean = sum(means) / m  # (B,)
-    all_lw = torch.cat(list(strata))  # (K, B)
-    ess = torch.exp(2 * torch.logsumexp(all_lw, 0) - torch.logsumexp(2 * all_lw, 0))  # (B,)
-    return torch.log(mean) + shift, var.sqrt() / mean, ess
+        Example:
+            >>> lw = torch.zeros(10, 3)  # every weight 1: p(x) = 1 exactly
+            >>> LogMarginal.from_log_weights(lw).estimate
+            tensor([0., 0., 0.])
+        """
+        shift = torch.stack([s.max(0).values for s in strata]).max(0).values  # (B,)
+        m = len(strata)
+        mean = sum(torch.exp(s - shift).mean(0) for s in strata) / m  # (B,)
+        var = sum(torch.exp(s - shift).var(0) / s.shape[0] for s in strata) / m**2  # (B,)
+        all_lw = torch.cat(list(strata))  # (K, B)
+        ess = torch.exp(2 * torch.logsumexp(all_lw, 0) - torch.logsumexp(2 * all_lw, 0))  # (B,)
+        return cls(torch.log(mean) + shift, var.sqrt() / mean, ess, all_lw.shape[0])
 
 
 @torch.no_grad()
@@ -318,8 +324,7 @@ def log_marginal(
                 log_r = torch.logsumexp(torch.stack([p.log_prob(z) for p in proposals]), 0) - log_m  # (k, B)
                 chunks.append(log_joint(vae, z, x) - log_r)  # (k, B)
             strata.append(torch.cat(chunks))
-        estimate, se, ess = _mean_exp_stats(strata)
-    return LogMarginal(estimate, se, ess, per * len(proposals))
+    return LogMarginal.from_log_weights(*strata)
 
 
 def _mean_se(lw: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

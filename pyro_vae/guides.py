@@ -174,6 +174,23 @@ class LowRankGuide(Guide):
         return dist.LowRankMultivariateNormal(loc, factor, diag_scale.pow(2))
 
 
+class _FlowDistribution(dist.TransformedDistribution):
+    """A transformed distribution whose ``log_prob`` broadcasts its argument.
+
+    The inverse of an autoregressive transform starts from a tensor of the value's
+    shape, so a value that only broadcasts against the batch (as
+    ``MixtureSameFamily`` passes one, with a singleton component dimension) has to be
+    expanded first. A value that already has the full shape is passed on as it is,
+    keeping the transforms' cache of a fresh draw valid.
+    """
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        full = torch.broadcast_shapes(value.shape, self.batch_shape + self.event_shape)
+        if value.shape != full:
+            value = value.expand(full)
+        return super().log_prob(value)
+
+
 class FlowGuide(Guide):
     """q(z|x): Normal(mu(x), diag(sigma(x)^2)) followed by conditional IAF layers.
 
@@ -222,5 +239,6 @@ class FlowGuide(Guide):
         return self.base.encode(h)
 
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
-        flow = dist.ConditionalTransformedDistribution(self.base(h), list(self.layers))
-        return flow.condition(h)  # batch h.shape[:-1], event (z_dim,)
+        # Each ConditionalAffineAutoregressive.condition(h) gives an IAF layer for this h.
+        transforms = [layer.condition(h) for layer in self.layers]
+        return _FlowDistribution(self.base(h), transforms)  # batch h.shape[:-1], event (z_dim,)

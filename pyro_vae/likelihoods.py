@@ -220,7 +220,7 @@ class NegativeBinomialLikelihood(_CountLikelihood):
     Example:
         >>> lik = NegativeBinomialLikelihood(4, 6)
         >>> d = lik(torch.zeros(3, 4))
-        >>> d.event_shape, round(float(lik.theta[0]), 4)
+        >>> d.event_shape, round(float(lik.theta[0].detach()), 4)
         (torch.Size([6]), 1.0)
     """
 

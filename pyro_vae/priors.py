@@ -89,7 +89,7 @@ class LearnedNormalPrior(Prior):
 
     Example:
         >>> p = LearnedNormalPrior(2)()
-        >>> p.event_shape, float(p.base_dist.scale[0])
+        >>> p.event_shape, float(p.base_dist.scale[0].detach())
         (torch.Size([2]), 1.0)
     """
 

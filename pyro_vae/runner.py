@@ -43,6 +43,7 @@ from .checkpoint import (
 )
 from .config import RunConfig
 from .data import Dataset, binarize, load_dataset, resolve_binarize
+from .distributed import barrier, is_initialized, is_main_process, local_rank, run_on_main
 from .errors import CheckpointError, ConfigError, DataError
 from .figures import plot_history, plot_latent, plot_reconstructions, plot_samples
 from .train import BatchTransform, EpochRecord, evaluate_elbo, fit
@@ -90,6 +91,14 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"--device {name!r} is not a device; use cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} was asked for but no CUDA GPU is available here; use --device cpu")
+    if device.type == "cuda" and device.index is None and is_initialized():
+        # One GPU per process under torchrun: LOCAL_RANK picks it.
+        if local_rank() >= torch.cuda.device_count():
+            raise ConfigError(
+                f"LOCAL_RANK {local_rank()} has no GPU: this machine has {torch.cuda.device_count()}; "
+                f"launch torchrun with --nproc_per_node {torch.cuda.device_count()} or fewer"
+            )
+        device = torch.device("cuda", local_rank())
     return device
 
 
@@ -209,17 +218,20 @@ def _run(
         progress=progress,
     )
     vae.eval()
-    _write_figures(run_dir, config, vae, data, history)
     val_elbo = history[-1].val_elbo if history else float("nan")
+    if is_main_process():  # under torchrun only rank 0 writes (fit checkpoints on rank 0 too)
+        _write_figures(run_dir, config, vae, data, history)
+        seconds = time.perf_counter() - start
+        summary = {
+            "epochs": len(history),
+            "val_elbo_per_datum": val_elbo,
+            "train_seconds_this_call": seconds,
+            "num_train": int(data.train.shape[0]),
+            "num_val": int(data.val.shape[0]),
+        }
+        atomic_write(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    barrier()  # every rank returns once the run directory is complete
     seconds = time.perf_counter() - start
-    summary = {
-        "epochs": len(history),
-        "val_elbo_per_datum": val_elbo,
-        "train_seconds_this_call": seconds,
-        "num_train": int(data.train.shape[0]),
-        "num_val": int(data.val.shape[0]),
-    }
-    atomic_write(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     return RunResult(run_dir, config, vae, history, val_elbo, seconds)
 
 
@@ -255,9 +267,15 @@ def train_run(
     torch.manual_seed(config.train.seed)  # the initial weights
     vae = build_vae(config.model).to(device)
     _check_data(config, vae, data)
-    run_dir = Path(out) if out is not None else _fresh_run_dir(config)
-    _claim_run_dir(run_dir, overwrite)
-    save_config(run_dir, config)
+
+    def claim() -> Path:
+        run_dir = Path(out) if out is not None else _fresh_run_dir(config)
+        _claim_run_dir(run_dir, overwrite)
+        save_config(run_dir, config)
+        return run_dir
+
+    # Under torchrun rank 0 claims the folder; every rank gets its name or its error.
+    run_dir = run_on_main(claim)
     return _run(config, run_dir, vae, data, _optimizer(vae, config), [], progress)
 
 
@@ -271,12 +289,12 @@ def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool
         CheckpointError: The run directory is missing, damaged or inconsistent.
     """
     run_dir = Path(run_dir)
-    config = load_config(run_dir)
+    # Under torchrun rank 0 reads the files and sends them to every rank.
+    config, state = run_on_main(lambda: (load_config(run_dir), load_training_state(run_dir)))
     if epochs is not None:
         config.train = dataclasses.replace(config.train, epochs=epochs)
         config.train.validate()
     device = resolve_device(config.train.device)
-    state = load_training_state(run_dir)
     data = load_data(config)
     if data.x_dim != config.model.x_dim:
         raise CheckpointError(
@@ -300,7 +318,7 @@ def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool
             f"the run already has {len(history)} epochs and asks for {config.train.epochs}; "
             f"pass --epochs N with N > {len(history)} to train longer"
         )
-    save_config(run_dir, config)
+    run_on_main(lambda: save_config(run_dir, config))
     return _run(config, run_dir, vae, data, optimizer, history, progress)
 
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .bounds import elbo_per_datum, log_weights
 from .config import TrainConfig
+from .distributed import parallelism
 from .errors import DataError, TrainingDivergedError
 from .objectives import Objective
 from .vae import VAE
@@ -125,6 +126,13 @@ def fit(
         on_epoch_end: Called with the history after each epoch (e.g. to checkpoint).
         progress: Show a progress bar with the running loss.
 
+    Under an initialized ``torch.distributed`` process group (e.g. launched with
+    ``torchrun``), ``fit`` trains data-parallel with DDP (see
+    :mod:`pyro_vae.distributed`): every process passes the same ``train``, takes its
+    shard of each epoch's permutation, and ``config.batch_size`` is per process (global
+    batch = world size x batch size). ``on_epoch_end`` and the progress bar run on rank
+    0 only; the returned history (global loss, validation ELBO) is the same on every rank.
+
     Returns:
         The history: one :class:`EpochRecord` per epoch, earlier ones included.
 
@@ -147,41 +155,53 @@ def fit(
     history = list(history or [])
     num_data = train.shape[0]
     first_epoch = len(history)
-    bar = tqdm(total=config.epochs, initial=first_epoch, disable=not progress, unit="epoch", dynamic_ncols=True)
+    # This process alone, or one replica of a torch.distributed job (DDP).
+    replicas = parallelism(vae, objective, train[:2], num_data, transform)
+    bar = tqdm(
+        total=config.epochs, initial=first_epoch, disable=not (progress and replicas.is_main), unit="epoch", dynamic_ncols=True
+    )
     try:
         for epoch in range(first_epoch, config.epochs):
             start = time.perf_counter()
             vae.train()
             generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
-            torch.manual_seed(epoch_seed(config.seed, epoch))
-            order = torch.randperm(num_data, generator=generator).to(train.device)
-            total = 0.0
+            torch.manual_seed(replicas.seed(epoch_seed(config.seed, epoch)))
+            order = replicas.shard(torch.randperm(num_data, generator=generator)).to(train.device)
+            total, seen = 0.0, 0
             beta = config.kl_weight(epoch)
-            for step, lo in enumerate(range(0, num_data, config.batch_size)):
+            for step, lo in enumerate(range(0, order.shape[0], config.batch_size)):
                 xb = train[order[lo : lo + config.batch_size]]
                 if transform is not None:
                     xb = transform(xb)
-                loss = objective.loss(vae, xb, num_data, beta)
-                if not torch.isfinite(loss):
+                loss = replicas.loss(xb, num_data, beta)
+                # Averaged over processes, so that every rank takes the same decision.
+                mean_loss = replicas.mean(loss.detach())
+                if not torch.isfinite(mean_loss):
                     raise TrainingDivergedError(
-                        f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; "
+                        f"the loss became {float(mean_loss)} at epoch {epoch + 1}, step {step + 1}; "
                         f"the last good checkpoint (epoch {epoch}) was kept: lower --lr "
                         "or check the data for extreme values"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                # The loss estimates the full-data objective: per data point it is / N.
-                total += float(loss.detach()) * xb.shape[0] / num_data
+                # The loss estimates the full-data objective: per data point it is / N,
+                # and the global batch has world_size times this process's rows.
+                total += float(mean_loss) * xb.shape[0] * replicas.world_size / num_data
+                seen += xb.shape[0] * replicas.world_size
             val_elbo = math.nan
             if val is not None:
-                val_elbo = evaluate_elbo(
-                    vae, val, particles=config.eval_particles, seed=config.seed, transform=transform
+                val_elbo = replicas.shard_mean(
+                    lambda x, seed: evaluate_elbo(
+                        vae, x, particles=config.eval_particles, seed=seed, transform=transform
+                    ),
+                    val,
+                    config.seed,
                 )
-            history.append(EpochRecord(epoch + 1, total / num_data, val_elbo, time.perf_counter() - start))
+            history.append(EpochRecord(epoch + 1, total / seen, val_elbo, time.perf_counter() - start))
             bar.update(1)
             bar.set_postfix(loss=f"{history[-1].train_loss:.3f}", val_elbo=f"{val_elbo:.3f}")
-            if on_epoch_end is not None:
+            if on_epoch_end is not None and replicas.is_main:
                 on_epoch_end(history)
     finally:
         bar.close()

@@ -1,0 +1,425 @@
+"""Data-parallel training on ``torch.distributed``: DDP, launched with ``torchrun``.
+
+Every process holds a full replica of the VAE and the full training data. Each epoch,
+every process draws the same permutation of the rows (seeded from ``(seed, epoch)``,
+exactly as single-process training does) and takes its own shard of it with
+:class:`~torch.utils.data.DistributedSampler`; so the data is reshuffled every epoch and
+each row is seen by one process. ``DistributedDataParallel`` averages the gradients.
+
+**Why the loss runs inside a module's forward.** DDP arms its gradient all-reduce in
+``DistributedDataParallel.forward`` (``Reducer.prepare_for_backward``). The VAE's loss is
+computed by Pyro calling ``vae.model`` and ``vae.guide``, so wrapping the VAE in DDP and
+calling those methods would bypass DDP: each process would silently train on its own
+gradients. :class:`ObjectiveModule` is a module whose ``forward`` *is* the objective's
+loss; wrapped in DDP, every step goes through DDP's forward and its reducer sees the
+whole graph, whatever the prior, guide, likelihood or objective.
+
+**Scaling.** Each process's loss is ``num_data / B_local`` times the sum over its
+``B_local`` rows: an unbiased estimate of the full-data objective, the same quantity a
+single process estimates. DDP averages the gradients over the ``W`` processes, which
+gives the gradient of the same estimate built from the global batch of ``W * B_local``
+rows. ``batch_size`` is therefore *per process*, the global batch is ``W * batch_size``,
+and the learning rate means what it means for a single process with that global batch:
+to reproduce a single-process run with batch B on W processes, pass ``B / W``.
+
+**Randomness.** The permutation is the same on every rank; the Monte Carlo draws (eps,
+dynamic binarization) come from :func:`rank_seed`, different on every rank, equal to the
+single-process stream on rank 0. DDP broadcasts rank 0's weights when it wraps the model,
+so all replicas start equal and stay bit-identical.
+
+**Failures.** :func:`init_from_env` sets the process-group timeout (``--dist-timeout``,
+env ``PYRO_VAE_DIST_TIMEOUT``, default :data:`DEFAULT_TIMEOUT_S`): a rank stuck in a
+collective gives up after it instead of hanging. A rank that raises exits non-zero and
+``torchrun`` stops the others.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import timedelta
+from typing import Callable, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
+from .errors import ConfigError, DataError, PyroVAEError
+from .objectives import Objective
+from .vae import VAE
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "TIMEOUT_ENV",
+    "launched_by_torchrun",
+    "resolve_timeout",
+    "init_from_env",
+    "shutdown",
+    "is_initialized",
+    "rank",
+    "world_size",
+    "local_rank",
+    "is_main_process",
+    "rank_seed",
+    "run_on_main",
+    "barrier",
+    "ObjectiveModule",
+    "Parallelism",
+    "DataParallel",
+    "parallelism",
+]
+
+#: Seconds a collective waits for the other ranks before it fails.
+DEFAULT_TIMEOUT_S = 300.0
+#: Environment variable that overrides :data:`DEFAULT_TIMEOUT_S`.
+TIMEOUT_ENV = "PYRO_VAE_DIST_TIMEOUT"
+#: The variables ``init_method="env://"`` reads; torchrun sets all of them.
+_ENV_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------- the process group
+def launched_by_torchrun() -> bool:
+    """Whether this process was started by ``torchrun`` (or a launcher setting the same
+    ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` variables)."""
+    return all(name in os.environ for name in _ENV_VARS)
+
+
+def resolve_timeout(seconds: float | None = None) -> float:
+    """The collective timeout in seconds: ``seconds``, else env ``PYRO_VAE_DIST_TIMEOUT``,
+    else :data:`DEFAULT_TIMEOUT_S`.
+
+    Raises:
+        ConfigError: The value is not a positive number.
+
+    Example:
+        >>> resolve_timeout(20)
+        20.0
+    """
+    source = "--dist-timeout"
+    if seconds is None and os.environ.get(TIMEOUT_ENV):
+        source = TIMEOUT_ENV
+        try:
+            seconds = float(os.environ[TIMEOUT_ENV])
+        except ValueError:
+            raise ConfigError(
+                f"{TIMEOUT_ENV}={os.environ[TIMEOUT_ENV]!r} is not a number; set it to the seconds a "
+                "collective may wait (e.g. 300) or unset it"
+            ) from None
+    value = DEFAULT_TIMEOUT_S if seconds is None else float(seconds)
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{source} must be a positive number of seconds, got {seconds}; e.g. 300")
+    return value
+
+
+def init_from_env(timeout_s: float | None = None) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment.
+
+    Uses Gloo for CPU tensors and, when this machine has CUDA GPUs, NCCL for CUDA tensors
+    (backend ``"cpu:gloo,cuda:nccl"``), after selecting GPU ``LOCAL_RANK``. Does nothing
+    outside torchrun or when a group already exists (e.g. one the caller initialized).
+
+    Args:
+        timeout_s: Seconds a collective waits for the other ranks before failing (see
+            :func:`resolve_timeout`). With NCCL, PyTorch's watchdog enforces it and ends
+            the process (``TORCH_NCCL_ASYNC_ERROR_HANDLING``, on by default).
+
+    Returns:
+        Whether this call created the group (then call :func:`shutdown` at the end).
+
+    Raises:
+        ConfigError: The timeout is not a positive number.
+    """
+    seconds = resolve_timeout(timeout_s)
+    if not launched_by_torchrun() or is_initialized():
+        return False
+    backend = "gloo"
+    if torch.cuda.is_available() and local_rank() < torch.cuda.device_count():
+        torch.cuda.set_device(local_rank())
+        backend = "cpu:gloo,cuda:nccl"
+    dist.init_process_group(backend, timeout=timedelta(seconds=seconds))
+    return True
+
+
+def shutdown() -> None:
+    """Leave the process group, if there is one."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
+def is_initialized() -> bool:
+    """Whether a default process group exists in this process."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's global rank (0 without a process group)."""
+    return dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    """Number of processes in the group (1 without a process group)."""
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def local_rank() -> int:
+    """This process's rank on its machine (``LOCAL_RANK``; 0 when unset): its GPU index."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0, the one that writes files and prints."""
+    return rank() == 0
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank ``rank``'s random draws in a run seeded with ``seed``.
+
+    Rank 0 keeps ``seed``, so a one-process group draws what plain training draws.
+
+    Example:
+        >>> rank_seed(7, 0), rank_seed(7, 1) != 7
+        (7, True)
+    """
+    return (seed + rank * 0x9E3779B97F4A7C15) % (2**63 - 1)
+
+
+def run_on_main(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and give every rank its result, or its error.
+
+    Used for whatever touches the disk once per job (claiming the run directory, reading
+    a checkpoint): the other ranks get the same answer without needing the same files,
+    and a user error on rank 0 ends every rank with the same message instead of leaving
+    them waiting in the next collective. Without a process group it just calls ``fn``.
+
+    Raises:
+        PyroVAEError: ``fn`` raised it on rank 0 (re-raised, same type, on every rank).
+        RuntimeError: ``fn`` raised another exception on rank 0 (rank 0 re-raises the
+            original).
+
+    Example:
+        >>> run_on_main(lambda: 3)
+        3
+    """
+    if world_size() == 1:
+        return fn()
+    payload: list = [None]
+    if is_main_process():
+        try:
+            payload[0] = ("ok", fn())
+        except BaseException as err:
+            portable = err if isinstance(err, PyroVAEError) else RuntimeError(f"{type(err).__name__}: {err}")
+            payload[0] = ("error", portable)
+            dist.broadcast_object_list(payload, src=0)
+            raise
+    dist.broadcast_object_list(payload, src=0)
+    status, value = payload[0]
+    if status == "error":
+        if isinstance(value, PyroVAEError):
+            raise value
+        raise RuntimeError(f"rank 0 failed and this rank stops with it: {value}")
+    return value
+
+
+def barrier() -> None:
+    """Wait for every rank. With Gloo, a rank that does not arrive within the timeout is
+    named in the error (``monitored_barrier``)."""
+    if world_size() == 1:
+        return
+    if dist.get_backend() == "gloo":
+        dist.monitored_barrier(wait_all_ranks=True)
+    else:
+        dist.barrier()
+
+
+# ----------------------------------------------------------------- training replicas
+class ObjectiveModule(nn.Module):
+    """A module whose ``forward`` is the objective's loss on a minibatch.
+
+    Wrapping this, not the VAE, in ``DistributedDataParallel`` makes each training step
+    go through DDP's forward, which is where DDP prepares the gradient all-reduce.
+
+    Args:
+        vae: The model (its parameters are this module's parameters).
+        objective: The training objective.
+    """
+
+    def __init__(self, vae: VAE, objective: Objective) -> None:
+        super().__init__()
+        self.vae = vae
+        self.objective = objective
+
+    def forward(self, x: torch.Tensor, num_data: int, beta: float) -> torch.Tensor:
+        """``objective.loss(vae, x, num_data, beta)``: a scalar."""
+        return self.objective.loss(self.vae, x, num_data, beta)
+
+
+class Parallelism:
+    """How one process takes part in training; this base class is the single process.
+
+    :func:`~pyro_vae.train.fit` asks it for the rows of each epoch, the loss of each
+    step and the mean of numbers over processes; :class:`DataParallel` answers for a
+    replica of a torch.distributed job.
+
+    Args:
+        vae: The model.
+        objective: The training objective.
+
+    Example:
+        >>> p = Parallelism(None, None)
+        >>> p.world_size, p.is_main, p.shard(torch.arange(3)).tolist()
+        (1, True, [0, 1, 2])
+    """
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __init__(self, vae: VAE, objective: Objective) -> None:
+        self.vae = vae
+        self.objective = objective
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes files and shows progress."""
+        return self.rank == 0
+
+    def seed(self, seed: int) -> int:
+        """This process's seed for the random draws of a step seeded with ``seed``."""
+        return rank_seed(seed, self.rank)
+
+    def shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This process's rows of the epoch's permutation ``order`` ``(N,)``."""
+        return order
+
+    def loss(self, x: torch.Tensor, num_data: int, beta: float) -> torch.Tensor:
+        """The differentiable loss of this process's minibatch ``x``."""
+        return self.objective.loss(self.vae, x, num_data, beta)
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """The mean of ``value`` over processes (the same tensor on every rank)."""
+        return value
+
+    def shard_mean(self, fn: Callable[[torch.Tensor, int], float], x: torch.Tensor, seed: int) -> float:
+        """Mean of the per-row statistic ``fn(rows, seed)`` over all rows of ``x``, each
+        process evaluating its own contiguous slice."""
+        return fn(x, self.seed(seed))
+
+
+class DataParallel(Parallelism):
+    """One replica of a data-parallel job: DDP over :class:`ObjectiveModule`.
+
+    Wrapping broadcasts rank 0's parameters and buffers to every rank. Before wrapping,
+    one loss on ``probe`` (in a forked RNG, gradients discarded) finds parameters the
+    objective never uses; DDP is then built with ``find_unused_parameters`` (its reducer
+    would otherwise wait for their gradients forever). Every component in this package
+    uses all of its parameters, so this normally stays off and costs nothing per step.
+
+    Args:
+        vae: The model, already on its device.
+        objective: The training objective.
+        probe: A few training rows, for the unused-parameter check.
+        num_data: Number of training rows; must be the same on every rank.
+        transform: The minibatch transform (applied to ``probe``).
+
+    Raises:
+        ConfigError: No process group is initialized.
+        DataError: The ranks hold different numbers of training rows.
+    """
+
+    def __init__(
+        self,
+        vae: VAE,
+        objective: Objective,
+        probe: torch.Tensor,
+        num_data: int,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__(vae, objective)
+        if not is_initialized():
+            raise ConfigError(
+                "DataParallel needs an initialized torch.distributed process group; launch with torchrun "
+                "and call pyro_vae.distributed.init_from_env() first"
+            )
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+        self.device = next(vae.parameters()).device
+        low_high = torch.tensor([-num_data, num_data], dtype=torch.float64, device=self.device)
+        dist.all_reduce(low_high, op=dist.ReduceOp.MAX)
+        if -low_high[0] != low_high[1]:
+            raise DataError(
+                f"rank {self.rank} has {num_data} training rows but the ranks hold between "
+                f"{int(-low_high[0])} and {int(low_high[1])}; every process must load the same training "
+                "data (same --data, --data-dir, --val-fraction and --seed)"
+            )
+        unused = torch.tensor([float(bool(_unused_parameters(vae, objective, probe, num_data, transform)))], device=self.device)
+        dist.all_reduce(unused, op=dist.ReduceOp.MAX)  # one answer for all ranks
+        self.find_unused_parameters = bool(unused.item())
+        device_ids = None
+        if self.device.type == "cuda":
+            device_ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+        self.ddp = DistributedDataParallel(
+            ObjectiveModule(vae, objective), device_ids=device_ids, find_unused_parameters=self.find_unused_parameters
+        )
+
+    def shard(self, order: torch.Tensor) -> torch.Tensor:
+        # DistributedSampler over the positions of the permutation: rank r gets positions
+        # r, r + W, r + 2W, ..., padded (with the permutation's first positions) to the
+        # same length on every rank, so every rank runs the same number of steps of the
+        # same size. Step s of all ranks together covers the same rows as step s of one
+        # process with W times the batch.
+        sampler = DistributedSampler(range(order.shape[0]), num_replicas=self.world_size, rank=self.rank, shuffle=False)
+        return order[torch.tensor(list(sampler), dtype=torch.long, device=order.device)]
+
+    def loss(self, x: torch.Tensor, num_data: int, beta: float) -> torch.Tensor:
+        return self.ddp(x, num_data, beta)
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        total = value.detach().clone()
+        dist.all_reduce(total)
+        return total / self.world_size
+
+    def shard_mean(self, fn: Callable[[torch.Tensor, int], float], x: torch.Tensor, seed: int) -> float:
+        part = torch.tensor_split(x, self.world_size)[self.rank]
+        n = part.shape[0]
+        value = fn(part, self.seed(seed)) if n else 0.0
+        stats = torch.tensor([value * n, n], dtype=torch.float64, device=self.device)
+        dist.all_reduce(stats)
+        return float(stats[0] / stats[1])
+
+
+def _unused_parameters(
+    vae: VAE,
+    objective: Objective,
+    probe: torch.Tensor,
+    num_data: int,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None,
+) -> list[str]:
+    """Names of trainable parameters that get no gradient from one loss on ``probe``."""
+    named = [(name, p) for name, p in vae.named_parameters() if p.requires_grad]
+    device = next(vae.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        x = transform(probe) if transform is not None else probe
+        loss = objective.loss(vae, x, num_data, 1.0)
+        grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
+    return [name for (name, _), g in zip(named, grads) if g is None]
+
+
+def parallelism(
+    vae: VAE,
+    objective: Objective,
+    probe: torch.Tensor,
+    num_data: int,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Parallelism:
+    """:class:`DataParallel` when a process group is initialized, else the single process.
+
+    Example:
+        >>> parallelism(None, None, torch.zeros(1, 1), 1).world_size
+        1
+    """
+    if not is_initialized():
+        return Parallelism(vae, objective)
+    return DataParallel(vae, objective, probe, num_data, transform)

@@ -1,0 +1,267 @@
+"""What ``pyro-vae inspect`` does, callable from Python: the guide against a reference.
+
+For a few inputs x, :func:`inspect_points` draws from the amortized guide q(z|x) and
+from a reference for the exact posterior p(z|x) (Pyro's NUTS with ``mcmc=True``,
+else sampling-importance-resampling from the guide), and compares them: posterior
+mean and sd per latent dimension side by side, a Gaussian KL between the two, and the
+inference gaps of each point (approximation and amortization, Cremer et al. 2018).
+:func:`write_inspection` saves it all: netCDF files that ``arviz.from_netcdf`` opens,
+CSV tables and PNG figures. :func:`load_points` picks rows of a run's data the way the
+model saw them in training (binarized for a Bernoulli likelihood).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import RunConfig
+from .errors import ConfigError
+from .gaps import InferenceGaps, inference_gaps
+from .posterior import (
+    LATENT_DIM,
+    ArvizData,
+    compare_posteriors,
+    exact_posterior,
+    gaussian_kl,
+    guide_posterior,
+    importance_posterior,
+    plot_forest,
+    plot_latent_ellipses,
+    plot_marginals,
+)
+from .vae import VAE
+
+__all__ = ["Inspection", "INSPECT_FILES", "inspect_points", "load_points", "check_outputs", "write_inspection"]
+
+#: Every file :func:`write_inspection` may write; ``overwrite=True`` replaces exactly these.
+INSPECT_FILES = (
+    "guide.nc", "nuts.nc", "sir.nc", "summary.csv", "points.csv", "marginals.png", "forest.png", "latent.png",
+)
+
+
+@dataclass
+class Inspection:
+    """The guide and a reference posterior for a few inputs, and their comparison.
+
+    Attributes:
+        guide: Draws from q(z|x) (:func:`pyro_vae.posterior.guide_posterior`).
+        reference: Draws from p(z|x): NUTS or importance resampling.
+        reference_name: ``"nuts"`` or ``"sir"``; the prefix of its columns and its file name.
+        table: Mean and sd per ``z[point, latent]``, guide beside reference
+            (:func:`pyro_vae.posterior.compare_posteriors`).
+        points: One row per point: Gaussian KL, log p(x), the ELBOs, the gaps and the
+            reference's diagnostics (divergences and worst R-hat for NUTS, effective
+            sample size for importance resampling).
+        gaps: The per-point gaps with their Monte Carlo errors.
+    """
+
+    guide: ArvizData
+    reference: ArvizData
+    reference_name: str
+    table: pd.DataFrame
+    points: pd.DataFrame
+    gaps: InferenceGaps
+
+    def describe_reference(self) -> str:
+        """One line saying what the reference is and, for NUTS, how long it took."""
+        post = self.reference.posterior
+        shape = f"{post.sizes['chain']} chains x {post.sizes['draw']} draws"
+        attrs = self.reference.attrs
+        if "sampling_time" in attrs:
+            return (
+                f"reference: NUTS, {shape} after {attrs['tuning_steps']} warm-up steps per chain; "
+                f"{attrs['sampling_time_per_point']:.1f} s per data point"
+            )
+        return f"reference: importance resampling from the guide, {shape} from {attrs['num_proposals']} proposals per point"
+
+
+def inspect_points(
+    vae: VAE,
+    x: torch.Tensor,
+    index: Sequence[int] | np.ndarray | None = None,
+    *,
+    mcmc: bool = False,
+    num_samples: int = 500,
+    num_chains: int = 4,
+    warmup_steps: int | None = None,
+    num_proposals: int = 20_000,
+    gap_samples: int = 5000,
+    seed: int = 0,
+    progress: bool = False,
+) -> Inspection:
+    """Compare the amortized guide with the exact posterior for each row of ``x``.
+
+    Args:
+        vae: The trained model.
+        x: Inputs of shape ``(B, x_dim)``, as the model sees them.
+        index: Row index of each input in its data set; default ``0..B-1``.
+        mcmc: Use NUTS (:func:`pyro_vae.posterior.exact_posterior`) as the reference;
+            else importance resampling from the guide
+            (:func:`pyro_vae.posterior.importance_posterior`, much faster).
+        num_samples: Draws per chain, for the guide and the reference.
+        num_chains: Chains, for the guide and the reference.
+        warmup_steps: NUTS warm-up steps per chain; default ``num_samples``.
+        num_proposals: Proposals per point for importance resampling.
+        gap_samples: Draws per point for the importance-sampled log p(x) of the gaps.
+        seed: Seed of every draw.
+        progress: Show a progress bar while NUTS runs.
+
+    Returns:
+        An :class:`Inspection`.
+
+    Example:
+        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.config import ModelConfig
+        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+        >>> found = inspect_points(vae, torch.ones(2, 6), [3, 7], num_samples=50, gap_samples=200)
+        >>> list(found.points.index), found.reference_name
+        ([3, 7], 'sir')
+    """
+    guide = guide_posterior(vae, x, num_samples, num_chains=num_chains, index=index, seed=seed)
+    if mcmc:
+        name = "nuts"
+        reference = exact_posterior(
+            vae, x, num_samples, warmup_steps=warmup_steps, num_chains=num_chains, index=index,
+            seed=seed, progress=progress,
+        )
+    else:
+        name = "sir"
+        reference = importance_posterior(
+            vae, x, num_samples, num_chains=num_chains, num_proposals=num_proposals, index=index, seed=seed
+        )
+    table = compare_posteriors(guide, reference, names=("guide", name))
+    gaps = inference_gaps(vae, x, index=guide.posterior.point.values, num_samples=gap_samples, seed=seed)
+    points = pd.DataFrame(gaps.table()).set_index("index")
+    points.index.name = "point"
+    points.insert(0, "kl_gaussian", gaussian_kl(guide, reference).values)
+    stats = reference.sample_stats
+    if "diverging" in stats:
+        points[f"{name}_divergences"] = stats["diverging"].sum(("chain", "draw")).values
+        r_hat = table[f"{name}_r_hat"].to_numpy().reshape(len(points), -1)  # (B, z_dim), rows in point order
+        points[f"{name}_max_r_hat"] = r_hat.max(1)
+    if "ess" in stats:
+        points[f"{name}_ess"] = stats["ess"].values
+    return Inspection(guide, reference, name, table, points, gaps)
+
+
+def load_points(
+    run_dir: str | os.PathLike, index: Sequence[int], *, split: str | None = None, seed: int | None = None
+) -> tuple[RunConfig, VAE, torch.Tensor, str]:
+    """Rows of a run's data, as its model sees them, and the model.
+
+    The whole split is binarized first (for a likelihood that needs 0/1 data, with the
+    run's binarization and a generator seeded with ``seed``), so a row looks the same
+    whichever other rows are picked with it.
+
+    Args:
+        run_dir: A training run's directory.
+        index: Rows of the split, each in ``0..N-1``.
+        split: ``train``, ``val`` or ``test``; default the held-out split (test if the
+            data has one, else validation).
+        seed: Seed of the binarization; default the run's seed.
+
+    Returns:
+        ``(config, vae, x, split)`` with ``x`` of shape ``(len(index), x_dim)``.
+
+    Raises:
+        CheckpointError: The run directory is damaged.
+        ConfigError: The split does not exist or an index is out of range or repeated.
+    """
+    from .checkpoint import load_run
+    from .runner import held_out, load_data, make_transform
+
+    config, vae = load_run(run_dir)
+    data = load_data(config)
+    if split is None:
+        rows, _, split = held_out(data)
+        split = {"validation": "val"}.get(split, split)
+    else:
+        splits = {"train": data.train, "val": data.val, "test": data.test}
+        if split not in splits:
+            raise ConfigError(f"--split must be one of {', '.join(splits)}, got {split!r}")
+        rows = splits[split]
+        if rows is None:
+            raise ConfigError(f"the data {config.data.data!r} has no {split} split; choose --split train or val")
+    bad = [i for i in index if not 0 <= i < len(rows)]
+    if bad:
+        raise ConfigError(
+            f"--index {' '.join(map(str, bad))} out of range: the {split} split of {config.data.data!r} has "
+            f"{len(rows)} rows; pass indices from 0 to {len(rows) - 1}"
+        )
+    if len(set(index)) != len(index):
+        raise ConfigError(f"--index repeats a row ({' '.join(map(str, index))}); pass each row once")
+    x = torch.from_numpy(rows)
+    vae.likelihood.check_support(x)
+    transform = make_transform(config, vae)
+    if transform is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.train.seed if seed is None else seed)
+            x = transform(x)
+    return config, vae, x[list(index)], split
+
+
+def check_outputs(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Make sure ``out_dir`` can take an inspection's files; returns it as a Path.
+
+    Raises:
+        ConfigError: ``out_dir`` is a file, or holds files of an earlier inspection and
+            ``overwrite`` is off.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file, not a directory; choose another --out")
+    existing = [name for name in INSPECT_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{str(out)!r} already holds {', '.join(existing)}; pass --overwrite to replace them or choose another --out"
+        )
+    return out
+
+
+def _write_netcdf(data: ArvizData, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        data.to_netcdf(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_inspection(found: Inspection, out_dir: str | os.PathLike, *, overwrite: bool = False) -> list[Path]:
+    """Write an inspection's files into ``out_dir`` and return their paths.
+
+    Files: ``guide.nc`` and ``nuts.nc`` or ``sir.nc`` (ArviZ netCDF:
+    ``arviz.from_netcdf`` opens them), ``summary.csv`` (the side-by-side table),
+    ``points.csv`` (per-point KL, log p(x), ELBOs and gaps), ``marginals.png``,
+    ``forest.png`` and, for a 2-D latent, ``latent.png`` (the reference's draws with
+    the guide's mean and 1- and 2-sigma ellipses).
+
+    Raises:
+        ConfigError: As :func:`check_outputs`.
+    """
+    out = check_outputs(out_dir, overwrite=overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in INSPECT_FILES:  # no stale file of an earlier inspection is left beside the new ones
+        (out / name).unlink(missing_ok=True)
+    from .checkpoint import atomic_write
+
+    written = [out / "guide.nc", out / f"{found.reference_name}.nc", out / "summary.csv", out / "points.csv"]
+    _write_netcdf(found.guide, written[0])
+    _write_netcdf(found.reference, written[1])
+    atomic_write(written[2], found.table.to_csv(index_label="variable"))
+    atomic_write(written[3], found.points.to_csv())
+    names = ["guide", found.reference_name.upper()]
+    plot_marginals([found.guide, found.reference], names, out / "marginals.png")
+    plot_forest([found.guide, found.reference], names, out / "forest.png")
+    written += [out / "marginals.png", out / "forest.png"]
+    if found.guide.posterior.sizes[LATENT_DIM] == 2:
+        plot_latent_ellipses(found.guide, found.reference, out / "latent.png", name=names[1])
+        written.append(out / "latent.png")
+    return written
