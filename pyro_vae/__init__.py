@@ -18,6 +18,7 @@ pyro.settings.set(module_local_params=True)
 
 from .bounds import elbo_per_datum, iwae_per_datum, log_weights  # noqa: E402
 from .amortization import PerPointFit, refine_per_point  # noqa: E402
+from .gaps import InferenceGaps, LogMarginal, fit_local_gaussians, inference_gaps, log_marginal  # noqa: E402
 from .build import GUIDES, LIKELIHOODS, OBJECTIVES, PRIORS, build_vae  # noqa: E402
 from .checkpoint import load, load_run  # noqa: E402
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
@@ -101,5 +102,31 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "TrainingDivergedError",
+    "InferenceGaps",
+    "LogMarginal",
+    "fit_local_gaussians",
+    "inference_gaps",
+    "log_marginal",
     "__version__",
 ]
+
+# ArviZ takes a second or two to import, which every CLI call would pay: the posterior
+# tools (pyro_vae.posterior, the one module that imports it) load on first use.
+_LAZY = {
+    "guide_posterior": "posterior",
+    "exact_posterior": "posterior",
+    "importance_posterior": "posterior",
+    "compare_posteriors": "posterior",
+    "gaussian_kl": "posterior",
+    "Inspection": "inspection",
+    "inspect_points": "inspection",
+}
+__all__ += list(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -344,7 +344,7 @@ class InferenceGaps:
         log_px: Importance-sampled log p(x) (:func:`log_marginal`, defensive mixture
             of the amortized guide and the per-point Gaussian).
         log_px_se: Its standard error.
-        ess: Kish effective sample size of that importance sample.
+        log_px_ess: Kish effective sample size of that importance sample.
         elbo_amortized: ELBO of the amortized guide q(z|x) = Normal(mu(x), sigma(x)).
         elbo_amortized_se: Its standard error.
         elbo_local: ELBO of the best per-point Gaussian q*(z) (:func:`fit_local_gaussians`).
@@ -354,7 +354,7 @@ class InferenceGaps:
     index: np.ndarray
     log_px: np.ndarray
     log_px_se: np.ndarray
-    ess: np.ndarray
+    log_px_ess: np.ndarray
     elbo_amortized: np.ndarray
     elbo_amortized_se: np.ndarray
     elbo_local: np.ndarray
@@ -390,7 +390,7 @@ class InferenceGaps:
     def table(self) -> dict[str, np.ndarray]:
         """Every per-point column, gaps included, keyed by name (for a DataFrame or CSV)."""
         names = (
-            "index", "log_px", "log_px_se", "ess", "elbo_amortized", "elbo_amortized_se", "elbo_local",
+            "index", "log_px", "log_px_se", "log_px_ess", "elbo_amortized", "elbo_amortized_se", "elbo_local",
             "elbo_local_se", "inference_gap", "approximation_gap", "amortization_gap",
         )
         return {name: np.asarray(getattr(self, name)) for name in names}
@@ -469,7 +469,7 @@ def inference_gaps(
         index=index,
         log_px=marginal.estimate.cpu().numpy(),
         log_px_se=marginal.se.cpu().numpy(),
-        ess=marginal.ess.cpu().numpy(),
+        log_px_ess=marginal.ess.cpu().numpy(),
         elbo_amortized=amortized[0],
         elbo_amortized_se=amortized[1],
         elbo_local=local[0],

@@ -10,6 +10,8 @@ raises :class:`~pyro_vae.errors.ConfigError` when the objective cannot train tha
 The objectives here:
 
 - :class:`TraceELBO`: the ELBO with Monte Carlo estimates of every term.
+- :class:`JitTraceELBO`: the same ``Trace_ELBO``, bit for bit, run as a graph traced
+  once per batch shape, without Pyro's per-step Python overhead (``--elbo trace``).
 - :class:`TraceMeanFieldELBO`: the ELBO with the KL term in closed form (lower
   variance), for guide/prior pairs where torch has that KL.
 - :class:`IWAE`: the importance-weighted bound of Burda et al. (2016), tighter than
@@ -18,17 +20,22 @@ The objectives here:
 
 from __future__ import annotations
 
+import warnings
 import weakref
+from collections import OrderedDict
+from typing import Callable
 
+import pyro
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import is_identically_zero
 from torch.distributions import Distribution, Independent, kl_divergence
 
 from .bounds import iwae_per_datum, log_weights
 from .errors import ConfigError
 from .vae import VAE
 
-__all__ = ["Objective", "TraceELBO", "TraceMeanFieldELBO", "IWAE"]
+__all__ = ["Objective", "TraceELBO", "JitTraceELBO", "TraceMeanFieldELBO", "IWAE"]
 
 
 class Objective:
@@ -164,3 +171,150 @@ class IWAE(Objective):
             )
         log_w = log_weights(vae, x, self.particles)  # (K, B)
         return -iwae_per_datum(log_w).sum() * (num_data / x.shape[0])
+
+
+#: Traced graphs kept per :class:`JitTraceELBO` (least recently used dropped first).
+JIT_CACHE_SIZE = 16
+
+
+class _EagerOnly:
+    """Marks a signature that runs eagerly, with the reason (shown once)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+class JitTraceELBO(TraceELBO):
+    """Pyro's ``Trace_ELBO`` traced once per batch shape: same draws, same gradients, less overhead.
+
+    The first step with a new *signature* (batch shape, dtype and device, ``num_data``,
+    ``beta``, train/eval mode and the model's parameter and buffer tensors) runs the
+    guide and the model through Pyro once under ``torch.jit.trace``, with every
+    parameter and buffer as an input of the graph. The graph records the random draws
+    (``aten::normal``), so each call draws afresh from torch's global generator exactly
+    as the Pyro program would; later steps run it with no Pyro Python at all. It runs
+    unoptimized (``torch.jit.optimized_execution(False)``): the same kernels in the same
+    order as :class:`TraceELBO`, so for the same random state the gradients are
+    identical bit for bit and the loss agrees to float rounding (Pyro sums the loss
+    through Python floats).
+
+    Why not Pyro's ``JitTrace_ELBO``: in Pyro 1.9.2 it reads parameters from the global
+    param store (``KeyError`` under ``module_local_params``), keys its graphs on the
+    number of arguments rather than their shapes (a smaller last minibatch would reuse
+    the first one's plate size), and its ``differentiable_loss`` returns twice the
+    gradient. ``torch.compile`` breaks Pyro's trace into many graphs and is slower.
+
+    Whatever cannot be traced soundly runs through :class:`TraceELBO` instead, with one
+    warning naming the reason: a guide site that needs a score-function term (not
+    reparameterized), a tracer warning (Python control flow on tensor values, which a
+    trace would freeze), an error while tracing, or a torch without ``torch.jit.trace``.
+    With Pyro's validation on, the first step of each signature also runs the eager
+    program once (no gradient, random state restored), so its checks still raise.
+
+    A trace freezes everything that is not a parameter, a buffer or ``x``: components
+    must be functions of those (every component in this package is).
+
+    Args:
+        particles: Draws of z per data point, vectorized.
+
+    Example:
+        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.config import ModelConfig
+        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+        >>> x = torch.ones(3, 6)
+        >>> _ = torch.manual_seed(0); a = JitTraceELBO().loss(vae, x, num_data=3)
+        >>> _ = torch.manual_seed(0); b = TraceELBO().loss(vae, x, num_data=3)
+        >>> torch.allclose(a, b)
+        True
+    """
+
+    def __init__(self, particles: int = 1) -> None:
+        super().__init__(particles)
+        self._graphs: weakref.WeakKeyDictionary[VAE, OrderedDict[tuple, Callable | _EagerOnly]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._warned: set[str] = set()
+
+    def loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0) -> torch.Tensor:
+        inputs = (*vae.parameters(), *vae.buffers())
+        key = (tuple(x.shape), x.dtype, x.device, int(num_data), float(beta), vae.training, tuple(map(id, inputs)))
+        graphs = self._graphs.setdefault(vae, OrderedDict())
+        graph = graphs.get(key)
+        if graph is None:
+            graph = self._trace(vae, x, num_data, beta, inputs)
+            graphs[key] = graph
+            while len(graphs) > JIT_CACHE_SIZE:
+                graphs.popitem(last=False)
+        else:
+            graphs.move_to_end(key)
+        if isinstance(graph, _EagerOnly):
+            if graph.reason not in self._warned:
+                self._warned.add(graph.reason)
+                warnings.warn(f"--elbo trace runs eagerly (no traced graph) for this model: {graph.reason}", stacklevel=2)
+            return super().loss(vae, x, num_data, beta)
+        with torch.jit.optimized_execution(False):
+            loss, surrogate = graph(x, *inputs)
+        # Trace_ELBO's value with its gradient (the surrogate's), without a device sync.
+        return loss + (surrogate - surrogate.detach())
+
+    def _loss_and_surrogate(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        # Trace_ELBO.differentiable_loss with tensors where it takes Python floats (a trace
+        # would freeze those): the loop of Pyro's JitTrace_ELBO, for reparameterized sites.
+        loss = torch.zeros((), dtype=x.dtype, device=x.device)
+        surrogate_loss = 0.0
+        for model_trace, guide_trace in self._elbo._get_traces(vae.model, vae.guide, (x, num_data, beta), {}):
+            elbo_particle = 0.0
+            surrogate_elbo_particle = 0.0
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    elbo_particle = elbo_particle + site["log_prob_sum"].detach()
+                    surrogate_elbo_particle = surrogate_elbo_particle + site["log_prob_sum"]
+            for name, site in guide_trace.nodes.items():
+                if site["type"] == "sample":
+                    _, score_function_term, entropy_term = site["score_parts"]
+                    if not is_identically_zero(score_function_term):
+                        raise _NotTraceable(f"guide site {name!r} is not reparameterized (it needs a score-function term)")
+                    elbo_particle = elbo_particle - site["log_prob_sum"].detach()
+                    if not is_identically_zero(entropy_term):
+                        surrogate_elbo_particle = surrogate_elbo_particle - entropy_term.sum()
+            loss = loss - elbo_particle / self.particles
+            surrogate_loss = surrogate_loss + (-surrogate_elbo_particle) / self.particles
+        return loss, surrogate_loss
+
+    def _trace(
+        self, vae: VAE, x: torch.Tensor, num_data: int, beta: float, inputs: tuple[torch.Tensor, ...]
+    ) -> Callable | _EagerOnly:
+        if not hasattr(torch.jit, "trace"):
+            return _EagerOnly("this torch has no torch.jit.trace")
+        devices = [x.device] if x.device.type == "cuda" else []
+        if pyro.is_validation_enabled():
+            # The trace runs without Pyro's checks (they branch on tensor values): run them once here.
+            with torch.random.fork_rng(devices=devices), torch.no_grad():
+                super().loss(vae, x, num_data, beta)
+
+        def fn(x: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            # The tensors are the model's own parameters and buffers: the tracer sees the
+            # model use them and makes them inputs of the graph.
+            return self._loss_and_surrogate(vae, x, num_data, beta)
+
+        # The trace draws random numbers; the caller's stream must be left as it was.
+        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                graph = torch.jit.trace(fn, (x, *inputs), check_trace=False)
+            except _NotTraceable as err:
+                return _EagerOnly(str(err))
+            except PyroVAEError:
+                raise
+            except Exception as err:  # any failure of the tracer: the eager program still works
+                first = (str(err).strip().splitlines() or [""])[0]
+                return _EagerOnly(f"torch.jit.trace failed ({type(err).__name__}: {first})")
+        frozen = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+        if frozen:
+            first = str(frozen[0].message).strip().splitlines()[0]
+            return _EagerOnly(f"the program branches on tensor values, which a trace would freeze ({first})")
+        return graph
+
+
+class _NotTraceable(Exception):
+    """Raised inside a trace when the program needs the eager Trace_ELBO."""
