@@ -10,7 +10,9 @@ Throughput counts the training rows of the timed epochs (not the padding the sha
 adds) over the wall time of rank 0 between two barriers; each configuration runs
 ``--repeats`` times and the best is kept (the machine may be shared). Speed-up is
 relative to ``plain`` with the same threads per process; efficiency is speed-up /
-processes. Each process holds ``--batch-size`` rows per step, so the global batch grows
+processes. On a busy shared machine wall time says more about the neighbours than about
+DDP, so the table also gives examples per CPU-second summed over the processes (training
+work plus the cost of communication), which does not depend on how many cores were free. Each process holds ``--batch-size`` rows per step, so the global batch grows
 with N: weak scaling of the batch, the usual data-parallel setting.
 
 On CPU every process uses ``--threads`` torch threads (default 1: one core per
@@ -98,13 +100,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         warm = dataclasses.replace(config.train, epochs=args.warmup)
         history = fit(vae, train, None, warm, optimizer=optimizer, transform=transform, progress=False)
     distributed.barrier()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     history = fit(vae, train, None, config.train, optimizer=optimizer, transform=transform, history=history, progress=False)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    cpu = torch.tensor([time.process_time() - cpu_start], dtype=torch.float64)
     distributed.barrier()
     seconds = time.perf_counter() - start
     world = distributed.world_size()
+    if world > 1:
+        torch.distributed.all_reduce(cpu)  # CPU seconds of all processes together
     return {
         "processes": world,
         "device": str(device.type),
@@ -116,6 +121,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "timed_epochs": args.epochs,
         "seconds": seconds,
         "examples_per_s": args.epochs * train.shape[0] / seconds,
+        "cpu_seconds_all_processes": float(cpu),
+        "examples_per_cpu_s": args.epochs * train.shape[0] / float(cpu),
         "final_train_loss": history[-1].train_loss,
     }
 
@@ -151,13 +158,16 @@ def _launch(args: argparse.Namespace, nprocs: int, argv: list[str]) -> dict[str,
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    head = "| mode | processes | device | backend | threads/process | batch/process | global batch | examples/s | speed-up | efficiency |"
+    head = (
+        "| mode | processes | device | backend | threads/process | batch/process | global batch | examples/s "
+        "| speed-up | efficiency | examples per CPU-s |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['mode']} | {r['processes']} | {r['device']} | {r['backend']} | {r['threads_per_process']} | "
             f"{r['batch_per_process']} | {r['global_batch']} | {r['examples_per_s']:.0f} | {r['speedup']:.2f} | "
-            f"{r['efficiency']:.2f} |"
+            f"{r['efficiency']:.2f} | {r['examples_per_cpu_s']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 

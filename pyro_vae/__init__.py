@@ -23,6 +23,7 @@ from .build import GUIDES, LIKELIHOODS, OBJECTIVES, PRIORS, build_vae  # noqa: E
 from .checkpoint import load, load_run  # noqa: E402
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from .data import Dataset, load_dataset  # noqa: E402
+from . import distributed  # noqa: E402  (data-parallel training under torchrun)
 from .errors import (  # noqa: E402
     CheckpointError,
     ConfigError,
@@ -86,6 +87,7 @@ __all__ = [
     "Dataset",
     "load_dataset",
     "fit",
+    "distributed",
     "evaluate_elbo",
     "EpochRecord",
     "log_weights",

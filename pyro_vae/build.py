@@ -66,7 +66,10 @@ LIKELIHOODS: dict[str, Callable[[ModelConfig, int], Likelihood]] = {
 
 #: Objective factories: ``(train config) -> Objective``.
 OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {
+    # Pyro's Trace_ELBO run as a graph traced once per batch shape: the same draws and
+    # gradients as "trace-eager", without Pyro's per-step Python (see TracedLoss).
     "trace": lambda t: TraceELBO(t.particles),
+    "trace-eager": lambda t: TraceELBO(t.particles, jit=False),
     "meanfield": lambda t: TraceMeanFieldELBO(t.particles),
     "iwae": lambda t: IWAE(t.particles),
 }

@@ -35,6 +35,7 @@ collective gives up after it instead of hanging. A rank that raises exits non-ze
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from datetime import timedelta
@@ -287,7 +288,8 @@ class Parallelism:
         return self.rank == 0
 
     def seed(self, seed: int) -> int:
-        """This process's seed for the random draws of a step seeded with ``seed``."""
+        """This process's seed for the random draws (eps, binarization) of an epoch seeded
+        with ``seed``: ``seed`` itself on rank 0, a different stream on every other rank."""
         return rank_seed(seed, self.rank)
 
     def shard(self, order: torch.Tensor) -> torch.Tensor:
@@ -316,6 +318,11 @@ class DataParallel(Parallelism):
     objective never uses; DDP is then built with ``find_unused_parameters`` (its reducer
     would otherwise wait for their gradients forever). Every component in this package
     uses all of its parameters, so this normally stays off and costs nothing per step.
+
+    Buffers are synced once, at wrapping, not before every forward: every buffer in this
+    package is a constant set in ``__init__`` (prior loc/scale, index tables), so the
+    per-step broadcast DDP does by default would only add a collective to each step. A
+    component with running statistics (batch norm) would need ``SyncBatchNorm``.
 
     Args:
         vae: The model, already on its device.
@@ -361,7 +368,10 @@ class DataParallel(Parallelism):
         if self.device.type == "cuda":
             device_ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
         self.ddp = DistributedDataParallel(
-            ObjectiveModule(vae, objective), device_ids=device_ids, find_unused_parameters=self.find_unused_parameters
+            ObjectiveModule(vae, objective),
+            device_ids=device_ids,
+            find_unused_parameters=self.find_unused_parameters,
+            **_NO_PER_STEP_BUFFER_SYNC,
         )
 
     def shard(self, order: torch.Tensor) -> torch.Tensor:
@@ -388,6 +398,15 @@ class DataParallel(Parallelism):
         stats = torch.tensor([value * n, n], dtype=torch.float64, device=self.device)
         dist.all_reduce(stats)
         return float(stats[0] / stats[1])
+
+
+# torch >= 2.13 names it forward_sync_buffers (buffers still synced at construction);
+# older versions call it broadcast_buffers.
+_NO_PER_STEP_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 def _unused_parameters(

@@ -2,15 +2,18 @@
 
 For one input x, Cremer, Li & Duvenaud (2018, "Inference Suboptimality in Variational
 Autoencoders") split the *inference gap* ``log p(x) - ELBO(q_phi)`` of the amortized
-guide ``q_phi(z|x) = Normal(mu(x), sigma(x))`` into two parts:
+guide ``q_phi(z|x) = Normal(mu(x), sigma(x))`` (which is exactly
+``KL(q_phi(z|x) || p(z|x))``) into two parts:
 
-- the **approximation gap** ``log p(x) - ELBO(q*)``, where ``q*`` is the best Gaussian of
-  the guide's family for that x alone (free mean and scale, decoder fixed): what the
-  family cannot express;
+- the **approximation gap** ``log p(x) - ELBO(q*)``, where ``q*`` is the best diagonal
+  Gaussian for that x alone (free mean and scale, decoder fixed): what the family
+  cannot express;
 - the **amortization gap** ``ELBO(q*) - ELBO(q_phi)``: what one shared encoder loses
   against optimising every data point separately.
 
-Both are non-negative in expectation. The per-point Gaussians are fitted by
+Both are non-negative in expectation. (With a richer guide family than the diagonal
+Normal, ``q*`` is still diagonal, so the second difference also contains the change of
+family and can be negative.) The per-point Gaussians are fitted by
 :func:`fit_local_gaussians`, started from the amortized guide; ``log p(x)`` is
 estimated by importance sampling (:func:`log_marginal`) with a *defensive* proposal,
 the even mixture of the amortized guide and ``q*``, so that the estimate stays good when
@@ -377,14 +380,17 @@ class InferenceGaps:
 
     @property
     def approximation_gap_se(self) -> np.ndarray:
+        """Standard error of :attr:`approximation_gap`."""
         return np.hypot(self.log_px_se, self.elbo_local_se)
 
     @property
     def amortization_gap_se(self) -> np.ndarray:
+        """Standard error of :attr:`amortization_gap`."""
         return np.hypot(self.elbo_local_se, self.elbo_amortized_se)
 
     @property
     def inference_gap_se(self) -> np.ndarray:
+        """Standard error of :attr:`inference_gap`."""
         return np.hypot(self.log_px_se, self.elbo_amortized_se)
 
     def table(self) -> dict[str, np.ndarray]:
@@ -440,6 +446,7 @@ def inference_gaps(
         An :class:`InferenceGaps` with arrays of shape ``(B,)``.
 
     Raises:
+        DataError: ``x`` does not fit the model or is outside the likelihood's support.
         ConfigError: A count or the learning rate is not positive, or ``index`` has
             the wrong length.
 
@@ -452,6 +459,7 @@ def inference_gaps(
         (3,)
     """
     vae.check_x(x)
+    vae.likelihood.check_support(x)
     _check_positive(num_samples=num_samples, elbo_samples=elbo_samples)
     index = np.arange(x.shape[0]) if index is None else np.asarray(index)
     if index.shape != (x.shape[0],):

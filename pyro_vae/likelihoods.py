@@ -119,7 +119,7 @@ class NormalLikelihood(Likelihood):
     Example:
         >>> lik = NormalLikelihood(4, 6)
         >>> d = lik(torch.zeros(3, 4))
-        >>> d.mean.shape, float(d.base_dist.scale[0, 0])
+        >>> d.mean.shape, float(d.base_dist.scale[0, 0].detach())
         (torch.Size([3, 6]), 1.0)
     """
 

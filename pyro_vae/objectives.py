@@ -10,8 +10,8 @@ raises :class:`~pyro_vae.errors.ConfigError` when the objective cannot train tha
 The objectives here:
 
 - :class:`TraceELBO`: the ELBO with Monte Carlo estimates of every term.
-- :class:`JitTraceELBO`: the same ``Trace_ELBO``, bit for bit, run as a graph traced
-  once per batch shape, without Pyro's per-step Python overhead (``--elbo trace``).
+  By default it runs as a graph traced once per batch shape (:class:`TracedLoss`):
+  the same draws and gradients without Pyro's per-step Python overhead.
 - :class:`TraceMeanFieldELBO`: the ELBO with the KL term in closed form (lower
   variance), for guide/prior pairs where torch has that KL.
 - :class:`IWAE`: the importance-weighted bound of Burda et al. (2016), tighter than
@@ -28,14 +28,14 @@ from typing import Callable
 import pyro
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.util import is_identically_zero
+from pyro.infer.util import is_identically_zero, is_validation_enabled
 from torch.distributions import Distribution, Independent, kl_divergence
 
 from .bounds import iwae_per_datum, log_weights
-from .errors import ConfigError
+from .errors import ConfigError, PyroVAEError
 from .vae import VAE
 
-__all__ = ["Objective", "TraceELBO", "JitTraceELBO", "TraceMeanFieldELBO", "IWAE"]
+__all__ = ["Objective", "TraceELBO", "TracedLoss", "TraceMeanFieldELBO", "IWAE"]
 
 
 class Objective:
@@ -55,17 +55,42 @@ class Objective:
 class TraceELBO(Objective):
     """The ELBO estimated by Pyro's ``Trace_ELBO`` with reparameterized draws.
 
+    With ``jit=True`` (the default, ``--elbo trace``) the program is traced once per
+    batch shape and each step runs the traced graph: the same draws and the same
+    gradients as Pyro's ``Trace_ELBO.differentiable_loss`` (``jit=False``, ``--elbo
+    trace-eager``), without Pyro's Python on every step. How, and what falls back to
+    the eager program: :class:`TracedLoss`.
+
     Args:
         particles: Draws of z per data point, vectorized.
+        jit: Run the traced graph (the eager program where it cannot be traced soundly).
+
+    Example:
+        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.config import ModelConfig
+        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+        >>> x = torch.ones(3, 6)
+        >>> _ = torch.manual_seed(0); traced = TraceELBO().loss(vae, x, num_data=3)
+        >>> _ = torch.manual_seed(0); eager = TraceELBO(jit=False).loss(vae, x, num_data=3)
+        >>> torch.allclose(traced, eager)
+        True
     """
 
-    def __init__(self, particles: int = 1) -> None:
+    def __init__(self, particles: int = 1, *, jit: bool = True) -> None:
         self.particles = particles
+        self.jit = jit
         self._elbo = Trace_ELBO(
             num_particles=particles, vectorize_particles=particles > 1, max_plate_nesting=1
         )
+        self._traced = TracedLoss(self) if jit else None
 
     def loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0) -> torch.Tensor:
+        if self._traced is not None:
+            return self._traced.loss(vae, x, num_data, beta)
+        return self.eager_loss(vae, x, num_data, beta)
+
+    def eager_loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0) -> torch.Tensor:
+        """Pyro's ``Trace_ELBO.differentiable_loss``, run as a Python program."""
         return self._elbo.differentiable_loss(vae.model, vae.guide, x, num_data, beta)
 
 
@@ -173,87 +198,117 @@ class IWAE(Objective):
         return -iwae_per_datum(log_w).sum() * (num_data / x.shape[0])
 
 
-#: Traced graphs kept per :class:`JitTraceELBO` (least recently used dropped first).
+
+#: Traced graphs kept per model by :class:`TracedLoss` (least recently used dropped first).
 JIT_CACHE_SIZE = 16
+
+# Relative tolerance of the check of a new graph against the eager program (same draws).
+# The two agree to float rounding (Pyro sums the loss through Python floats); a trace
+# that froze a value-dependent branch is off by far more.
+_JIT_CHECK_RTOL = 1e-4
+
+
+class _Graph:
+    """One traced graph and whether its first run has been checked against Pyro's."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self.checked = False
 
 
 class _EagerOnly:
-    """Marks a signature that runs eagerly, with the reason (shown once)."""
+    """A signature that runs through Pyro's eager ``Trace_ELBO``, and why."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
 
-class JitTraceELBO(TraceELBO):
-    """Pyro's ``Trace_ELBO`` traced once per batch shape: same draws, same gradients, less overhead.
+class _NotTraceable(Exception):
+    """Raised while tracing when the program needs the eager ``Trace_ELBO``."""
+
+
+class TracedLoss:
+    """Runs a :class:`TraceELBO` as a graph traced once per batch shape: same draws, same gradients.
 
     The first step with a new *signature* (batch shape, dtype and device, ``num_data``,
-    ``beta``, train/eval mode and the model's parameter and buffer tensors) runs the
+    ``beta``, train/eval mode, and the model's parameter and buffer tensors) runs the
     guide and the model through Pyro once under ``torch.jit.trace``, with every
     parameter and buffer as an input of the graph. The graph records the random draws
-    (``aten::normal``), so each call draws afresh from torch's global generator exactly
-    as the Pyro program would; later steps run it with no Pyro Python at all. It runs
-    unoptimized (``torch.jit.optimized_execution(False)``): the same kernels in the same
-    order as :class:`TraceELBO`, so for the same random state the gradients are
-    identical bit for bit and the loss agrees to float rounding (Pyro sums the loss
-    through Python floats).
+    (``aten::normal``), so every call draws afresh from torch's global generator, as
+    the Pyro program would; later steps run the graph with no Pyro Python at all. The
+    graph runs unoptimized (``torch.jit.optimized_execution(False)``): the same kernels
+    in the same order as the eager program, so for the same random state the gradients
+    agree bit for bit (to float rounding where a parameter is used twice, e.g. by a
+    VampPrior) and the loss to float rounding (Pyro sums it through Python floats).
+
+    The trace is made on other draws and the rows in reverse order, and the graph's
+    first loss is checked against the eager program on the real draws (which also runs
+    Pyro's validation, when enabled): a program whose Python branches on tensor values,
+    which a trace would freeze, fails the check. That signature, and any program that
+    cannot be traced soundly (a guide site needing a score-function term, an error while
+    tracing, a torch without ``torch.jit.trace``), runs the eager program instead, with
+    one warning that names the reason. A branch that happens to go the same way on both
+    draws is not caught: components must compute from their parameters, buffers and
+    inputs without branching on their values (every component in this package does),
+    or train with ``--elbo trace-eager``.
 
     Why not Pyro's ``JitTrace_ELBO``: in Pyro 1.9.2 it reads parameters from the global
     param store (``KeyError`` under ``module_local_params``), keys its graphs on the
     number of arguments rather than their shapes (a smaller last minibatch would reuse
     the first one's plate size), and its ``differentiable_loss`` returns twice the
-    gradient. ``torch.compile`` breaks Pyro's trace into many graphs and is slower.
-
-    Whatever cannot be traced soundly runs through :class:`TraceELBO` instead, with one
-    warning naming the reason: a guide site that needs a score-function term (not
-    reparameterized), a tracer warning (Python control flow on tensor values, which a
-    trace would freeze), an error while tracing, or a torch without ``torch.jit.trace``.
-    With Pyro's validation on, the first step of each signature also runs the eager
-    program once (no gradient, random state restored), so its checks still raise.
-
-    A trace freezes everything that is not a parameter, a buffer or ``x``: components
-    must be functions of those (every component in this package is).
+    gradient. ``torch.compile`` splits Pyro's program into many graphs and is slower
+    than eager here.
 
     Args:
-        particles: Draws of z per data point, vectorized.
-
-    Example:
-        >>> from pyro_vae.build import build_vae
-        >>> from pyro_vae.config import ModelConfig
-        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
-        >>> x = torch.ones(3, 6)
-        >>> _ = torch.manual_seed(0); a = JitTraceELBO().loss(vae, x, num_data=3)
-        >>> _ = torch.manual_seed(0); b = TraceELBO().loss(vae, x, num_data=3)
-        >>> torch.allclose(a, b)
-        True
+        objective: The :class:`TraceELBO` whose program is traced (its ``eager_loss``
+            is the reference and the fallback).
     """
 
-    def __init__(self, particles: int = 1) -> None:
-        super().__init__(particles)
-        self._graphs: weakref.WeakKeyDictionary[VAE, OrderedDict[tuple, Callable | _EagerOnly]] = (
+    def __init__(self, objective: TraceELBO) -> None:
+        self.objective = objective
+        self._graphs: weakref.WeakKeyDictionary[VAE, OrderedDict[tuple, _Graph | _EagerOnly]] = (
             weakref.WeakKeyDictionary()
         )
         self._warned: set[str] = set()
 
     def loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0) -> torch.Tensor:
+        """The loss of ``objective`` for the minibatch ``x``, from the traced graph when it can."""
         inputs = (*vae.parameters(), *vae.buffers())
         key = (tuple(x.shape), x.dtype, x.device, int(num_data), float(beta), vae.training, tuple(map(id, inputs)))
         graphs = self._graphs.setdefault(vae, OrderedDict())
         graph = graphs.get(key)
         if graph is None:
-            graph = self._trace(vae, x, num_data, beta, inputs)
-            graphs[key] = graph
+            graph = graphs[key] = self._trace(vae, x, num_data, beta, inputs)
             while len(graphs) > JIT_CACHE_SIZE:
                 graphs.popitem(last=False)
         else:
             graphs.move_to_end(key)
-        if isinstance(graph, _EagerOnly):
-            if graph.reason not in self._warned:
-                self._warned.add(graph.reason)
-                warnings.warn(f"--elbo trace runs eagerly (no traced graph) for this model: {graph.reason}", stacklevel=2)
-            return super().loss(vae, x, num_data, beta)
+        if isinstance(graph, _Graph):
+            if graph.checked:
+                return self._run(graph, x, inputs)
+            devices = [x.device] if x.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                with torch.no_grad():
+                    expected = self.objective.eager_loss(vae, x, num_data, beta)  # Pyro's own value (and checks)
+            # (fork_rng restored the random state: the graph draws what Pyro just drew.)
+            result = self._run(graph, x, inputs)
+            if torch.allclose(result.detach(), expected, rtol=_JIT_CHECK_RTOL, atol=_JIT_CHECK_RTOL):
+                graph.checked = True
+                return result
+            graph = graphs[key] = _EagerOnly(
+                f"the traced loss {float(result.detach()):.6g} differs from Pyro's {float(expected):.6g} on the same "
+                "draws (does a component branch on tensor values?)"
+            )
+            # Fall through: this step's loss is recomputed eagerly, on the next draws.
+        if graph.reason not in self._warned:
+            self._warned.add(graph.reason)
+            warnings.warn(f"--elbo trace runs without a traced graph for this model: {graph.reason}", stacklevel=2)
+        return self.objective.eager_loss(vae, x, num_data, beta)
+
+    @staticmethod
+    def _run(graph: _Graph, x: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         with torch.jit.optimized_execution(False):
-            loss, surrogate = graph(x, *inputs)
+            loss, surrogate = graph.fn(x, *inputs)
         # Trace_ELBO's value with its gradient (the surrogate's), without a device sync.
         return loss + (surrogate - surrogate.detach())
 
@@ -262,7 +317,7 @@ class JitTraceELBO(TraceELBO):
         # would freeze those): the loop of Pyro's JitTrace_ELBO, for reparameterized sites.
         loss = torch.zeros((), dtype=x.dtype, device=x.device)
         surrogate_loss = 0.0
-        for model_trace, guide_trace in self._elbo._get_traces(vae.model, vae.guide, (x, num_data, beta), {}):
+        for model_trace, guide_trace in self.objective._elbo._get_traces(vae.model, vae.guide, (x, num_data, beta), {}):
             elbo_particle = 0.0
             surrogate_elbo_particle = 0.0
             for site in model_trace.nodes.values():
@@ -277,44 +332,34 @@ class JitTraceELBO(TraceELBO):
                     elbo_particle = elbo_particle - site["log_prob_sum"].detach()
                     if not is_identically_zero(entropy_term):
                         surrogate_elbo_particle = surrogate_elbo_particle - entropy_term.sum()
-            loss = loss - elbo_particle / self.particles
-            surrogate_loss = surrogate_loss + (-surrogate_elbo_particle) / self.particles
+            loss = loss - elbo_particle / self.objective.particles
+            surrogate_loss = surrogate_loss + (-surrogate_elbo_particle) / self.objective.particles
         return loss, surrogate_loss
 
     def _trace(
         self, vae: VAE, x: torch.Tensor, num_data: int, beta: float, inputs: tuple[torch.Tensor, ...]
-    ) -> Callable | _EagerOnly:
+    ) -> _Graph | _EagerOnly:
         if not hasattr(torch.jit, "trace"):
             return _EagerOnly("this torch has no torch.jit.trace")
-        devices = [x.device] if x.device.type == "cuda" else []
-        if pyro.is_validation_enabled():
-            # The trace runs without Pyro's checks (they branch on tensor values): run them once here.
-            with torch.random.fork_rng(devices=devices), torch.no_grad():
-                super().loss(vae, x, num_data, beta)
 
         def fn(x: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             # The tensors are the model's own parameters and buffers: the tracer sees the
             # model use them and makes them inputs of the graph.
             return self._loss_and_surrogate(vae, x, num_data, beta)
 
-        # The trace draws random numbers; the caller's stream must be left as it was.
-        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        devices = [x.device] if x.device.type == "cuda" else []
+        # Pyro's validation branches on tensor values, so the trace runs without it (the
+        # check in loss() runs it). The tracer's warnings flag shape checks too, which the
+        # signature makes safe; the check in loss() is what catches a frozen value.
+        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.manual_seed(torch.initial_seed() + 1)  # other draws than the checked step's
             try:
-                graph = torch.jit.trace(fn, (x, *inputs), check_trace=False)
+                return _Graph(torch.jit.trace(fn, (x.flip(0), *inputs), check_trace=False))
             except _NotTraceable as err:
                 return _EagerOnly(str(err))
             except PyroVAEError:
                 raise
-            except Exception as err:  # any failure of the tracer: the eager program still works
+            except Exception as err:  # the tracer failed; the eager program may still work
                 first = (str(err).strip().splitlines() or [""])[0]
                 return _EagerOnly(f"torch.jit.trace failed ({type(err).__name__}: {first})")
-        frozen = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
-        if frozen:
-            first = str(frozen[0].message).strip().splitlines()[0]
-            return _EagerOnly(f"the program branches on tensor values, which a trace would freeze ({first})")
-        return graph
-
-
-class _NotTraceable(Exception):
-    """Raised inside a trace when the program needs the eager Trace_ELBO."""

@@ -116,8 +116,8 @@ def to_arviz(groups: dict[str, xr.Dataset], attrs: dict[str, Any] | None = None)
 
     Example:
         >>> ds = xr.Dataset({"z": (("chain", "draw"), np.zeros((2, 5)))})
-        >>> sorted(to_arviz({"posterior": ds}).groups())
-        ['posterior']
+        >>> list(to_arviz({"posterior": ds}).posterior.data_vars)
+        ['z']
     """
     attrs = dict(attrs or {})
     tree = xr.DataTree.from_dict({name: ds.assign_attrs({**attrs, **ds.attrs}) for name, ds in groups.items()})
@@ -270,10 +270,12 @@ def exact_posterior(
     of a point run one after the other in this process. Pyro's ``num_chains > 1``
     would fork one process per chain, which with PyTorch's thread pools on CPU is
     fragile (it needs a picklable model under ``spawn``, and falls back to sequential
-    chains anyway when cores are short); sequential chains always work and give the
-    same draws. Each chain starts from ``mu(x) + init_spread * sigma(x) * eps``, a
-    point spread wider than the guide, so that R-hat can reveal chains that have not
-    mixed.
+    chains anyway when cores are short); sequential chains always work, and each
+    (row, chain) gets its own seed, so a row's draws do not depend on the other rows.
+    PyTorch runs with one intra-op thread meanwhile (restored after): one point's
+    tensors are too small to gain from more. Each chain starts from
+    ``mu(x) + init_spread * sigma(x) * eps``, spread wider than the guide, so that
+    R-hat can reveal chains that have not mixed.
 
     Args:
         vae: The trained model (left unchanged; nothing enters Pyro's param store).
@@ -299,7 +301,7 @@ def exact_posterior(
         ``sampling_time_per_point`` give the wall time in seconds.
 
     Raises:
-        DataError: ``x`` does not fit the model.
+        DataError: ``x`` does not fit the model or is outside the likelihood's support.
         ConfigError: A count is below 1, or ``index`` is malformed.
 
     Example:
@@ -311,6 +313,7 @@ def exact_posterior(
         {'chain': 2, 'draw': 20, 'point': 1}
     """
     vae.check_x(x)
+    vae.likelihood.check_support(x)
     warmup_steps = num_samples if warmup_steps is None else warmup_steps
     _check_counts(num_samples=num_samples, num_chains=num_chains, max_tree_depth=max_tree_depth)
     if warmup_steps < 0:
@@ -329,11 +332,11 @@ def exact_posterior(
         "n_steps": np.zeros(shape, dtype=np.int64),
     }
     total = num_points * num_chains * (warmup_steps + num_samples)
-    bar = tqdm(total=total, disable=not progress, desc="NUTS", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total, disable=not progress, desc="NUTS", unit="step", dynamic_ncols=True, mininterval=0.5)
     devices = [x.device] if x.device.type == "cuda" else []
     start = time.perf_counter()
     try:
-        with frozen(vae):
+        with frozen(vae), _one_thread():
             for b in range(num_points):
                 row = int(coords[POINT_DIM][b])
                 for c in range(num_chains):
@@ -370,6 +373,19 @@ def exact_posterior(
         tuning_steps=warmup_steps,
     )
     return to_arviz(groups, attrs)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    # One point's tensors are tiny (a single z through the decoder): intra-op threads
+    # only add synchronisation, which on a busy CPU made NUTS 5-10 times slower
+    # (measured: 1.0 s with one thread, 10.4 s with two, on a loaded 2-core machine).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 class _CountingNUTS(NUTS):
@@ -476,7 +492,7 @@ def importance_posterior(
         importance-sampled log p(x)) per point.
 
     Raises:
-        DataError: ``x`` does not fit the model.
+        DataError: ``x`` does not fit the model or is outside the likelihood's support.
         ConfigError: A count is below 1 (or ``num_proposals`` below 2).
 
     Example:
@@ -488,6 +504,7 @@ def importance_posterior(
         {'point': 2}
     """
     vae.check_x(x)
+    vae.likelihood.check_support(x)
     _check_counts(num_samples=num_samples, num_chains=num_chains)
     if num_proposals < 2:
         raise ConfigError(f"num_proposals must be >= 2, got {num_proposals}")
@@ -571,8 +588,7 @@ def compare_posteriors(
 
 def _moments(data: ArvizData) -> tuple[np.ndarray, np.ndarray]:
     """Mean ``(B, D)`` and covariance ``(B, D, D)`` of the draws of z, chains pooled."""
-    draws = data.posterior[LATENT_VAR].transpose(POINT_DIM, "chain", "draw", LATENT_DIM).values
-    draws = np.asarray(draws, dtype=np.float64).reshape(draws.shape[0], -1, draws.shape[-1])  # (B, N, D)
+    draws = _draws(data)  # (B, N, D)
     if draws.shape[1] <= draws.shape[2]:
         raise DataError(
             f"{draws.shape[1]} draws per point cannot give the covariance of {draws.shape[2]} latent "
@@ -633,45 +649,88 @@ def _save(fig: "plt.Figure", path: str | os.PathLike) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    # ArviZ 0.x's matplotlib backend calls a helper that matplotlib >= 3.11 deprecates;
-    # the warning is about ArviZ's code and says nothing to our users.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
-        yield
+def _draws(data: ArvizData) -> np.ndarray:
+    """The draws of z as ``(point, chain * draw, latent)``."""
+    z = data.posterior[LATENT_VAR].transpose(POINT_DIM, "chain", "draw", LATENT_DIM).values
+    return np.asarray(z, dtype=np.float64).reshape(z.shape[0], -1, z.shape[-1])
+
+
+def _colors(n: int) -> list[str]:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return [cycle[k % len(cycle)] for k in range(n)]
 
 
 def plot_marginals(data: Sequence[ArvizData], names: Sequence[str], path: str | os.PathLike) -> None:
-    """Marginal densities of every ``z[point, latent]``, one panel each, the posteriors overlaid.
+    """Marginal densities of every ``z[point, latent]`` (histograms), one panel each, overlaid.
+
+    Drawn with matplotlib from the draws, so the figure is the same whichever ArviZ
+    line is installed; ``az.plot_dist`` / ``az.plot_density`` work on the same data.
 
     Args:
-        data: Outputs of :func:`guide_posterior`, :func:`exact_posterior`, ...
+        data: Outputs of :func:`guide_posterior`, :func:`exact_posterior`, ... for the
+            same points.
         names: Legend label of each.
         path: Where to write the PNG.
+
+    Raises:
+        DataError: The posteriors cover different points.
     """
-    with _quiet():
-        axes = az.plot_density(list(data), data_labels=list(names), var_names=[LATENT_VAR], shade=0.1, hdi_prob=0.99)
-    fig = np.asarray(axes).ravel()[0].figure
-    fig.suptitle("marginals of z per point (title: point, latent)", fontsize=10)
+    for other in data[1:]:
+        _check_same_points(data[0], other)
+    draws = [_draws(d) for d in data]  # each (B, N, D)
+    points = _points_of(data[0])
+    num_points, _, z_dim = draws[0].shape
+    fig, axes = plt.subplots(
+        num_points, z_dim, figsize=(3.0 * z_dim, 2.2 * num_points), squeeze=False, layout="constrained"
+    )
+    for b, point in enumerate(points):
+        for j in range(z_dim):
+            ax = axes[b, j]
+            pooled = np.concatenate([d[b, :, j] for d in draws])
+            edges = np.linspace(*np.quantile(pooled, [0.001, 0.999]), 41)
+            for d, name, color in zip(draws, names, _colors(len(draws))):
+                ax.hist(d[b, :, j], bins=edges, density=True, histtype="stepfilled", alpha=0.15, color=color)
+                ax.hist(d[b, :, j], bins=edges, density=True, histtype="step", color=color, label=name)
+            ax.set_title(f"z[{point}, {j}]", fontsize=9)
+            ax.set_yticks([])
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle("marginal posteriors of z per point and latent dimension", fontsize=10)
     _save(fig, path)
 
 
 def plot_forest(data: Sequence[ArvizData], names: Sequence[str], path: str | os.PathLike) -> None:
-    """ArviZ forest plot of every ``z[point, latent]``: 94% HDI and median per posterior.
+    """Forest plot of every ``z[point, latent]``: median, 50% and 94% intervals per posterior.
+
+    Equal-tailed intervals from the draws, drawn with matplotlib (the same figure on
+    either ArviZ line; ``az.plot_forest`` works on the same data).
 
     Args:
-        data: Outputs of :func:`guide_posterior`, :func:`exact_posterior`, ...
+        data: Outputs of :func:`guide_posterior`, :func:`exact_posterior`, ... for the
+            same points.
         names: Label of each.
         path: Where to write the PNG.
+
+    Raises:
+        DataError: The posteriors cover different points.
     """
-    rows = int(np.prod([data[0].posterior.sizes[d] for d in (POINT_DIM, LATENT_DIM)]))
-    with _quiet():
-        axes = az.plot_forest(
-            list(data), model_names=list(names), var_names=[LATENT_VAR], combined=True,
-            figsize=(6, 1.0 + 0.35 * rows * len(data)),
-        )
-    fig = np.asarray(axes).ravel()[0].figure
+    for other in data[1:]:
+        _check_same_points(data[0], other)
+    draws = [_draws(d) for d in data]  # each (B, N, D)
+    points = _points_of(data[0])
+    rows = [(b, j) for b in range(len(points)) for j in range(draws[0].shape[-1])]
+    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.22 * len(rows) * (len(data) + 1)))
+    offsets = np.linspace(-0.25, 0.25, len(data)) if len(data) > 1 else np.zeros(1)
+    for d, name, color, offset in zip(draws, names, _colors(len(draws)), offsets):
+        for r, (b, j) in enumerate(rows):
+            lo94, lo50, median, hi50, hi94 = np.quantile(d[b, :, j], [0.03, 0.25, 0.5, 0.75, 0.97])
+            y = -r + offset
+            ax.hlines(y, lo94, hi94, color=color, lw=1.2)
+            ax.hlines(y, lo50, hi50, color=color, lw=4)
+            ax.plot(median, y, "o", color=color, mfc="white", ms=5, label=name if r == 0 else None)
+    ax.set_yticks([-r for r in range(len(rows))], [f"z[{points[b]}, {j}]" for b, j in rows])
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title("median, 50% and 94% intervals", fontsize=10)
     _save(fig, path)
 
 
@@ -700,7 +759,7 @@ def plot_latent_ellipses(guide: ArvizData, reference: ArvizData, path: str | os.
     points = _points_of(guide)
     cols = min(len(points), 4)
     rows = math.ceil(len(points) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False, layout="constrained")
     for ax in axes.ravel()[len(points):]:
         ax.set_visible(False)
     for ax, point in zip(axes.ravel(), points):

@@ -9,7 +9,9 @@ run, :func:`resume_run` goes on from the last checkpoint. A run directory holds
 - ``metrics.csv``: epoch, train loss, validation ELBO per data point, seconds;
 - ``summary.json``: the final held-out ELBO and wall time;
 - figures: ``loss.png``, ``reconstructions.png``, ``samples.png`` and, for a 2-D
-  latent, ``latent.png``.
+  latent, ``latent.png``;
+- ``evaluation.json``, once ``pyro-vae evaluate`` has run (:func:`evaluate_run`): held-out
+  ELBO, importance-sampled log p(x), KL and reconstruction terms, active units.
 
 The data is loaded and the model built before anything is written, so a bad option
 leaves the disk untouched; an existing non-empty directory is only reused with
@@ -24,7 +26,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -45,17 +47,20 @@ from .config import RunConfig
 from .data import Dataset, binarize, load_dataset, resolve_binarize
 from .distributed import barrier, is_initialized, is_main_process, local_rank, run_on_main
 from .errors import CheckpointError, ConfigError, DataError
+from .evaluation import DEFAULT_IW_SAMPLES, DEFAULT_MAX_ELEMENTS, evaluate
 from .figures import plot_history, plot_latent, plot_reconstructions, plot_samples
-from .train import BatchTransform, EpochRecord, evaluate_elbo, fit
+from .train import BatchTransform, EpochRecord, fit
 from .vae import VAE
 
 __all__ = ["RunResult", "train_run", "resume_run", "load_data", "make_transform", "resolve_device"]
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
+#: Written by ``pyro-vae evaluate`` (:func:`evaluate_run`); derived, so replaced atomically.
+EVALUATION_FILE = "evaluation.json"
 FIGURES = ("loss.png", "reconstructions.png", "samples.png", "latent.png")
 #: Every file a run writes; ``overwrite=True`` removes exactly these.
-RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, METRICS_FILE, SUMMARY_FILE) + FIGURES
+RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, STATE_FILE, METRICS_FILE, SUMMARY_FILE, EVALUATION_FILE) + FIGURES
 
 
 @dataclass
@@ -330,11 +335,37 @@ def held_out(data: Dataset) -> tuple[np.ndarray, np.ndarray | None, str]:
 
 
 def evaluate_run(
-    run_dir: str | Path, *, particles: int = 1, device: str | None = None, log: Callable[[str], None] | None = None
-) -> dict[str, float]:
-    """ELBO per data point of a trained run on its held-out data.
+    run_dir: str | Path,
+    *,
+    iw_samples: int = DEFAULT_IW_SAMPLES,
+    device: str | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    progress: bool = False,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a trained run on its held-out data and write ``RUN_DIR/evaluation.json``.
 
-    The draws and the binarization use the run's seed, so repeated calls agree.
+    Per data point and averaged: the ELBO, the importance-sampled estimate of log p(x)
+    with ``iw_samples`` draws, the KL and reconstruction terms; and the active units
+    (see :func:`pyro_vae.evaluation.evaluate`). The draws and the binarization use the
+    run's seed, so repeated calls agree.
+
+    Args:
+        run_dir: The run directory.
+        iw_samples: K, draws of z per data point (5000 is the published standard).
+        device: ``cpu`` or ``cuda``; default the run's.
+        max_elements: Memory budget of one vectorized pass (numbers per tensor).
+        progress: Show a progress bar.
+        write: Write ``evaluation.json`` (replacing an earlier one atomically).
+
+    Returns:
+        The JSON's content: the averages (``elbo_per_datum``, ``log_px_per_datum``,
+        ``kl_per_datum``, ``reconstruction_per_datum``, ``active_units``, ...), the
+        ``split`` evaluated, ``unit_activity`` and the ``per_datum`` lists.
+
+    Raises:
+        CheckpointError: The run directory is missing or damaged.
+        ConfigError: ``iw_samples < 1`` or the device is unavailable.
     """
     from .checkpoint import load_run
 
@@ -345,5 +376,16 @@ def evaluate_run(
     x, _, split = held_out(data)
     xt = torch.from_numpy(x).to(dev)
     vae.likelihood.check_support(xt)
-    elbo = evaluate_elbo(vae, xt, particles=particles, seed=config.train.seed, transform=make_transform(config, vae))
-    return {"split": split, "num_points": int(x.shape[0]), "elbo_per_datum": elbo, "particles": particles}
+    result = evaluate(
+        vae,
+        xt,
+        iw_samples=iw_samples,
+        max_elements=max_elements,
+        seed=config.train.seed,
+        transform=make_transform(config, vae),
+        progress=progress,
+    )
+    report = {"split": split, **result.to_dict()}
+    if write:
+        atomic_write(Path(run_dir) / EVALUATION_FILE, json.dumps(report, indent=1) + "\n")
+    return report
