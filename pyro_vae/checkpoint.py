@@ -53,6 +53,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None] | bytes |
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; give it the permissions a plain open() would.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             if isinstance(write, str):
                 f.write(write.encode())
@@ -68,6 +70,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None] | bytes |
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

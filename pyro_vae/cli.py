@@ -319,7 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pyro-vae: error{_where()}: {err}", file=sys.stderr)
         status = 2
     except KeyboardInterrupt:
-        print("pyro-vae: interrupted; the last completed epoch's checkpoint is kept", file=sys.stderr)
+        kept = "; the last completed epoch's checkpoint is kept" if args.command == "train" else ""
+        print(f"pyro-vae: interrupted{kept}", file=sys.stderr)
         return 130
     except Exception as err:
         if distributed.world_size() > 1:

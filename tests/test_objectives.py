@@ -19,7 +19,7 @@ from pyro_vae.build import GUIDES, PRIORS, build_objective, build_vae, check_com
 from pyro_vae.cli import main
 from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
 from pyro_vae.errors import ConfigError
-from pyro_vae.objectives import IWAE, TraceELBO, TraceMeanFieldELBO
+from pyro_vae.objectives import IWAE, TraceMeanFieldELBO
 from pyro_vae.train import fit
 
 
