@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import pyro
-import pytest
-import torch
+import os
 
-import pyro_vae  # noqa: F401  (sets module_local_params)
+# The models in the tests are tiny: one thread is faster than two fighting over a busy
+# 2-core machine, and subprocesses (examples, CLI, torchrun) inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pyro  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import pyro_vae  # noqa: F401, E402  (sets module_local_params)
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
