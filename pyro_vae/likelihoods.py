@@ -77,7 +77,26 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
 
-class BernoulliLikelihood(Likelihood):
+class _UnitIntervalLikelihood(Likelihood):
+    """Shared head and support check of the likelihoods for data in [0, 1]: logits per feature."""
+
+    _label = "[0, 1]"
+
+    def __init__(self, in_features: int, x_dim: int) -> None:
+        super().__init__(in_features, x_dim)
+        self.logits = nn.Linear(in_features, x_dim)
+
+    def check_support(self, x: torch.Tensor) -> None:
+        super().check_support(x)
+        bad = (x < 0) | (x > 1)
+        if bad.any():
+            raise DataError(
+                f"the {self._label} likelihood needs data in [0, 1], but {_describe_bad(x, bad)}; "
+                "rescale the data to [0, 1] or use --likelihood normal for real-valued data"
+            )
+
+
+class BernoulliLikelihood(_UnitIntervalLikelihood):
     """Independent Bernoulli pixels, parameterized by logits: binary data.
 
     Data in [0, 1] is accepted by :meth:`check_support`; the training pipeline turns it
@@ -90,19 +109,7 @@ class BernoulliLikelihood(Likelihood):
     """
 
     needs_binary = True
-
-    def __init__(self, in_features: int, x_dim: int) -> None:
-        super().__init__(in_features, x_dim)
-        self.logits = nn.Linear(in_features, x_dim)
-
-    def check_support(self, x: torch.Tensor) -> None:
-        super().check_support(x)
-        bad = (x < 0) | (x > 1)
-        if bad.any():
-            raise DataError(
-                f"the Bernoulli likelihood needs data in [0, 1], but {_describe_bad(x, bad)}; "
-                "rescale the data to [0, 1] or use --likelihood normal for real-valued data"
-            )
+    _label = "Bernoulli"
 
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
         return dist.Bernoulli(logits=self.logits(h)).to_event(1)  # batch h.shape[:-1], event (x_dim,)
@@ -135,7 +142,7 @@ class NormalLikelihood(Likelihood):
         return dist.Normal(loc, softplus_scale(self.raw_scale).expand_as(loc)).to_event(1)
 
 
-class ContinuousBernoulliLikelihood(Likelihood):
+class ContinuousBernoulliLikelihood(_UnitIntervalLikelihood):
     """Independent continuous Bernoulli features: data in [0, 1], not binarized.
 
     The continuous Bernoulli (Loaiza-Ganem and Cunningham, 2019) is the normalized
@@ -149,18 +156,7 @@ class ContinuousBernoulliLikelihood(Likelihood):
         (torch.Size([6]), torch.Size([3]))
     """
 
-    def __init__(self, in_features: int, x_dim: int) -> None:
-        super().__init__(in_features, x_dim)
-        self.logits = nn.Linear(in_features, x_dim)
-
-    def check_support(self, x: torch.Tensor) -> None:
-        super().check_support(x)
-        bad = (x < 0) | (x > 1)
-        if bad.any():
-            raise DataError(
-                f"the continuous Bernoulli likelihood needs data in [0, 1], but {_describe_bad(x, bad)}; "
-                "rescale the data to [0, 1] or use --likelihood normal for real-valued data"
-            )
+    _label = "continuous Bernoulli"
 
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
         return dist.ContinuousBernoulli(logits=self.logits(h)).to_event(1)  # batch h.shape[:-1], event (x_dim,)
