@@ -9,7 +9,8 @@ pyro_vae against it in the same process:
   parameter names equal pyro_vae's, so ``load_state_dict`` moves weights either way;
 - the same estimator: one (or ``particles``, vectorized) reparameterized draw
   z = mu + sigma * eps per data point, and the Monte Carlo ELBO
-  log p(x|z) + log p(z) - log q(z|x), summed over the minibatch and scaled by N / B;
+  log p(x|z) + log p(z) - log q(z|x), summed over the minibatch and scaled by N / B
+  (or, with ``iwae=True``, the importance-weighted bound on the same draws);
 - the same optimizer (Adam over all parameters) and the same data pipeline (an epoch's
   permutation, indexing, dynamic binarization) in :func:`train_epoch`.
 
@@ -97,9 +98,12 @@ class ReferenceVAE(nn.Module):
         log_qz = (-0.5 * eps * eps - scale.log() - _HALF_LOG_2PI).sum(-1)  # (K, B)
         return log_px_z + log_pz - log_qz
 
-    def loss(self, x: torch.Tensor, num_data: int, particles: int = 1) -> torch.Tensor:
-        """Negative ELBO of the minibatch, scaled to the data set: ``-(N/B) sum_b mean_k log w``."""
-        return -self.log_weights(x, particles).mean(0).sum() * (num_data / x.shape[0])
+    def loss(self, x: torch.Tensor, num_data: int, particles: int = 1, iwae: bool = False) -> torch.Tensor:
+        """Negative ELBO of the minibatch scaled to the data set, ``-(N/B) sum_b mean_k log w``;
+        with ``iwae=True`` the importance-weighted bound ``-(N/B) sum_b log mean_k w``."""
+        log_w = self.log_weights(x, particles)  # (K, B)
+        bound = torch.logsumexp(log_w, 0) - math.log(particles) if iwae else log_w.mean(0)  # (B,)
+        return -bound.sum() * (num_data / x.shape[0])
 
 
 def train_epoch(
@@ -110,6 +114,7 @@ def train_epoch(
     *,
     seed: int = 0,
     particles: int = 1,
+    iwae: bool = False,
     binarize: bool = True,
 ) -> float:
     """One epoch of the usual PyTorch loop; returns the mean loss per data point.
@@ -126,7 +131,7 @@ def train_epoch(
         xb = train[order[lo : lo + batch_size]]
         if binarize:
             xb = torch.bernoulli(xb)
-        loss = model.loss(xb, num_data, particles)
+        loss = model.loss(xb, num_data, particles, iwae)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"the reference's loss became {value}")

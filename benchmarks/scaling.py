@@ -17,7 +17,14 @@ with N: weak scaling of the batch, the usual data-parallel setting.
 
 On CPU every process uses ``--threads`` torch threads (default 1: one core per
 process), and one more ``plain`` row shows a single process with torch's default thread
-count (all cores), the alternative use of the same machine.
+count (all cores), the alternative use of the same machine. The JSON also records the
+machine's *parallel capacity*: the summed speed of P independent single-threaded
+matrix-multiply loops over the speed of one, the ceiling for any P-process speed-up
+(on a shared or virtual machine it can be well below P).
+
+``--batch-size`` takes several values: communication per step is fixed (one all-reduce
+of the gradient) while compute grows with the batch, so larger per-process batches
+scale better.
 
 CPU, this machine (2 cores):
 
@@ -60,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (env PYRO_VAE_DATA_DIR)")
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 128], help="encoder widths (default: 256 128)")
     p.add_argument("--z-dim", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=64, help="rows per step per process (default: 64)")
+    p.add_argument("--batch-size", type=int, nargs="+", default=[64], help="rows per step per process; several values make several groups of rows (default: 64)")
     p.add_argument("--epochs", type=int, default=2, help="timed epochs (default: 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs first (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process on CPU (default: 1)")
@@ -72,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace, batch_size: int, threads: int) -> dict[str, Any]:
     """Train once and time it; under torchrun every rank calls this, rank 0 reports."""
     from pyro_vae import distributed
     from pyro_vae.build import build_vae
@@ -81,11 +88,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from pyro_vae.train import fit
 
     if args.device == "cpu":
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     config = RunConfig(
         model=ModelConfig(z_dim=args.z_dim, hidden=tuple(args.hidden)),
         data=DataConfig(data=args.data, data_dir=args.data_dir),
-        train=TrainConfig(epochs=args.warmup + args.epochs, batch_size=args.batch_size, device=args.device),
+        train=TrainConfig(epochs=args.warmup + args.epochs, batch_size=batch_size, device=args.device),
     )
     data = load_data(config)
     config.model = dataclasses.replace(config.model, x_dim=data.x_dim)
@@ -115,8 +122,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "device": str(device.type),
         "backend": torch.distributed.get_backend() if distributed.is_initialized() else "none",
         "threads_per_process": torch.get_num_threads(),
-        "batch_per_process": args.batch_size,
-        "global_batch": args.batch_size * world,
+        "batch_per_process": batch_size,
+        "global_batch": batch_size * world,
         "num_train": int(train.shape[0]),
         "timed_epochs": args.epochs,
         "seconds": seconds,
@@ -131,10 +138,34 @@ def _worker(args: argparse.Namespace) -> None:
     from pyro_vae import distributed
 
     distributed.init_from_env(args.timeout)
-    row = measure(args)
+    row = measure(args, args.batch_size[0], args.threads)
     if distributed.is_main_process():
         args.worker.write_text(json.dumps(row))
     distributed.shutdown()
+
+
+_CAPACITY_LOOP = """
+import time, torch
+torch.set_num_threads(1)
+a = torch.randn(512, 512)
+for _ in range(20):
+    a @ a
+start, n = time.perf_counter(), 0
+while time.perf_counter() - start < 5:
+    a @ a
+    n += 1
+print(n / (time.perf_counter() - start))
+"""
+
+
+def parallel_capacity(processes: int) -> float:
+    """Summed speed of ``processes`` concurrent single-threaded matmul loops over one loop's."""
+
+    def run(k: int) -> float:
+        procs = [subprocess.Popen([sys.executable, "-c", _CAPACITY_LOOP], stdout=subprocess.PIPE, text=True) for _ in range(k)]
+        return sum(float(p.communicate()[0]) for p in procs)
+
+    return run(processes) / run(1)
 
 
 def _free_port() -> int:
@@ -180,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         _worker(args)
         return 0
     if args.smoke:
-        args.data, args.data_dir, args.hidden, args.nprocs = "digits", None, [16], [2]
+        args.data, args.data_dir, args.hidden, args.nprocs, args.batch_size = "digits", None, [16], [2], [64]
         args.epochs, args.warmup, args.repeats = 1, 0, 1
         argv += ["--data", "digits", "--hidden", "16", "--epochs", "1", "--warmup", "0", "--nprocs", "2", "--repeats", "1"]
     default_threads = torch.get_num_threads()
@@ -192,16 +223,20 @@ def main(argv: list[str] | None = None) -> int:
         row = max(runs, key=lambda r: r["examples_per_s"])
         return {**row, "examples_per_s_all_repeats": [r["examples_per_s"] for r in runs]}
 
-    rows = [{"mode": "plain", **best(lambda: measure(args))}]
-    for n in args.nprocs:
-        rows.append({"mode": "ddp", **best(lambda: _launch(args, n, worker_argv))})
-    if args.device == "cpu" and default_threads != args.threads and not args.smoke:
-        all_cores = argparse.Namespace(**{**vars(args), "threads": default_threads})
-        rows.append({"mode": "plain", **best(lambda: measure(all_cores))})
-    base = rows[0]["examples_per_s"]
-    for r in rows:
-        r["speedup"] = r["examples_per_s"] / base
-        r["efficiency"] = r["speedup"] / r["processes"]
+    rows = []
+    for bs in args.batch_size:
+        group = [{"mode": "plain", **best(lambda: measure(args, bs, args.threads))}]
+        for n in args.nprocs:
+            group.append({"mode": "ddp", **best(lambda: _launch(args, n, [*worker_argv, "--batch-size", str(bs)]))})
+        if args.device == "cpu" and default_threads != args.threads and not args.smoke:
+            group.append({"mode": "plain", **best(lambda: measure(args, bs, default_threads))})
+        for r in group:  # relative to one process with the same batch and threads
+            r["speedup"] = r["examples_per_s"] / group[0]["examples_per_s"]
+            r["efficiency"] = r["speedup"] / r["processes"]
+        rows += group
+    capacity = {}
+    if args.device == "cpu" and not args.smoke:
+        capacity = {str(n): parallel_capacity(n) for n in args.nprocs if n > 1}
     report = {
         "benchmark": "data-parallel scaling of pyro_vae.fit (DDP, torchrun)",
         "command": "python benchmarks/scaling.py " + " ".join(argv),
@@ -212,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_1min_at_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
             "torch": torch.__version__,
             "python": platform.python_version(),
+            "parallel_capacity": capacity,
         },
         "config": {"data": args.data, "hidden": args.hidden, "z_dim": args.z_dim, "epochs": args.epochs, "warmup": args.warmup},
         "results": rows,
@@ -219,7 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     table = _table(rows)
-    args.out.with_suffix(".md").write_text(f"# Data-parallel scaling\n\n`{report['command']}`\n\n{table}")
+    notes = "".join(
+        f"\nParallel capacity of this machine for {n} processes: {c:.2f} (summed speed of {n} independent "
+        "single-threaded matmul loops over one loop's; the ceiling for any speed-up).\n"
+        for n, c in capacity.items()
+    )
+    load_note = f"\nLoad average (1 min) at start {load:.2f}, at end {report['machine']['load_average_1min_at_end']:.2f}.\n"
+    args.out.with_suffix(".md").write_text(f"# Data-parallel scaling\n\n`{report['command']}`\n\n{table}{notes}{load_note}")
     print(table, end="")
     return 0
 

@@ -13,8 +13,11 @@ binarization, the finite-loss check) is in the time. Reported per configuration:
   rounds of the paired per-round ratio (1.0 is parity, larger is slower); an epoch is
   N / B identical steps, so this is the ratio of time per epoch; ``eager_ratio`` the same
   for ``--elbo trace-eager``;
-- ``peak_rss_mb``: peak resident memory of a fresh process that trains the block with
-  that implementation alone (on CUDA also ``peak_cuda_mb``, the allocator's peak).
+- ``peak_rss_mb``: peak resident memory of a fresh process while it trains the block
+  with that implementation alone (the peak is reset after the imports, the data and the
+  model, on Linux), and ``baseline_rss_mb`` the resident memory at that moment (torch,
+  Pyro and pyro_vae are imported in both); on CUDA also ``peak_cuda_mb``, the
+  allocator's peak.
 
 Then how time grows with the number of particles (vectorized), the latent size and the
 data set size (time per epoch of full epochs), at 784-400-50 and batch 128. Results go
@@ -36,6 +39,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--particles", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--latent-sizes", type=int, nargs="+", default=[2, 10, 50, 200])
     p.add_argument("--data-sizes", type=int, nargs="+", default=[1000, 10000, 60000])
-    p.add_argument("--out", type=Path, default=HERE / "results", help="folder for speed.json and speed.md")
+    p.add_argument("--out", type=Path, default=None, help="folder for speed.json and speed.md (default: benchmarks/results; with --smoke a temporary folder)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for the test suite)")
     p.add_argument("--child", nargs=4, metavar=("IMPL", "ARCH", "BATCH", "DEVICE"), help=argparse.SUPPRESS)
     return p
@@ -152,18 +156,37 @@ def _paired_ratio(numerator: list[float], denominator: list[float]) -> float:
 
 # ---------------------------------------------------------------------- peak memory
 
+def _status_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024  # kB
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> bool:
+    # Linux: writing 5 to clear_refs resets VmHWM, the peak resident set, so that the
+    # peak of the training alone is seen, not that of the imports before it.
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def _child(impl: str, arch: str, batch_size: int, device_name: str, block_rows: int) -> None:
     """Train one block in this (fresh) process and print its peak memory as JSON."""
     device = torch.device(device_name)
     torch.manual_seed(0)
     rows = (torch.rand(block_rows, X_DIM) ** 3).to(device)  # values in [0, 1], mostly dark
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     contestant = Contestant(impl, arch, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    reset = _reset_peak_rss()
+    baseline = _status_mb("VmRSS") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     contestant.block(rows, batch_size, seed=0)
     _sync(device)
-    report = {"baseline_rss_mb": baseline, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peak = _status_mb("VmHWM") if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report = {"baseline_rss_mb": baseline, "peak_rss_mb": peak}
     if device.type == "cuda":
         report["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     print(json.dumps(report))
@@ -200,11 +223,12 @@ def batch_table(args: argparse.Namespace, data: torch.Tensor, device: torch.devi
                 "ms_per_step": 1e3 * statistics.median(times["pyro_vae"]) / (block / batch_size),
                 "reference_ms_per_step": 1e3 * statistics.median(times["reference"]) / (block / batch_size),
             }
-            if not args.no_memory:
+            if not args.no_memory and not (args.smoke and rows_out):  # smoke: the first cell only
                 mine = peak_memory("pyro_vae", arch, batch_size, device, block, args.threads)
                 ref = peak_memory("reference", arch, batch_size, device, block, args.threads)
                 row["peak_rss_mb"], row["reference_peak_rss_mb"] = mine["peak_rss_mb"], ref["peak_rss_mb"]
-                row["baseline_rss_mb"] = mine["baseline_rss_mb"]
+                # After the imports (torch, Pyro, pyro_vae: the same in both children) and the data.
+                row["baseline_rss_mb"], row["reference_baseline_rss_mb"] = mine["baseline_rss_mb"], ref["baseline_rss_mb"]
                 if device.type == "cuda":
                     row["peak_cuda_mb"], row["reference_peak_cuda_mb"] = mine["peak_cuda_mb"], ref["peak_cuda_mb"]
             else:
@@ -262,13 +286,16 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"Machine: {meta['machine']}; torch {meta['torch']}, pyro {meta['pyro']}; {meta['threads']} CPU thread(s); "
         f"data: {meta['data']}; {meta['rounds']} interleaved rounds per cell, medians.",
         "",
-        "| device | arch | batch | pyro_vae ex/s | reference ex/s | ratio | eager Trace_ELBO ratio | pyro_vae ms/step | ref ms/step | peak RSS MB (pyro_vae / ref) |",
+        "| device | arch | batch | pyro_vae ex/s | reference ex/s | ratio | eager Trace_ELBO ratio | pyro_vae ms/step | ref ms/step | peak RSS MB, pyro_vae / ref (+ training over imports) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["experiment"] != "batch_size":
             continue
-        mem = f"{r['peak_rss_mb']:.0f} / {r['reference_peak_rss_mb']:.0f}" if not math.isnan(r["peak_rss_mb"]) else "-"
+        mem = "-"
+        if not math.isnan(r["peak_rss_mb"]):
+            mem = (f"{r['peak_rss_mb']:.0f} / {r['reference_peak_rss_mb']:.0f} "
+                   f"(+{r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} / +{r['reference_peak_rss_mb'] - r['reference_baseline_rss_mb']:.0f})")
         if "peak_cuda_mb" in r:
             mem += f" (CUDA {r['peak_cuda_mb']:.0f} / {r['reference_peak_cuda_mb']:.0f})"
         lines.append(
@@ -289,7 +316,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _machine() -> str:
+def machine_description() -> str:
     model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -322,12 +349,14 @@ def main(argv: list[str] | None = None) -> int:
         _child(impl, arch, int(batch), device, args.block_rows)
         return 0
     if args.smoke:
-        args.synthetic, args.batch_sizes, args.rounds, args.block_rows = True, [8, 16], 1, 64
+        args.synthetic, args.batch_sizes, args.rounds, args.block_rows = True, [8], 1, 32
         args.particles, args.latent_sizes, args.data_sizes = [1, 2], [2], [64]
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="speed-smoke-")) if args.smoke else HERE / "results"
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     data, data_name = load_data(args)
     meta = {
-        "machine": _machine(), "threads": args.threads, "torch": torch.__version__, "pyro": pyro.__version__,
+        "machine": machine_description(), "threads": args.threads, "torch": torch.__version__, "pyro": pyro.__version__,
         "data": data_name, "rounds": args.rounds, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     rows: list[dict[str, Any]] = []

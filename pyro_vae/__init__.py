@@ -16,7 +16,7 @@ import pyro
 
 pyro.settings.set(module_local_params=True)
 
-from .bounds import elbo_per_datum, iwae_per_datum, log_weights  # noqa: E402
+from .bounds import elbo_per_datum, iwae_per_datum, log_weight_terms, log_weights  # noqa: E402
 from .amortization import PerPointFit, refine_per_point  # noqa: E402
 from .gaps import InferenceGaps, LogMarginal, fit_local_gaussians, inference_gaps, log_marginal  # noqa: E402
 from .build import GUIDES, LIKELIHOODS, OBJECTIVES, PRIORS, build_vae  # noqa: E402
@@ -24,6 +24,7 @@ from .checkpoint import load, load_run  # noqa: E402
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from .data import Dataset, load_dataset  # noqa: E402
 from . import distributed  # noqa: E402  (data-parallel training under torchrun)
+from .evaluation import Evaluation, evaluate  # noqa: E402
 from .errors import (  # noqa: E402
     CheckpointError,
     ConfigError,
@@ -91,6 +92,9 @@ __all__ = [
     "evaluate_elbo",
     "EpochRecord",
     "log_weights",
+    "log_weight_terms",
+    "evaluate",
+    "Evaluation",
     "elbo_per_datum",
     "iwae_per_datum",
     "load",

@@ -361,7 +361,8 @@ class DataParallel(Parallelism):
                 f"{int(-low_high[0])} and {int(low_high[1])}; every process must load the same training "
                 "data (same --data, --data-dir, --val-fraction and --seed)"
             )
-        unused = torch.tensor([float(bool(_unused_parameters(vae, objective, probe, num_data, transform)))], device=self.device)
+        names = _unused_parameters(vae, objective, probe, num_data, transform)
+        unused = torch.tensor([float(bool(names))], device=self.device)
         dist.all_reduce(unused, op=dist.ReduceOp.MAX)  # one answer for all ranks
         self.find_unused_parameters = bool(unused.item())
         device_ids = None
@@ -371,6 +372,9 @@ class DataParallel(Parallelism):
             ObjectiveModule(vae, objective),
             device_ids=device_ids,
             find_unused_parameters=self.find_unused_parameters,
+            # Gradients live in DDP's communication buckets: one copy less per step. They
+            # must not be detached in place; fit clears them with zero_grad(set_to_none=True).
+            gradient_as_bucket_view=True,
             **_NO_PER_STEP_BUFFER_SYNC,
         )
 
@@ -401,7 +405,8 @@ class DataParallel(Parallelism):
 
 
 # torch >= 2.13 names it forward_sync_buffers (buffers still synced at construction);
-# older versions call it broadcast_buffers.
+# older versions call it broadcast_buffers (which also skips that first sync: harmless
+# for buffers that are constants set identically in __init__ on every rank).
 _NO_PER_STEP_BUFFER_SYNC = (
     {"forward_sync_buffers": False}
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters

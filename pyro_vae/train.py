@@ -175,10 +175,10 @@ def fit(
                     xb = transform(xb)
                 loss = replicas.loss(xb, num_data, beta)
                 # Averaged over processes, so that every rank takes the same decision.
-                mean_loss = replicas.mean(loss.detach())
-                if not torch.isfinite(mean_loss):
+                mean_loss = float(replicas.mean(loss.detach()))  # one device sync per step
+                if not math.isfinite(mean_loss):
                     raise TrainingDivergedError(
-                        f"the loss became {float(mean_loss)} at epoch {epoch + 1}, step {step + 1}; "
+                        f"the loss became {mean_loss} at epoch {epoch + 1}, step {step + 1}; "
                         f"the last good checkpoint (epoch {epoch}) was kept: lower --lr "
                         "or check the data for extreme values"
                     )
@@ -187,7 +187,7 @@ def fit(
                 optimizer.step()
                 # The loss estimates the full-data objective: per data point it is / N,
                 # and the global batch has world_size times this process's rows.
-                total += float(mean_loss) * xb.shape[0] * replicas.world_size / num_data
+                total += mean_loss * xb.shape[0] * replicas.world_size / num_data
                 seen += xb.shape[0] * replicas.world_size
             val_elbo = math.nan
             if val is not None:

@@ -22,7 +22,6 @@ import pytest
 import torch
 from pyro.infer import RenyiELBO
 
-import pyro_vae
 from pyro_vae.bounds import (
     elbo_per_datum,
     iwae_per_datum,
@@ -380,3 +379,16 @@ def test_pyro_vae_evaluate_writes_evaluation_json(tmp_path, capsys):
     assert json.loads((run / "evaluation.json").read_text())["per_datum"]["log_px"] == first
     assert main(["evaluate", str(run), "--iw-samples", "0"]) == 2
     assert "--iw-samples must be >= 1" in capsys.readouterr().err
+
+
+def test_traced_trace_elbo_does_not_keep_models_alive():
+    import gc
+    import weakref
+
+    objective = TraceELBO()
+    vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+    objective.loss(vae, torch.ones(3, 6), 3).backward()
+    alive = weakref.ref(vae)
+    del vae
+    gc.collect()
+    assert alive() is None

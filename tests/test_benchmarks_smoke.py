@@ -1,0 +1,84 @@
+"""Smoke runs of benchmarks/speed.py and benchmarks/quality.py (tiny sizes, generated data),
+and the reference VAE's equivalence to pyro_vae's estimator.
+
+The benchmarks themselves are not tests; these check that they run end to end and write
+what the README says they write.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyro_vae.build import build_vae
+from pyro_vae.config import ModelConfig
+from pyro_vae.objectives import TraceELBO
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+from reference_vae import ReferenceVAE  # noqa: E402
+
+
+def _run(script: str, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_speed_smoke(tmp_path):
+    stdout = _run("speed.py", "--smoke", "--out", str(tmp_path))
+    rows = json.loads((tmp_path / "speed.json").read_text())
+    table = [r for r in rows if r["experiment"] == "batch_size"]
+    assert {(r["arch"], r["batch_size"]) for r in table} == {("784-400-50", 8), ("784-200-200-50", 8)}
+    for r in table:
+        for key in ("device", "arch", "batch_size", "examples_per_s", "reference_examples_per_s", "ratio", "peak_rss_mb"):
+            assert key in r
+        assert r["examples_per_s"] > 0 and r["reference_examples_per_s"] > 0 and r["ratio"] > 0
+    assert table[0]["peak_rss_mb"] >= table[0]["baseline_rss_mb"] > 0  # the memory child ran
+    assert {r["experiment"] for r in rows} == {"batch_size", "particles", "z_dim", "data_size"}
+    assert "| ratio |" in (tmp_path / "speed.md").read_text() and "ratio" in stdout
+
+
+def test_quality_smoke(tmp_path):
+    _run("quality.py", "--smoke", "--out", str(tmp_path))
+    _run("quality.py", "--smoke", "--out", str(tmp_path), "--elbo", "iwae", "--particles", "3")
+    rows = json.loads((tmp_path / "quality.json").read_text())
+    assert [(r["model"], r["objective"]) for r in rows] == [
+        ("pyro_vae", "trace"), ("reference (plain PyTorch)", "trace"),
+        ("pyro_vae", "iwae"), ("reference (plain PyTorch)", "iwae"),
+    ]
+    for r in rows:
+        assert r["test_elbo"] <= r["test_log_px"] < 0 and r["iw_samples"] == 20 and r["command"].startswith("python")
+    table = (tmp_path / "quality.md").read_text()
+    assert "-86.76" in table and "-84.78" in table
+
+
+@pytest.mark.parametrize("arch", [((400,), "relu"), ((200, 200), "tanh")])
+def test_reference_computes_pyro_vaes_estimator(arch):
+    # Same weights, same random state: the reference's loss is Pyro's Trace_ELBO loss (it
+    # draws the same eps) and its gradients agree to float rounding.
+    hidden, activation = arch
+    torch.manual_seed(0)
+    vae = build_vae(ModelConfig(x_dim=784, z_dim=50, hidden=hidden, activation=activation))
+    reference = ReferenceVAE(784, hidden, 50, activation)
+    reference.load_state_dict({k: v for k, v in vae.state_dict().items() if not k.startswith("prior.")})
+    x = torch.bernoulli(torch.rand(16, 784))
+    torch.manual_seed(1)
+    ours = TraceELBO(jit=False).loss(vae, x, 1000)
+    torch.manual_seed(1)
+    theirs = reference.loss(x, 1000)
+    assert torch.allclose(ours, theirs, rtol=1e-5)
+    g_ours = dict(zip((n for n, _ in vae.named_parameters()), torch.autograd.grad(ours, list(vae.parameters()))))
+    g_theirs = dict(zip((n for n, _ in reference.named_parameters()), torch.autograd.grad(theirs, list(reference.parameters()))))
+    assert g_ours.keys() == g_theirs.keys()
+    for name in g_ours:
+        scale = float(g_ours[name].abs().max())
+        assert torch.allclose(g_ours[name], g_theirs[name], rtol=1e-3, atol=1e-4 * scale), name
