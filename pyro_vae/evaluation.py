@@ -124,8 +124,8 @@ class Evaluation:
         }
 
 
-class _LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an operation returns."""
+class _LargestAllocation(TorchDispatchMode):
+    """Records the largest new tensor (in elements) any operation allocates; views are free."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -133,8 +133,14 @@ class _LargestTensor(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in (*args, *(kwargs or {}).values())
+            if isinstance(t, torch.Tensor)
+        }
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
+            # A view (transpose, expand, reshape of an input) allocates nothing.
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
                 self.largest = max(self.largest, t.numel())
         return out
 
@@ -144,10 +150,9 @@ def draw_width(vae: VAE, x: torch.Tensor, probe_samples: int = 64) -> int:
     """Numbers per draw of z in the largest tensor of a pass: measured, not guessed.
 
     Runs :func:`~pyro_vae.bounds.log_weight_terms` on one row with ``probe_samples``
-    draws and records every operation's output, so the decoder's widest layer, a
-    mixture prior's ``(components, z_dim)`` block per draw or a flow's hidden layer all
-    count. Tensors that do not grow with the draws (weights, pseudo-inputs) make the
-    answer larger, never smaller.
+    draws and records the size of every tensor an operation allocates, so the decoder's
+    widest layer, a mixture prior's ``(components, z_dim)`` block per draw or a flow's
+    hidden layer all count, and views of the weights do not.
 
     Args:
         vae: The model.
@@ -155,7 +160,7 @@ def draw_width(vae: VAE, x: torch.Tensor, probe_samples: int = 64) -> int:
         probe_samples: Draws in the probe.
 
     Returns:
-        An upper bound on the numbers per draw in any one tensor (at least ``x_dim``).
+        An upper bound on the numbers per draw in any one new tensor (at least ``x_dim``).
 
     Example:
         >>> from pyro_vae.build import build_vae
@@ -164,7 +169,7 @@ def draw_width(vae: VAE, x: torch.Tensor, probe_samples: int = 64) -> int:
         >>> draw_width(vae, torch.ones(1, 6))  # the decoder's hidden layer
         40
     """
-    recorder = _LargestTensor()
+    recorder = _LargestAllocation()
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), recorder:
         log_weight_terms(vae, x[:1], probe_samples)
