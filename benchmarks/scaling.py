@@ -141,7 +141,7 @@ def _worker(args: argparse.Namespace) -> None:
     row = measure(args, args.batch_size[0], args.threads)
     if distributed.is_main_process():
         args.worker.write_text(json.dumps(row))
-    distributed.shutdown()
+    distributed.exit_process(0)
 
 
 _CAPACITY_LOOP = """

@@ -308,7 +308,11 @@ _COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for a user error)."""
+    """Run the command line; returns the exit status (2 for a user error).
+
+    Under torchrun, ``train`` joins the process group and, when done, ends the process
+    with that status (:func:`pyro_vae.distributed.exit_process`) instead of returning.
+    """
     args = build_parser().parse_args(argv)
     joined = False
     try:
@@ -335,8 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     else:
         status = 0
-    if joined:
-        distributed.shutdown()
+    if joined:  # under torchrun this process is ours: leave the group and end it here
+        distributed.exit_process(status)
     return status
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 
 from pyro_vae import distributed
 from pyro_vae.build import build_vae
@@ -193,7 +194,7 @@ def test_two_ranks_train_resume_and_match_one_process(tmp_path):
     result, _ = _torchrun([str(Path(__file__)), "worker", "main", str(tmp_path)], timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     reports = [json.loads((tmp_path / f"report-{r}.json").read_text()) for r in (0, 1)]
-    assert reports[0]["status"] == reports[1]["status"] == [0, 0, 2], result.stderr[-3000:]
+    assert reports[0]["status"] == reports[1]["status"] == [0, 0, 2, 0], result.stderr[-3000:]
     run_dir = tmp_path / "run"
 
     # Parameters bit-identical across ranks at every step (each loss call sees the
@@ -202,10 +203,15 @@ def test_two_ranks_train_resume_and_match_one_process(tmp_path):
     assert len(steps) >= 30 and steps == reports[1]["hashes"]
     assert reports[0]["after_fit"] == reports[1]["after_fit"] and len(reports[0]["after_fit"]) == 2
 
-    # The loss falls; the resumed run continued to epoch 3.
+    # The loss falls; the resumed run continued to epoch 3, exactly as a run that was
+    # never interrupted (same losses, bit-identical weights).
     lines = (run_dir / "metrics.csv").read_text().splitlines()[1:]
     losses = [float(line.split(",")[1]) for line in lines]
     assert len(losses) == 3 and losses[-1] < losses[0]
+    straight = (tmp_path / "straight" / "metrics.csv").read_text().splitlines()[1:]
+    assert [line.split(",")[:3] for line in straight] == [line.split(",")[:3] for line in lines]
+    resumed, uninterrupted = (load_file(tmp_path / d / "model.safetensors") for d in ("run", "straight"))
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
 
     # Only rank 0 wrote run files; a second `train --out RUN` failed on both ranks.
     assert reports[1]["writes"] == []
@@ -376,6 +382,8 @@ def _worker_main(out: Path) -> None:
     status.append(cli.main(["train", "--epochs", "1", "--out", str(run_dir), *flags]))  # not empty: refused
     build.OBJECTIVES["trace"] = make_trace
     runner.fit = plain_fit
+    # The same three epochs without the interruption, for comparison with the resumed run.
+    status.append(cli.main(["train", "--epochs", "3", "--out", str(out / "straight"), *flags]))
 
     halves = _halves_fit(batch_size=8)  # per process: global batch 16
     torch.save(halves.state_dict(), out / f"halves-{rank}.pt")
@@ -384,7 +392,7 @@ def _worker_main(out: Path) -> None:
               "components": components}
     (out / f"report-{rank}.json").write_text(json.dumps(report))
     distributed.barrier()
-    distributed.shutdown()
+    distributed.exit_process(0)
 
 
 def _worker_failure(out: Path, how: str, timeout: str) -> int:
