@@ -11,6 +11,7 @@ and writes, and ``--dist-timeout`` bounds how long a rank waits for the others.
 from __future__ import annotations
 
 import argparse
+import functools
 import dataclasses
 import io
 import json
@@ -75,8 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="pyro-vae", description="Variational autoencoders as Pyro programs: train, evaluate, encode, sample."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # Every subcommand takes --threads: the models here are small, and torch's default of
+    # one thread per core slows them down badly when another process shares the cores.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--threads", type=int, default=1, metavar="N",
+        help="CPU threads for torch (default: 1, fastest for small models; raise it for "
+        "large batches on an otherwise idle machine)",
+    )
+    add = functools.partial(sub.add_parser, parents=[common])
 
-    train = sub.add_parser("train", help="train a VAE (default: the built-in digits data)")
+    train = add("train", help="train a VAE (default: the built-in digits data)")
     for flag, (section, name, kwargs) in _TRAIN_FLAGS.items():
         default = getattr(_SECTIONS[section], name)
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
@@ -91,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: env {distributed.TIMEOUT_ENV} or {distributed.DEFAULT_TIMEOUT_S:g})",
     )
 
-    evaluate = sub.add_parser(
+    evaluate = add(
         "evaluate",
         help="held-out ELBO, log p(x) (K-sample importance bound), KL, reconstruction, active units",
         description="Evaluate a run on its held-out data (the test set, else the validation rows) and "
@@ -111,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default=None, help="cpu or cuda (default: the run's)")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
-    encode = sub.add_parser("encode", help="write mu(x) and sigma(x) for every row of a data set")
+    encode = add("encode", help="write mu(x) and sigma(x) for every row of a data set")
     encode.add_argument("run_dir", metavar="RUN_DIR")
     encode.add_argument("--data", default=None, metavar="NAME|PATH", help="data to encode (default: the run's)")
     encode.add_argument("--data-dir", default=None, metavar="DIR", help="folder of the MNIST IDX files")
@@ -122,14 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--out", required=True, metavar="FILE", help="output .npz or .csv")
     encode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
-    sample = sub.add_parser("sample", help="draw x from the model: z ~ p(z), x = mean of p(x|z)")
+    sample = add("sample", help="draw x from the model: z ~ p(z), x = mean of p(x|z)")
     sample.add_argument("run_dir", metavar="RUN_DIR")
     sample.add_argument("-n", "--num", type=int, default=64, help="number of samples (default: 64)")
     sample.add_argument("--out", required=True, metavar="FILE", help="output .png (a grid) or .npy (the means)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the draws (default: 0)")
     sample.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
-    inspect = sub.add_parser(
+    inspect = add(
         "inspect", help="compare the guide q(z|x) with the exact posterior p(z|x) for a few inputs (ArviZ)"
     )
     inspect.add_argument("run_dir", metavar="RUN_DIR")
@@ -316,6 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     joined = False
     try:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
         if args.command == "train":
             joined = distributed.init_from_env(args.dist_timeout)  # under torchrun only
         _COMMANDS[args.command](args, print if distributed.is_main_process() else _silent)

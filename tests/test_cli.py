@@ -164,3 +164,16 @@ def test_overwrite_replaces_a_run(tmp_path, data_dir):
     assert main(["train", "--data", str(data_dir / "digits.npy"), "--out", str(run), "--overwrite", "--seed", "3", *FAST]) == 0
     assert json.loads((run / "config.json").read_text())["train"]["seed"] == 3
     assert (run / "notes.txt").read_text() == "mine"  # files that are not the run's are left alone
+
+
+def test_threads_option(trained, tmp_path, capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["sample", str(trained), "-n", "2", "--out", str(tmp_path / "t.npy"), "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+        assert main(["sample", str(trained), "-n", "2", "--out", str(tmp_path / "u.npy"), "--threads", "0"]) == 2
+        assert "--threads must be >= 1, got 0" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
