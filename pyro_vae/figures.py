@@ -20,10 +20,11 @@ import numpy as np  # noqa: E402
 
 from .checkpoint import atomic_write  # noqa: E402
 
-__all__ = ["plot_history", "plot_reconstructions", "plot_samples", "plot_latent"]
+__all__ = ["save_png", "plot_history", "plot_reconstructions", "plot_samples", "plot_latent"]
 
 
-def _save(fig: "plt.Figure", path: str | os.PathLike) -> None:
+def save_png(fig: "plt.Figure", path: str | os.PathLike) -> None:
+    """Write ``fig`` as a PNG atomically and close it."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -42,7 +43,7 @@ def plot_history(history: Sequence[dict[str, float]], path: str | os.PathLike) -
     ax.set_ylabel("nats per data point")
     ax.legend()
     ax.grid(alpha=0.3)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def _image_grid(rows: Sequence[np.ndarray], image_shape: Sequence[int]) -> np.ndarray:
@@ -74,7 +75,7 @@ def plot_reconstructions(
         _show(axes[1], reconstructions.T)
     axes[0].set_title("inputs", fontsize=9)
     axes[1].set_title("reconstructions", fontsize=9)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_samples(samples: np.ndarray, image_shape: Sequence[int], path: str | os.PathLike) -> None:
@@ -88,7 +89,7 @@ def plot_samples(samples: np.ndarray, image_shape: Sequence[int], path: str | os
     else:
         _show(ax, samples.T)
     ax.set_title(f"{n} samples from the prior", fontsize=9)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_latent(
@@ -113,4 +114,4 @@ def plot_latent(
     ax.set_xlabel("mu_1(x)")
     ax.set_ylabel("mu_2(x)")
     ax.set_title("encoded means mu(x), one per input (ellipses: 1 sigma(x))", fontsize=9)
-    _save(fig, path)
+    save_png(fig, path)

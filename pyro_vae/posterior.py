@@ -38,7 +38,6 @@ draw the figures of ``pyro-vae inspect``. This is the only module that imports A
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import os
 import time
@@ -65,8 +64,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az  # noqa: E402
 
-from .checkpoint import atomic_write  # noqa: E402
 from .errors import ConfigError, DataError  # noqa: E402
+from .figures import save_png  # noqa: E402
 from .gaps import LogMarginal, frozen, log_joint  # noqa: E402
 from .vae import LATENT_SITE, VAE  # noqa: E402
 
@@ -642,11 +641,15 @@ def gaussian_kl(guide: ArvizData, reference: ArvizData) -> xr.DataArray:
 
 
 # ----------------------------------------------------------------------------- figures
-def _save(fig: "plt.Figure", path: str | os.PathLike) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write(path, buffer.getvalue())
+def _aligned_draws(data: Sequence[ArvizData]) -> tuple[list[np.ndarray], np.ndarray]:
+    """The draws of each posterior, ``(point, chain * draw, latent)``, and their shared points.
+
+    Raises:
+        DataError: The posteriors cover different points.
+    """
+    for other in data[1:]:
+        _check_same_points(data[0], other)
+    return [_draws(d) for d in data], _points_of(data[0])
 
 
 def _draws(data: ArvizData) -> np.ndarray:
@@ -675,10 +678,7 @@ def plot_marginals(data: Sequence[ArvizData], names: Sequence[str], path: str | 
     Raises:
         DataError: The posteriors cover different points.
     """
-    for other in data[1:]:
-        _check_same_points(data[0], other)
-    draws = [_draws(d) for d in data]  # each (B, N, D)
-    points = _points_of(data[0])
+    draws, points = _aligned_draws(data)  # each draw array (B, N, D)
     num_points, _, z_dim = draws[0].shape
     fig, axes = plt.subplots(
         num_points, z_dim, figsize=(3.0 * z_dim, 2.2 * num_points), squeeze=False, layout="constrained"
@@ -695,7 +695,7 @@ def plot_marginals(data: Sequence[ArvizData], names: Sequence[str], path: str | 
             ax.set_yticks([])
     axes[0, 0].legend(fontsize=8)
     fig.suptitle("marginal posteriors of z per point and latent dimension", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_forest(data: Sequence[ArvizData], names: Sequence[str], path: str | os.PathLike) -> None:
@@ -713,10 +713,7 @@ def plot_forest(data: Sequence[ArvizData], names: Sequence[str], path: str | os.
     Raises:
         DataError: The posteriors cover different points.
     """
-    for other in data[1:]:
-        _check_same_points(data[0], other)
-    draws = [_draws(d) for d in data]  # each (B, N, D)
-    points = _points_of(data[0])
+    draws, points = _aligned_draws(data)  # each draw array (B, N, D)
     rows = [(b, j) for b in range(len(points)) for j in range(draws[0].shape[-1])]
     fig, ax = plt.subplots(figsize=(6, 0.8 + 0.22 * len(rows) * (len(data) + 1)))
     offsets = np.linspace(-0.25, 0.25, len(data)) if len(data) > 1 else np.zeros(1)
@@ -731,7 +728,7 @@ def plot_forest(data: Sequence[ArvizData], names: Sequence[str], path: str | os.
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.set_title("median, 50% and 94% intervals", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_latent_ellipses(guide: ArvizData, reference: ArvizData, path: str | os.PathLike, *, name: str = "NUTS") -> None:
@@ -780,4 +777,4 @@ def plot_latent_ellipses(guide: ArvizData, reference: ArvizData, path: str | os.
         ax.set_aspect("equal", adjustable="datalim")
     axes.ravel()[0].legend(fontsize=7, loc="best")
     fig.suptitle(f"{name} draws of p(z|x) with the guide q(z|x): mean and 1-, 2-sigma ellipses", fontsize=10)
-    _save(fig, path)
+    save_png(fig, path)
