@@ -23,10 +23,10 @@ from .checkpoint import atomic_write  # noqa: E402
 __all__ = ["save_png", "plot_history", "plot_reconstructions", "plot_samples", "plot_latent"]
 
 
-def save_png(fig: "plt.Figure", path: str | os.PathLike) -> None:
-    """Write ``fig`` as a PNG atomically and close it."""
+def save_png(fig: "plt.Figure", path: str | os.PathLike, *, dpi: int = 110) -> None:
+    """Write ``fig`` as a PNG atomically and close it; ``dpi`` sets the pixels per inch."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     atomic_write(path, buffer.getvalue())
 
