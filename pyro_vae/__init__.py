@@ -5,35 +5,31 @@ likelihood, and whose ``guide`` is the encoder's amortized Normal(mu(x), sigma(x
 ``encode(x)`` returns mu(x) and sigma(x): one pair per input, the parameters of that
 input's approximate posterior q(z|x).
 
-Importing the package sets ``pyro.settings.set(module_local_params=True)``: parameters
-then live in each module, not in Pyro's global param store, so two models in one
-process never share or shadow each other's parameters.
+Importing the package changes no Pyro setting and no other global state. Pyro's own
+``SVI(vae.model, vae.guide, pyro.optim.Adam(...), Trace_ELBO())`` trains a VAE, and
+:func:`fit` is the fast path beside it.
 """
 
 from __future__ import annotations
 
-import pyro
-
-pyro.settings.set(module_local_params=True)
-
-from .bounds import elbo_per_datum, iwae_per_datum, log_weight_terms, log_weights  # noqa: E402
-from .amortization import PerPointFit, refine_per_point  # noqa: E402
-from .gaps import InferenceGaps, LogMarginal, fit_local_gaussians, inference_gaps, log_marginal  # noqa: E402
-from .build import GUIDES, LIKELIHOODS, OBJECTIVES, PRIORS, build_vae  # noqa: E402
-from .checkpoint import load, load_run  # noqa: E402
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
-from .data import Dataset, load_dataset  # noqa: E402
-from . import distributed  # noqa: E402  (data-parallel training under torchrun)
-from .evaluation import Evaluation, evaluate  # noqa: E402
-from .errors import (  # noqa: E402
+from .bounds import elbo_per_datum, iwae_per_datum, log_weight_terms, log_weights
+from .amortization import PerPointFit, refine_per_point
+from .gaps import InferenceGaps, LogMarginal, fit_local_gaussians, inference_gaps, log_marginal
+from .build import GUIDES, LIKELIHOODS, OBJECTIVES, PRIORS, build_vae
+from .checkpoint import load, load_run
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .data import Dataset, load_dataset
+from . import distributed  # data-parallel training under torchrun
+from .evaluation import Evaluation, evaluate
+from .errors import (
     CheckpointError,
     ConfigError,
     DataError,
     PyroVAEError,
     TrainingDivergedError,
 )
-from .guides import DiagonalNormalGuide, FlowGuide, FullCovarianceGuide, Guide, LowRankGuide  # noqa: E402
-from .likelihoods import (  # noqa: E402
+from .guides import DiagonalNormalGuide, FlowGuide, FullCovarianceGuide, Guide, LowRankGuide
+from .likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
     Likelihood,
@@ -41,12 +37,12 @@ from .likelihoods import (  # noqa: E402
     NormalLikelihood,
     PoissonLikelihood,
 )
-from .nn import MLP  # noqa: E402
-from .objectives import IWAE, Objective, TraceELBO, TraceMeanFieldELBO  # noqa: E402
-from .priors import FlowPrior, LearnedNormalPrior, MixturePrior, Prior, StandardNormalPrior, VampPrior  # noqa: E402
-from .runner import RunResult, evaluate_run, resume_run, train_run  # noqa: E402
-from .train import EpochRecord, evaluate_elbo, fit  # noqa: E402
-from .vae import VAE  # noqa: E402
+from .nn import MLP
+from .objectives import IWAE, Objective, TraceELBO, TraceMeanFieldELBO
+from .priors import FlowPrior, LearnedNormalPrior, MixturePrior, Prior, StandardNormalPrior, VampPrior
+from .runner import RunResult, evaluate_run, resume_run, train_run
+from .train import EpochRecord, evaluate_elbo, fit
+from .vae import VAE
 
 __version__ = "0.1.0"
 

@@ -24,15 +24,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .bounds import elbo_per_datum, log_weights
+from .bounds import collect_log_weights, elbo_per_datum
 from .errors import ConfigError
 from .gaps import fit_local_gaussians, frozen, gaussian_log_weights
 from .vae import VAE
 
 __all__ = ["PerPointFit", "refine_per_point"]
-
-#: Upper bound on ``K * B * x_dim`` decoder outputs held at once when estimating the ELBO.
-_CHUNK_ELEMENTS = 2**24
 
 
 @dataclass(frozen=True)
@@ -112,9 +109,5 @@ def refine_per_point(
     with torch.no_grad(), frozen(vae), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed + 1)
         elbo = elbo_per_datum(gaussian_log_weights(vae, x, loc, scale, eval_particles))  # (B,)
-        # In chunks of draws, so that K * B * x_dim decoder outputs never sit in memory at once.
-        step = max(1, _CHUNK_ELEMENTS // (x.shape[0] * vae.x_dim))
-        amortized = sum(
-            log_weights(vae, x, min(step, eval_particles - k)).sum(0) for k in range(0, eval_particles, step)
-        ) / eval_particles  # (B,)
+        amortized = elbo_per_datum(collect_log_weights(vae, x, eval_particles))  # (B,)
     return PerPointFit(loc, scale, elbo, amortized)

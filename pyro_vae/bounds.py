@@ -1,99 +1,69 @@
-"""Per-data-point log importance weights and the bounds built on them.
+"""Per-data-point log importance weights and the bounds built on them: the one path.
 
-One function, :func:`log_weights`, runs the guide and the model under a vectorized
-particle plate and returns ``log p(x, z_k) - log q(z_k | x)`` for every draw k and data
-point. The ELBO is their mean over k; the importance-weighted bound (IWAE), an estimate
-of log p(x) that tightens as K grows, is their log-mean-exp. The IWAE objective, the
-evaluation and the posterior tools all use this one function.
+Every ELBO, IWAE bound and estimate of log p(x) in the package comes from Pyro traces of
+the VAE's own ``guide`` and ``model``, run here and nowhere else:
+
+- :func:`weighted_draws` runs the guide (or a *proposal* that replaces the guide's
+  distribution at the latent site) and the model replayed on its draws, under a
+  vectorized particle plate, and returns the draws with the summed log-densities of the
+  model's observed sites, its latent sites and the guide's sites, per draw and data
+  point. Each site's log-density is Pyro's ``site["log_prob"]``: scaled and masked as
+  ``poutine.scale``, ``poutine.mask`` and ``obs_mask`` say, exactly as ``Trace_ELBO``
+  counts it.
+- :func:`log_joint` is the model half alone: ``log p(x, z)`` at given latents (the
+  model conditioned on them), for MCMC potentials and per-point Gaussians.
+- :func:`weighted_passes` splits N rows x K draws into passes of bounded memory by the
+  one chunking rule (:func:`chunk_plan` on the measured :func:`draw_width`).
+
+The ELBO per data point is the mean of the log-weights over draws
+(:func:`elbo_per_datum`), the importance-weighted bound their log-mean-exp
+(:func:`iwae_per_datum`); with one draw the two are equal.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import pyro
+import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from .vae import VAE
+from .errors import ConfigError
+from .vae import LATENT_SITE, VAE, local_params
 
 __all__ = [
     "PARTICLE_PLATE",
+    "DEFAULT_MAX_ELEMENTS",
+    "BatchTransform",
+    "WeightedDraws",
     "LogWeightTerms",
+    "Pass",
+    "weighted_draws",
+    "pass_plan",
+    "weighted_passes",
+    "collect_log_weights",
     "log_weights",
     "log_weight_terms",
+    "log_joint",
     "elbo_per_datum",
     "iwae_per_datum",
     "logmeanexp_chunks",
+    "draw_width",
+    "chunk_plan",
 ]
 
 #: Name of the vectorized particle plate; it sits left of the data plate (dim -2).
 PARTICLE_PLATE = "particles"
+#: Numbers per intermediate tensor in one vectorized pass (2**23 floats = 32 MiB).
+DEFAULT_MAX_ELEMENTS = 2**23
 
-
-def _vectorize(fn: Callable, num_samples: int) -> Callable:
-    def wrapped(*args, **kwargs):
-        with pyro.plate(PARTICLE_PLATE, num_samples, dim=-2):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
-def _sum_site_log_probs(
-    trace: poutine.Trace, shape: torch.Size, keep: Callable[[dict], bool] | None = None
-) -> torch.Tensor:
-    total = torch.zeros(shape)
-    for name, site in trace.nodes.items():
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        if keep is not None and not keep(site):
-            continue
-        lp = site["fn"].log_prob(site["value"])
-        if lp.shape != shape:
-            raise ValueError(
-                f"sample site {name!r} has log_prob shape {tuple(lp.shape)}, expected {tuple(shape)}: "
-                "per-data-point weights need every sample site inside the data plate"
-            )
-        total = total.to(lp) + lp
-    return total
-
-
-def log_weights(vae: VAE, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
-    """Log importance weights ``log p(x, z_k) - log q(z_k | x)`` per draw and data point.
-
-    The guide draws ``z_k`` (reparameterized, so gradients flow), the model is replayed
-    on those draws, and every sample site's log-density is summed; no scaling (minibatch
-    or beta) is applied, so these are the weights of the plain model.
-
-    Args:
-        vae: The model and guide.
-        x: Data of shape ``(B, x_dim)``.
-        num_samples: K, draws of z per data point (vectorized).
-
-    Returns:
-        Tensor of shape ``(K, B)``.
-
-    Example:
-        >>> from pyro_vae.build import build_vae
-        >>> from pyro_vae.config import ModelConfig
-        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
-        >>> log_weights(vae, torch.ones(3, 6), num_samples=5).shape
-        torch.Size([5, 3])
-    """
-    model_trace, guide_trace, shape = _traces(vae, x, num_samples)
-    return _sum_site_log_probs(model_trace, shape) - _sum_site_log_probs(guide_trace, shape)
-
-
-def _traces(vae: VAE, x: torch.Tensor, num_samples: int) -> tuple[poutine.Trace, poutine.Trace, torch.Size]:
-    vae.check_x(x)
-    shape = torch.Size((num_samples, x.shape[0]))
-    guide = _vectorize(vae.guide, num_samples)
-    model = _vectorize(vae.model, num_samples)
-    guide_trace = poutine.trace(guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    return model_trace, guide_trace, shape
+#: Maps a raw minibatch to the observations the model sees (e.g. binarization).
+BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 class LogWeightTerms(NamedTuple):
@@ -109,17 +79,159 @@ class LogWeightTerms(NamedTuple):
     latent: torch.Tensor
 
 
+class WeightedDraws(NamedTuple):
+    """K draws per data point with their log-densities, from one pass of the program.
+
+    Attributes:
+        z: The draws at the latent site ``z``, ``(K, B, z_dim)``.
+        log_likelihood: Sum over the model's observed sites, ``(K, B)``.
+        log_prior: Sum over the model's latent sites, ``(K, B)``.
+        log_proposal: Sum over the guide's (or proposal's) sites, ``(K, B)``.
+    """
+
+    z: torch.Tensor
+    log_likelihood: torch.Tensor
+    log_prior: torch.Tensor
+    log_proposal: torch.Tensor
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        """``log p(x, z_k) - log q(z_k | x)``, ``(K, B)``."""
+        return self.log_likelihood + self.log_prior - self.log_proposal
+
+    @property
+    def terms(self) -> LogWeightTerms:
+        """The reconstruction and latent parts of :attr:`log_weights`."""
+        return LogWeightTerms(self.log_likelihood, self.log_prior - self.log_proposal)
+
+
+class _Propose(Messenger):
+    """Replaces the distribution of the guide's latent site by ``proposal``.
+
+    The plates inside the guide have already broadcast the site's distribution when
+    this (outer) handler sees it, so the proposal is expanded to that batch shape.
+    Everything else the guide does (other sites, masks) stays.
+    """
+
+    def __init__(self, proposal: dist.TorchDistribution, site: str = LATENT_SITE) -> None:
+        super().__init__()
+        self.proposal = proposal
+        self.site = site
+
+    def _pyro_sample(self, msg: dict) -> None:
+        if msg["name"] == self.site and not msg["is_observed"]:
+            msg["fn"] = self.proposal.expand(msg["fn"].batch_shape)
+
+
+def _sum_log_probs(
+    trace: poutine.Trace, shape: torch.Size, keep: Callable[[dict], bool] | None = None
+) -> torch.Tensor:
+    """Sum of ``site["log_prob"]`` (scaled and masked by Pyro) over the sample sites."""
+    total: torch.Tensor | None = None
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        if keep is not None and not keep(site):
+            continue
+        lp = site["log_prob"]
+        if not isinstance(lp, torch.Tensor) or lp.shape != shape:
+            got = tuple(lp.shape) if isinstance(lp, torch.Tensor) else "a number"
+            raise ValueError(
+                f"sample site {name!r} has log_prob shape {got}, expected {tuple(shape)}: "
+                "per-data-point weights need every sample site inside the data plate"
+            )
+        total = lp if total is None else total + lp
+    if total is None:
+        return torch.zeros(shape)
+    return total
+
+
+def _check_samples(num_samples: int) -> None:
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+
+
+def weighted_draws(
+    vae: VAE,
+    x: torch.Tensor,
+    num_samples: int = 1,
+    *,
+    proposal: dist.TorchDistribution | None = None,
+) -> WeightedDraws:
+    """K draws per data point from the guide, weighed by the model: one vectorized pass.
+
+    The guide draws ``z_k`` (reparameterized where the family allows, so gradients
+    flow), the model is replayed on those draws, and every sample site's
+    ``log_prob`` (masked and scaled as the program says) is summed. The program runs
+    with its defaults (no minibatch scale, no KL weight), in Pyro's
+    ``module_local_params`` mode for the call only.
+
+    Args:
+        vae: The model and guide.
+        x: Data of shape ``(B, x_dim)``.
+        num_samples: K, draws of z per data point.
+        proposal: A distribution with batch shape ``(B,)`` and event shape
+            ``(z_dim,)`` that replaces the guide's distribution at the latent site
+            (e.g. a Gaussian fitted to each point alone); default the guide's own.
+
+    Returns:
+        A :class:`WeightedDraws` with tensors of shape ``(K, B)`` (and ``z``).
+
+    Example:
+        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.config import ModelConfig
+        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+        >>> draws = weighted_draws(vae, torch.ones(3, 6), num_samples=5)
+        >>> draws.z.shape, draws.log_weights.shape
+        (torch.Size([5, 3, 2]), torch.Size([5, 3]))
+    """
+    _check_samples(num_samples)
+    vae.check_x(x)
+    shape = torch.Size((num_samples, x.shape[0]))
+    with local_params():
+        with pyro.plate(PARTICLE_PLATE, num_samples, dim=-2):
+            if proposal is None:
+                guide_trace = poutine.trace(vae.guide).get_trace(x)
+            else:
+                with _Propose(proposal):
+                    guide_trace = poutine.trace(vae.guide).get_trace(x)
+            model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+    guide_trace.compute_log_prob()
+    model_trace.compute_log_prob()
+    return WeightedDraws(
+        z=guide_trace.nodes[LATENT_SITE]["value"],
+        log_likelihood=_sum_log_probs(model_trace, shape, keep=lambda site: site["is_observed"]),
+        log_prior=_sum_log_probs(model_trace, shape, keep=lambda site: not site["is_observed"]),
+        log_proposal=_sum_log_probs(guide_trace, shape),
+    )
+
+
+def log_weights(
+    vae: VAE, x: torch.Tensor, num_samples: int = 1, *, proposal: dist.TorchDistribution | None = None
+) -> torch.Tensor:
+    """Log importance weights ``log p(x, z_k) - log q(z_k | x)`` per draw and data point.
+
+    :attr:`WeightedDraws.log_weights` of :func:`weighted_draws` (see there).
+
+    Returns:
+        Tensor of shape ``(K, B)``.
+
+    Example:
+        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.config import ModelConfig
+        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+        >>> log_weights(vae, torch.ones(3, 6), num_samples=5).shape
+        torch.Size([5, 3])
+    """
+    return weighted_draws(vae, x, num_samples, proposal=proposal).log_weights
+
+
 def log_weight_terms(vae: VAE, x: torch.Tensor, num_samples: int = 1) -> LogWeightTerms:
     """:func:`log_weights` split into the reconstruction and the latent (KL) part, same draws.
 
     Their means over k are the two terms of the ELBO: ``E_q[log p(x|z)]`` and
     ``-KL(q(z|x) || p(z))``, estimated by Monte Carlo, so that any prior and guide
     (a VampPrior, a flow) works.
-
-    Args:
-        vae: The model and guide.
-        x: Data of shape ``(B, x_dim)``.
-        num_samples: K, draws of z per data point (vectorized).
 
     Returns:
         :class:`LogWeightTerms`, each of shape ``(K, B)``.
@@ -132,10 +244,42 @@ def log_weight_terms(vae: VAE, x: torch.Tensor, num_samples: int = 1) -> LogWeig
         >>> terms.reconstruction.shape, terms.latent.shape
         (torch.Size([5, 3]), torch.Size([5, 3]))
     """
-    model_trace, guide_trace, shape = _traces(vae, x, num_samples)
-    reconstruction = _sum_site_log_probs(model_trace, shape, keep=lambda site: site["is_observed"])  # (K, B)
-    prior = _sum_site_log_probs(model_trace, shape, keep=lambda site: not site["is_observed"])  # (K, B)
-    return LogWeightTerms(reconstruction, prior - _sum_site_log_probs(guide_trace, shape))
+    return weighted_draws(vae, x, num_samples).terms
+
+
+def log_joint(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``log p(x, z)``: the model's log-density with its latent site set to ``z``.
+
+    The unnormalised log posterior density of z given x, from a trace of the model
+    conditioned on ``z`` (masks and scales as the program says); gradients reach ``z``
+    (NUTS, per-point Gaussians) and the model's weights.
+
+    Args:
+        vae: The model.
+        z: Latents of shape ``(..., B, z_dim)``.
+        x: Data of shape ``(B, x_dim)``.
+
+    Returns:
+        Tensor of shape ``(..., B)``.
+
+    Example:
+        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.config import ModelConfig
+        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+        >>> log_joint(vae, torch.zeros(5, 3, 2), torch.ones(3, 6)).shape
+        torch.Size([5, 3])
+    """
+    vae.check_x(x)
+    batch = x.shape[0]
+    if z.dim() < 2 or z.shape[-2:] != (batch, vae.z_dim):
+        raise ConfigError(f"expected z of shape (..., {batch}, {vae.z_dim}) for x with {batch} rows, got {tuple(z.shape)}")
+    leading = z.shape[:-2]
+    flat = z.reshape(-1, batch, vae.z_dim)  # (K, B, z_dim)
+    shape = torch.Size(flat.shape[:2])
+    with local_params(), pyro.plate(PARTICLE_PLATE, flat.shape[0], dim=-2):
+        trace = poutine.trace(poutine.condition(vae.model, data={LATENT_SITE: flat})).get_trace(x)
+    trace.compute_log_prob()
+    return _sum_log_probs(trace, shape).reshape(leading + (batch,))
 
 
 def elbo_per_datum(log_w: torch.Tensor) -> torch.Tensor:
@@ -182,3 +326,239 @@ def logmeanexp_chunks(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
     if total is None:
         raise ValueError("logmeanexp_chunks got no chunk; pass at least one (K_i, B) tensor")
     return total - math.log(count)
+
+
+# --------------------------------------------------------------- passes of bounded memory
+class _LargestAllocation(TorchDispatchMode):
+    """Records the largest new tensor (in elements) any operation allocates; views are free."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in (*args, *(kwargs or {}).values())
+            if isinstance(t, torch.Tensor)
+        }
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            # A view (transpose, expand, reshape of an input) allocates nothing.
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@torch.no_grad()
+def draw_width(
+    vae: VAE, x: torch.Tensor, probe_samples: int = 64, *, proposal: dist.TorchDistribution | None = None
+) -> int:
+    """Numbers per draw of z in the largest tensor of a pass: measured, not guessed.
+
+    Runs :func:`weighted_draws` on one row with ``probe_samples`` draws and records the
+    size of every tensor an operation allocates, so the decoder's widest layer, a
+    mixture prior's ``(components, z_dim)`` block per draw or a flow's hidden layer all
+    count, and views of the weights do not.
+
+    Args:
+        vae: The model.
+        x: Data whose first row is used, ``(B, x_dim)``.
+        probe_samples: Draws in the probe.
+        proposal: The proposal the passes will use (its first row is probed).
+
+    Returns:
+        An upper bound on the numbers per draw in any one new tensor (at least ``x_dim``).
+
+    Example:
+        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.config import ModelConfig
+        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(40,)))
+        >>> draw_width(vae, torch.ones(1, 6))  # the decoder's hidden layer
+        40
+    """
+    recorder = _LargestAllocation()
+    row = x[:1]
+    if proposal is not None:
+        # The probe takes every row's proposal at once: its width per row is the same.
+        row, probe_samples = x, max(1, probe_samples // x.shape[0])
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), recorder:
+        weighted_draws(vae, row, probe_samples, proposal=proposal)
+    return max(vae.x_dim, math.ceil(recorder.largest / (probe_samples * row.shape[0])))
+
+
+def chunk_plan(num_points: int, num_samples: int, width: int, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[int, int]:
+    """How N data points x K draws are split into passes: the one chunking rule.
+
+    Args:
+        num_points: N.
+        num_samples: K.
+        width: Numbers per draw in the widest intermediate tensor (:func:`draw_width`).
+        max_elements: Budget of numbers per intermediate tensor in one pass.
+
+    Returns:
+        ``(batch, samples)``: data points per pass and draws per data point per pass;
+        ``batch * samples * width <= max_elements`` whenever ``width <= max_elements``.
+
+    Example:
+        >>> chunk_plan(10_000, 5000, 784)
+        (2, 5000)
+        >>> chunk_plan(10_000, 50_000, 784)
+        (1, 10699)
+    """
+    rows = max(1, max_elements // max(1, width))  # draws of z per pass
+    samples = min(num_samples, rows)
+    batch = max(1, min(num_points, rows // samples))
+    return batch, samples
+
+
+class Pass(NamedTuple):
+    """One pass of :func:`weighted_passes`.
+
+    Attributes:
+        rows: The rows of ``x`` this pass covers.
+        x: Those rows, transformed as the model sees them (the same in every pass over
+            these rows).
+        draws: This pass's share of the K draws for those rows.
+        start: Index of this pass's first draw among the K.
+        num_samples: K, the draws per row over all passes.
+    """
+
+    rows: slice
+    x: torch.Tensor
+    draws: WeightedDraws
+    start: int
+    num_samples: int
+
+    @property
+    def first(self) -> bool:
+        """Whether this is the first pass over these rows."""
+        return self.start == 0
+
+    @property
+    def last(self) -> bool:
+        """Whether this is the last pass over these rows."""
+        return self.start + self.draws.z.shape[0] >= self.num_samples
+
+
+def pass_plan(
+    vae: VAE,
+    x: torch.Tensor,
+    num_samples: int,
+    *,
+    proposal: dist.TorchDistribution | None = None,
+    transform: BatchTransform | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> tuple[int, int]:
+    """``(rows, draws)`` per pass of :func:`weighted_passes` for these arguments.
+
+    :func:`chunk_plan` on the :func:`draw_width` measured on a probe (the random state
+    is left untouched). With a ``proposal`` every pass covers all rows.
+
+    Raises:
+        ConfigError: ``num_samples`` or ``max_elements`` is below 1, or there are no rows.
+    """
+    _check_samples(num_samples)
+    if max_elements < 1:
+        raise ConfigError(f"max_elements must be >= 1, got {max_elements}")
+    num_points = x.shape[0]
+    if num_points < 1:
+        raise ConfigError("got no data points; pass at least one row")
+    vae.check_x(x)
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        probe = x[:1] if proposal is None else x  # a proposal covers every row
+        if transform is not None:
+            probe = transform(probe)  # rows the likelihood accepts
+        probe_samples = max(1, min(64, max_elements // vae.x_dim))  # the probe keeps to the budget too
+        width = draw_width(vae, probe, probe_samples, proposal=proposal)
+    if proposal is not None:
+        return num_points, max(1, min(num_samples, max_elements // (width * num_points)))
+    return chunk_plan(num_points, num_samples, width, max_elements)
+
+
+def weighted_passes(
+    vae: VAE,
+    x: torch.Tensor,
+    num_samples: int,
+    *,
+    proposal: dist.TorchDistribution | None = None,
+    transform: BatchTransform | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    plan: tuple[int, int] | None = None,
+) -> Iterator[Pass]:
+    """:func:`weighted_draws` for N rows x K draws, in passes of bounded memory.
+
+    Rows are taken in blocks and each block's K draws in chunks, sized by
+    :func:`pass_plan` so that no intermediate tensor holds more than ``max_elements``
+    numbers. Each block of rows is transformed once (e.g. dynamically binarized)
+    before its first draw. With a ``proposal`` (batch shape ``(N,)``) all rows go in
+    every pass and only the draws are chunked.
+
+    Args:
+        vae: The model and guide.
+        x: Data ``(N, x_dim)``.
+        num_samples: K, draws per data point in all.
+        proposal: Replaces the guide's distribution (see :func:`weighted_draws`).
+        transform: Applied to each block of rows once (its randomness comes from the
+            caller's random state).
+        max_elements: Memory budget of one pass.
+        plan: ``(rows, draws)`` per pass from :func:`pass_plan`, when the caller has it.
+
+    Yields:
+        :class:`Pass` objects, the rows in order, each block's draws before the next.
+
+    Raises:
+        ConfigError: ``num_samples`` or ``max_elements`` is below 1, or there are no rows.
+
+    Example:
+        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.config import ModelConfig
+        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+        >>> [(p.rows, p.draws.log_weights.shape) for p in weighted_passes(vae, torch.ones(3, 6), 10, max_elements=60)]
+        [(slice(0, 1, None), torch.Size([10, 1])), (slice(1, 2, None), torch.Size([10, 1])), (slice(2, 3, None), torch.Size([10, 1]))]
+    """
+    batch, samples = plan or pass_plan(
+        vae, x, num_samples, proposal=proposal, transform=transform, max_elements=max_elements
+    )
+    num_points = x.shape[0]
+    for lo in range(0, num_points, batch):
+        rows = slice(lo, min(lo + batch, num_points))
+        xb = x[rows]
+        if transform is not None:
+            xb = transform(xb)
+        for done in range(0, num_samples, samples):
+            k = min(samples, num_samples - done)
+            draws = weighted_draws(vae, xb, k, proposal=proposal)
+            yield Pass(rows, xb, draws, start=done, num_samples=num_samples)
+
+
+def collect_log_weights(
+    vae: VAE,
+    x: torch.Tensor,
+    num_samples: int,
+    *,
+    proposal: dist.TorchDistribution | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> torch.Tensor:
+    """All ``(K, N)`` log-weights of :func:`weighted_passes`, computed in bounded passes.
+
+    For callers that need every weight (standard errors, effective sample sizes); the
+    result itself holds ``K * N`` numbers.
+
+    Example:
+        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.config import ModelConfig
+        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+        >>> collect_log_weights(vae, torch.ones(3, 6), 10, max_elements=60).shape
+        torch.Size([10, 3])
+    """
+    out: torch.Tensor | None = None
+    for step in weighted_passes(vae, x, num_samples, proposal=proposal, max_elements=max_elements):
+        log_w = step.draws.log_weights  # (k, B)
+        if out is None:
+            out = log_w.new_empty((num_samples, x.shape[0]))
+        out[step.start : step.start + log_w.shape[0], step.rows] = log_w
+    assert out is not None
+    return out

@@ -1,8 +1,8 @@
 """Held-out evaluation: ELBO, importance-sampled log p(x), its two terms, active units.
 
 For every data point :func:`evaluate` draws K latents from the guide and computes, on
-those same draws (from :func:`pyro_vae.bounds.log_weight_terms`, the one function that
-turns the model and guide traces into per-data-point log-weights):
+those same draws (from :func:`pyro_vae.bounds.weighted_passes`, the one path that turns
+the model and guide traces into per-data-point log-weights):
 
 - the ELBO, the mean over k of ``log p(x, z_k) - log q(z_k|x)``;
 - the importance-weighted bound ``log (1/K) sum_k p(x, z_k) / q(z_k|x)`` (Burda et al.
@@ -15,8 +15,8 @@ and, over the data set, the number of *active units*: latent dimensions u with
 ``Cov_x(E_q[z_u]) > 0.01`` (Burda et al. 2015, section 5.2).
 
 Memory is bounded by a budget, not by K or N: each vectorized pass evaluates at most
-``max_elements`` numbers per intermediate tensor (``max_elements // width`` draws of z,
-where the width per draw is measured on a probe pass, :func:`draw_width`), the draws of
+``max_elements`` numbers per intermediate tensor (the package's one chunking rule,
+:func:`pyro_vae.bounds.chunk_plan` on the measured :func:`~pyro_vae.bounds.draw_width`), the draws of
 a data point are folded into running sums and a running log-sum-exp, and only ``(N,)``
 vectors are kept. With the default budget, K = 5000 on the 10,000 MNIST test images stays well under
 2 GB, on CPU or GPU.
@@ -31,12 +31,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm.auto import tqdm
 
-from .bounds import log_weight_terms
+from .bounds import DEFAULT_MAX_ELEMENTS, BatchTransform, pass_plan, weighted_passes
 from .errors import ConfigError
-from .train import BatchTransform
 from .vae import VAE
 
 __all__ = [
@@ -47,14 +45,10 @@ __all__ = [
     "evaluate",
     "posterior_means",
     "unit_activity",
-    "chunk_plan",
-    "draw_width",
 ]
 
 #: K of the published log-likelihood estimates (Burda et al. 2015).
 DEFAULT_IW_SAMPLES = 5000
-#: Numbers per intermediate tensor in one vectorized pass (2**23 floats = 32 MiB).
-DEFAULT_MAX_ELEMENTS = 2**23
 #: A unit u is active when Cov_x(E_q[z_u]) exceeds this (Burda et al. 2015).
 ACTIVE_UNIT_THRESHOLD = 1e-2
 #: Draws per data point for E_q[z] when the guide's distribution has no ``mean``.
@@ -122,83 +116,6 @@ class Evaluation:
                 "reconstruction": self.reconstruction.tolist(),
             },
         }
-
-
-class _LargestAllocation(TorchDispatchMode):
-    """Records the largest new tensor (in elements) any operation allocates; views are free."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-        out = func(*args, **(kwargs or {}))
-        inputs = {
-            t.untyped_storage().data_ptr()
-            for t in (*args, *(kwargs or {}).values())
-            if isinstance(t, torch.Tensor)
-        }
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            # A view (transpose, expand, reshape of an input) allocates nothing.
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
-@torch.no_grad()
-def draw_width(vae: VAE, x: torch.Tensor, probe_samples: int = 64) -> int:
-    """Numbers per draw of z in the largest tensor of a pass: measured, not guessed.
-
-    Runs :func:`~pyro_vae.bounds.log_weight_terms` on one row with ``probe_samples``
-    draws and records the size of every tensor an operation allocates, so the decoder's
-    widest layer, a mixture prior's ``(components, z_dim)`` block per draw or a flow's
-    hidden layer all count, and views of the weights do not.
-
-    Args:
-        vae: The model.
-        x: Data whose first row is used, ``(B, x_dim)``.
-        probe_samples: Draws in the probe.
-
-    Returns:
-        An upper bound on the numbers per draw in any one new tensor (at least ``x_dim``).
-
-    Example:
-        >>> from pyro_vae.build import build_vae
-        >>> from pyro_vae.config import ModelConfig
-        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(40,)))
-        >>> draw_width(vae, torch.ones(1, 6))  # the decoder's hidden layer
-        40
-    """
-    recorder = _LargestAllocation()
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), recorder:
-        log_weight_terms(vae, x[:1], probe_samples)
-    return max(vae.x_dim, math.ceil(recorder.largest / probe_samples))
-
-
-def chunk_plan(num_points: int, iw_samples: int, width: int, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[int, int]:
-    """How :func:`evaluate` splits N data points x K draws into passes.
-
-    Args:
-        num_points: N.
-        iw_samples: K.
-        width: Numbers per draw in the widest intermediate tensor.
-        max_elements: Budget of numbers per intermediate tensor in one pass.
-
-    Returns:
-        ``(batch, samples)``: data points per pass and draws per data point per pass;
-        ``batch * samples * width <= max_elements`` whenever ``width <= max_elements``.
-
-    Example:
-        >>> chunk_plan(10_000, 5000, 784)
-        (2, 5000)
-        >>> chunk_plan(10_000, 50_000, 784)
-        (1, 10699)
-    """
-    rows = max(1, max_elements // max(1, width))  # draws of z per pass
-    samples = min(iw_samples, rows)
-    batch = max(1, min(num_points, rows // samples))
-    return batch, samples
 
 
 @torch.no_grad()
@@ -313,7 +230,8 @@ def evaluate(
 
     Every row is transformed once (e.g. dynamically binarized, with the draws of
     ``seed``), then gets ``iw_samples`` draws of z from the guide, evaluated in passes of
-    at most ``max_elements`` numbers per intermediate tensor (see :func:`chunk_plan`);
+    at most ``max_elements`` numbers per intermediate tensor (see
+    :func:`pyro_vae.bounds.chunk_plan`);
     the results do not depend on the passes beyond Monte Carlo noise. The draws come from
     a forked random generator seeded with ``seed``: repeated calls agree, and the
     caller's random stream is untouched.
@@ -354,44 +272,38 @@ def evaluate(
     start_time = time.perf_counter()
     num_points = x.shape[0]
     devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        probe = x[:1] if transform is None else transform(x[:1])  # a row the likelihood accepts
-    probe_samples = max(1, min(64, max_elements // vae.x_dim))  # the probe keeps to the budget too
-    batch, samples = chunk_plan(num_points, iw_samples, draw_width(vae, probe, probe_samples), max_elements)
-    passes = math.ceil(num_points / batch) * math.ceil(iw_samples / samples)
     results = {name: np.empty(num_points) for name in ("elbo", "log_px", "kl", "reconstruction")}
     moments = _Moments()
     was_training = vae.training
     vae.eval()
-    bar = tqdm(total=passes, disable=not progress, unit="pass", desc=f"log p(x), K={iw_samples}", dynamic_ncols=True)
+    plan = pass_plan(vae, x, iw_samples, transform=transform, max_elements=max_elements)
+    total = math.ceil(num_points / plan[0]) * math.ceil(iw_samples / plan[1])
+    bar = tqdm(total=total, disable=not progress, unit="pass", desc=f"log p(x), K={iw_samples}", dynamic_ncols=True)
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(seed)
-            for lo in range(0, num_points, batch):
-                xb = x[lo : lo + batch]
-                if transform is not None:
-                    xb = transform(xb)  # once per row: every draw of z sees the same x
-                lse: torch.Tensor | None = None  # running log-sum-exp of the weights, (B,)
-                sums = torch.zeros(2, xb.shape[0], dtype=torch.float64, device=x.device)  # recon, latent
-                for done in range(0, iw_samples, samples):
-                    k = min(samples, iw_samples - done)
-                    terms = log_weight_terms(vae, xb, k)
-                    # float64 from here: K = 5000 terms are summed, and ELBO <= log p(x)
-                    # must hold to far better than float32 when the weights are all equal.
-                    reconstruction, latent = terms.reconstruction.double(), terms.latent.double()  # (k, B)
-                    chunk_lse = torch.logsumexp(reconstruction + latent, 0)  # (B,)
-                    lse = chunk_lse if lse is None else torch.logaddexp(lse, chunk_lse)
-                    sums[0] += reconstruction.sum(0)
-                    sums[1] += latent.sum(0)
-                    bar.update(1)
-                assert lse is not None
+            passes = weighted_passes(vae, x, iw_samples, transform=transform, plan=plan)
+            for step in passes:
+                if step.first:
+                    lse: torch.Tensor | None = None  # running log-sum-exp of the weights, (B,)
+                    sums = torch.zeros(2, step.x.shape[0], dtype=torch.float64, device=x.device)  # recon, latent
+                # float64 from here: K = 5000 terms are summed, and ELBO <= log p(x)
+                # must hold to far better than float32 when the weights are all equal.
+                terms = step.draws.terms
+                reconstruction, latent = terms.reconstruction.double(), terms.latent.double()  # (k, B)
+                chunk_lse = torch.logsumexp(reconstruction + latent, 0)  # (B,)
+                lse = chunk_lse if lse is None else torch.logaddexp(lse, chunk_lse)
+                sums[0] += reconstruction.sum(0)
+                sums[1] += latent.sum(0)
+                bar.update(1)
+                if not step.last:
+                    continue
                 mean_reconstruction, mean_latent = (sums / iw_samples).cpu().numpy()
-                rows = slice(lo, lo + xb.shape[0])
-                results["reconstruction"][rows] = mean_reconstruction
-                results["kl"][rows] = -mean_latent
-                results["elbo"][rows] = mean_reconstruction + mean_latent
-                results["log_px"][rows] = (lse - math.log(iw_samples)).cpu().numpy()
-                moments.add(posterior_means(vae, xb, num_samples=mean_samples))
+                results["reconstruction"][step.rows] = mean_reconstruction
+                results["kl"][step.rows] = -mean_latent
+                results["elbo"][step.rows] = mean_reconstruction + mean_latent
+                results["log_px"][step.rows] = (lse - math.log(iw_samples)).cpu().numpy()
+                moments.add(posterior_means(vae, step.x, num_samples=mean_samples))
     finally:
         bar.close()
         vae.train(was_training)

@@ -19,9 +19,10 @@ estimated by importance sampling (:func:`log_marginal`) with a *defensive* propo
 the even mixture of the amortized guide and ``q*``, so that the estimate stays good when
 one of the two misses part of the posterior.
 
-Everything here reaches the model through its components (``vae.prior()``,
-``vae.decode(z)``, ``vae.posterior(x)``) or :func:`pyro_vae.bounds.log_weights`; no
-ArviZ. :mod:`pyro_vae.posterior` turns the same quantities into ArviZ data.
+Every density here comes from the package's one trace-based path
+(:mod:`pyro_vae.bounds`: :func:`~pyro_vae.bounds.log_joint` and
+:func:`~pyro_vae.bounds.collect_log_weights`, masks and scales honoured); no ArviZ.
+:mod:`pyro_vae.posterior` turns the same quantities into ArviZ data.
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ from typing import Iterator, Sequence
 import numpy as np
 import pyro.distributions as dist
 import torch
+from torch.distributions import constraints
 
-from .bounds import log_weights
+from .bounds import collect_log_weights, log_joint
 from .errors import ConfigError
 from .vae import VAE
 
 __all__ = [
     "InferenceGaps",
     "LogMarginal",
+    "EvenMixture",
     "frozen",
     "log_joint",
     "gaussian_log_weights",
@@ -49,9 +52,6 @@ __all__ = [
     "log_marginal",
     "inference_gaps",
 ]
-
-#: Upper bound on ``K * B * x_dim`` decoder outputs held at once; K is chunked to fit.
-_CHUNK_ELEMENTS = 2**24
 
 
 @contextlib.contextmanager
@@ -85,48 +85,13 @@ def frozen(vae: VAE) -> Iterator[VAE]:
         vae.train(was_training)
 
 
-def log_joint(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``log p(z) + log p(x|z)``: the unnormalised log posterior density of z given x.
-
-    Args:
-        vae: The model.
-        z: Latents of shape ``(..., B, z_dim)``.
-        x: Data of shape ``(B, x_dim)``; broadcast against ``z``'s leading dimensions.
-
-    Returns:
-        Tensor of shape ``(..., B)``.
-
-    Example:
-        >>> from pyro_vae.build import build_vae
-        >>> from pyro_vae.config import ModelConfig
-        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
-        >>> log_joint(vae, torch.zeros(5, 3, 2), torch.ones(3, 6)).shape
-        torch.Size([5, 3])
-    """
-    return vae.prior().log_prob(z) + vae.decode(z).log_prob(x)  # (..., B)
-
-
-def _chunk_size(vae: VAE, batch: int) -> int:
-    return max(1, _CHUNK_ELEMENTS // max(1, batch * vae.x_dim))
-
-
-def _proposal_log_weights(vae: VAE, x: torch.Tensor, q: dist.TorchDistribution, num_samples: int) -> torch.Tensor:
-    """``log p(x, z_k) - log q(z_k)`` for ``z_k ~ q`` (reparameterized), chunked over k."""
-    out = []
-    step = _chunk_size(vae, x.shape[0])
-    for start in range(0, num_samples, step):
-        z = q.rsample((min(step, num_samples - start),))  # (k, B, z_dim)
-        out.append(log_joint(vae, z, x) - q.log_prob(z))  # (k, B)
-    return torch.cat(out)  # (K, B)
-
-
 def gaussian_log_weights(
     vae: VAE, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, num_samples: int = 1
 ) -> torch.Tensor:
     """Log importance weights under the diagonal Gaussian ``Normal(loc, scale)`` per point.
 
-    The same quantity as :func:`pyro_vae.bounds.log_weights`, for a Gaussian that is
-    not the amortized guide (e.g. one fitted to a single data point). Draws are
+    :func:`pyro_vae.bounds.collect_log_weights` with that Gaussian in place of the
+    guide's distribution (e.g. one fitted to a single data point). Draws are
     reparameterized, so gradients reach ``loc`` and ``scale``.
 
     Args:
@@ -146,16 +111,46 @@ def gaussian_log_weights(
         >>> gaussian_log_weights(vae, torch.ones(3, 6), torch.zeros(3, 2), torch.ones(3, 2), 4).shape
         torch.Size([4, 3])
     """
-    vae.check_x(x)
-    q = dist.Normal(loc, scale).to_event(1)  # batch (B,), event (z_dim,)
-    return _proposal_log_weights(vae, x, q, num_samples)
+    return collect_log_weights(vae, x, num_samples, proposal=dist.Normal(loc, scale).to_event(1))
 
 
-def _amortized_log_weights(vae: VAE, x: torch.Tensor, num_samples: int) -> torch.Tensor:
-    step = _chunk_size(vae, x.shape[0])
-    return torch.cat(
-        [log_weights(vae, x, min(step, num_samples - s)) for s in range(0, num_samples, step)]
-    )  # (K, B)
+class EvenMixture(dist.TorchDistribution):
+    """The even mixture ``(1/M) sum_m q_m(z)`` of M distributions over z.
+
+    A *defensive* importance-sampling proposal: weighted against the mixture, the
+    draws estimate p(x) without bias and never much worse than the best component
+    alone. Each draw picks its component uniformly at random.
+
+    Args:
+        components: Distributions with the same batch and event shapes.
+
+    Example:
+        >>> q = EvenMixture([dist.Normal(torch.zeros(3, 2), 1.0).to_event(1), dist.Normal(torch.ones(3, 2), 2.0).to_event(1)])
+        >>> q.batch_shape, q.event_shape, q.sample((5,)).shape, q.log_prob(torch.zeros(3, 2)).shape
+        (torch.Size([3]), torch.Size([2]), torch.Size([5, 3, 2]), torch.Size([3]))
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+
+    def __init__(self, components: Sequence[dist.TorchDistribution], validate_args: bool | None = None) -> None:
+        self.components = list(components)
+        first = self.components[0]
+        super().__init__(first.batch_shape, first.event_shape, validate_args=False)
+
+    def expand(self, batch_shape: torch.Size, _instance: object = None) -> "EvenMixture":
+        return EvenMixture([c.expand(batch_shape) for c in self.components])
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        with torch.no_grad():
+            draws = torch.stack([c.sample(sample_shape) for c in self.components])  # (M, *S, *batch, *event)
+            pick = torch.randint(len(self.components), draws.shape[1 : draws.dim() - len(self.event_shape)], device=draws.device)
+            pick = pick.reshape(pick.shape + (1,) * len(self.event_shape)).expand(draws.shape[1:])
+            return draws.gather(0, pick.unsqueeze(0)).squeeze(0)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.stack([c.log_prob(value) for c in self.components])  # (M, ...)
+        return torch.logsumexp(log_probs, 0) - math.log(len(self.components))
 
 
 def _check_positive(**values: int | float) -> None:
@@ -219,7 +214,7 @@ def fit_local_gaussians(
         for _ in range(steps):
             q = dist.Normal(loc, log_scale.exp()).to_event(1)
             z = q.rsample((particles,))  # (P, B, z_dim)
-            elbo = log_joint(vae, z, x).mean(0) + q.entropy()  # (B,)
+            elbo = log_joint(vae, z, x).mean(0) + q.entropy()  # (B,): trace-based log p(x, z)
             optimizer.zero_grad(set_to_none=True)
             (-elbo.sum()).backward()
             optimizer.step()
@@ -248,26 +243,20 @@ class LogMarginal:
     num_samples: int
 
     @classmethod
-    def from_log_weights(cls, *strata: torch.Tensor) -> "LogMarginal":
-        """The estimate from log-weights ``(n, B)``, one tensor per mixture component.
-
-        With one tensor this is plain importance sampling. With M tensors, each holds
-        the weights (against the even mixture) of draws from one component, drawn in
-        equal shares, and ``(1/M) sum_m mean_k w_mk`` is an unbiased (stratified)
-        estimate of p(x).
+    def from_log_weights(cls, log_w: torch.Tensor) -> "LogMarginal":
+        """The estimate from ``(K, B)`` log importance weights.
 
         Example:
             >>> lw = torch.zeros(10, 3)  # every weight 1: p(x) = 1 exactly
             >>> LogMarginal.from_log_weights(lw).estimate
             tensor([0., 0., 0.])
         """
-        shift = torch.stack([s.max(0).values for s in strata]).max(0).values  # (B,)
-        m = len(strata)
-        mean = sum(torch.exp(s - shift).mean(0) for s in strata) / m  # (B,)
-        var = sum(torch.exp(s - shift).var(0) / s.shape[0] for s in strata) / m**2  # (B,)
-        all_lw = torch.cat(list(strata))  # (K, B)
-        ess = torch.exp(2 * torch.logsumexp(all_lw, 0) - torch.logsumexp(2 * all_lw, 0))  # (B,)
-        return cls(torch.log(mean) + shift, var.sqrt() / mean, ess, all_lw.shape[0])
+        shift = log_w.max(0).values  # (B,)
+        w = torch.exp(log_w - shift)  # (K, B)
+        mean = w.mean(0)  # (B,)
+        se = (w.var(0) / log_w.shape[0]).sqrt() / mean  # delta method
+        ess = torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0))  # (B,)
+        return cls(torch.log(mean) + shift, se, ess, log_w.shape[0])
 
 
 @torch.no_grad()
@@ -281,15 +270,16 @@ def log_marginal(
 ) -> LogMarginal:
     """Importance-sampling estimate of ``log p(x)`` per data point.
 
-    With several proposals the draws come in equal shares from each and are weighted
-    against their even mixture ``r(z) = (1/M) sum_m q_m(z)`` (deterministic-mixture,
-    or defensive, importance sampling): the estimate of p(x) is unbiased and is never
-    much worse than that of the best single proposal.
+    The weights come from :func:`pyro_vae.bounds.collect_log_weights` (Pyro traces of
+    the model, masks and scales honoured). With several proposals the draws come from
+    their even mixture ``r(z) = (1/M) sum_m q_m(z)`` (:class:`EvenMixture`, defensive
+    importance sampling): the estimate of p(x) is unbiased and is never much worse
+    than that of the best single proposal.
 
     Args:
         vae: The model.
         x: Data of shape ``(B, x_dim)``.
-        num_samples: K, draws per data point (split evenly between the proposals).
+        num_samples: K, draws per data point.
         proposals: Distributions with batch shape ``(B,)`` and event shape
             ``(z_dim,)``; default the amortized guide ``vae.posterior(x)`` alone.
         seed: Seed of the draws (the caller's random stream is left untouched).
@@ -298,7 +288,7 @@ def log_marginal(
         A :class:`LogMarginal` with tensors of shape ``(B,)``.
 
     Raises:
-        ConfigError: ``num_samples`` is smaller than 2 per proposal.
+        ConfigError: ``num_samples`` is smaller than 2.
 
     Example:
         >>> from pyro_vae.build import build_vae
@@ -308,26 +298,15 @@ def log_marginal(
         torch.Size([3])
     """
     vae.check_x(x)
-    proposals = list(proposals) if proposals is not None else [vae.posterior(x)]
-    per = num_samples // len(proposals)
-    if per < 2:
-        raise ConfigError(
-            f"num_samples must be at least 2 per proposal ({2 * len(proposals)} for {len(proposals)}), got {num_samples}"
-        )
+    proposals = list(proposals) if proposals is not None else []
+    if num_samples < 2:
+        raise ConfigError(f"num_samples must be at least 2, got {num_samples}")
+    proposal = None if not proposals else proposals[0] if len(proposals) == 1 else EvenMixture(proposals)
     devices = [x.device] if x.device.type == "cuda" else []
     with frozen(vae), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        step = _chunk_size(vae, x.shape[0])
-        log_m = math.log(len(proposals))
-        strata = []  # one (per, B) tensor of log-weights per proposal
-        for q in proposals:
-            chunks = []
-            for start in range(0, per, step):
-                z = q.sample((min(step, per - start),))  # (k, B, z_dim)
-                log_r = torch.logsumexp(torch.stack([p.log_prob(z) for p in proposals]), 0) - log_m  # (k, B)
-                chunks.append(log_joint(vae, z, x) - log_r)  # (k, B)
-            strata.append(torch.cat(chunks))
-    return LogMarginal.from_log_weights(*strata)
+        log_w = collect_log_weights(vae, x, num_samples, proposal=proposal)  # (K, B)
+    return LogMarginal.from_log_weights(log_w)
 
 
 def _mean_se(lw: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -469,7 +448,7 @@ def inference_gaps(
     with torch.no_grad(), frozen(vae):
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed + 1)
-            amortized = _mean_se(_amortized_log_weights(vae, x, elbo_samples))
+            amortized = _mean_se(collect_log_weights(vae, x, elbo_samples))
             local = _mean_se(gaussian_log_weights(vae, x, loc, scale, elbo_samples))
         local_q = dist.Normal(loc, scale).to_event(1)
         marginal = log_marginal(vae, x, num_samples, proposals=[vae.posterior(x), local_q], seed=seed + 2)

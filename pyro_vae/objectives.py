@@ -33,7 +33,7 @@ from torch.distributions import Distribution, Independent, kl_divergence
 
 from .bounds import iwae_per_datum, log_weights
 from .errors import ConfigError, PyroVAEError
-from .vae import VAE
+from .vae import VAE, local_params
 
 __all__ = ["Objective", "TraceELBO", "TracedLoss", "TraceMeanFieldELBO", "IWAE"]
 
@@ -91,7 +91,8 @@ class TraceELBO(Objective):
 
     def eager_loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0) -> torch.Tensor:
         """Pyro's ``Trace_ELBO.differentiable_loss``, run as a Python program."""
-        return self._elbo.differentiable_loss(vae.model, vae.guide, x, num_data, beta)
+        with local_params():
+            return self._elbo.differentiable_loss(vae.model, vae.guide, x, num_data, beta)
 
 
 def _describe(d: Distribution) -> str:
@@ -153,7 +154,8 @@ class TraceMeanFieldELBO(Objective):
     def loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0) -> torch.Tensor:
         if vae not in self._checked:
             self.check(vae)
-        return self._elbo.differentiable_loss(vae.model, vae.guide, x, num_data, beta)
+        with local_params():
+            return self._elbo.differentiable_loss(vae.model, vae.guide, x, num_data, beta)
 
 
 class IWAE(Objective):
@@ -282,7 +284,8 @@ class TracedLoss:
     or train with ``--elbo trace-eager``.
 
     Why not Pyro's ``JitTrace_ELBO``: in Pyro 1.9.2 it reads parameters from the global
-    param store (``KeyError`` under ``module_local_params``), keys its graphs on the
+    param store (``KeyError`` in ``module_local_params`` mode, which ``fit`` runs in so
+    that it never writes to the global store), keys its graphs on the
     number of arguments rather than their shapes (a smaller last minibatch would reuse
     the first one's plate size), and its ``differentiable_loss`` returns twice the
     gradient. ``torch.compile`` splits Pyro's program into many graphs and is slower
@@ -405,7 +408,7 @@ class TracedLoss:
         # Pyro's validation branches on tensor values, so the trace runs without it (the
         # check in loss() runs it). The tracer's warnings flag shape checks too, which the
         # signature makes safe; the check in loss() is what catches a frozen value.
-        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False), warnings.catch_warnings():
+        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False), warnings.catch_warnings(), local_params():
             warnings.simplefilter("ignore")
             torch.manual_seed(torch.initial_seed() + 1)  # other draws than the checked step's
             try:

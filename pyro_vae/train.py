@@ -19,18 +19,14 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from .bounds import elbo_per_datum, log_weights
+from .bounds import DEFAULT_MAX_ELEMENTS, BatchTransform, weighted_passes
 from .config import TrainConfig
 from .distributed import parallelism
 from .errors import DataError, TrainingDivergedError
 from .objectives import Objective
-from .vae import VAE
+from .vae import VAE, local_params
 
 __all__ = ["EpochRecord", "fit", "evaluate_elbo", "epoch_seed", "BatchTransform"]
-
-#: Maps a raw minibatch to the observations the model sees (e.g. binarization).
-BatchTransform = Callable[[torch.Tensor], torch.Tensor]
-
 
 @dataclass
 class EpochRecord:
@@ -63,22 +59,24 @@ def evaluate_elbo(
     x: torch.Tensor,
     *,
     particles: int = 1,
-    batch_size: int = 1024,
     seed: int = 0,
     transform: BatchTransform | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
 ) -> float:
     """ELBO per data point of ``x``, averaged over the rows.
 
-    The draws come from a forked RNG seeded with ``seed``, so the result is the same
-    on every call and the caller's random stream is left untouched.
+    Computed by :func:`pyro_vae.bounds.weighted_passes` (Pyro traces of the VAE's
+    model and guide, masks and scales honoured), in passes of bounded memory. The
+    draws come from a forked RNG seeded with ``seed``, so the result is the same on
+    every call and the caller's random stream is left untouched.
 
     Args:
         vae: The model.
         x: Data ``(N, x_dim)``.
         particles: Draws of z per data point.
-        batch_size: Rows per chunk (bounds memory).
         seed: Seed of the draws (and of ``transform``'s randomness).
-        transform: Applied to each chunk first (e.g. binarization).
+        transform: Applied to each block of rows first (e.g. binarization).
+        max_elements: Memory budget of one pass (numbers per intermediate tensor).
 
     Returns:
         The mean ELBO per data point, in nats.
@@ -87,15 +85,14 @@ def evaluate_elbo(
     vae.eval()
     devices = [x.device] if x.device.type == "cuda" else []
     total = 0.0
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size]
-            if transform is not None:
-                xb = transform(xb)
-            total += float(elbo_per_datum(log_weights(vae, xb, particles)).sum())
-    vae.train(was_training)
-    return total / x.shape[0]
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for step in weighted_passes(vae, x, particles, transform=transform, max_elements=max_elements):
+                total += float(step.draws.log_weights.double().sum())  # sum over draws and rows
+    finally:
+        vae.train(was_training)
+    return total / (x.shape[0] * particles)
 
 
 def fit(
@@ -155,54 +152,57 @@ def fit(
     history = list(history or [])
     num_data = train.shape[0]
     first_epoch = len(history)
-    # This process alone, or one replica of a torch.distributed job (DDP).
-    replicas = parallelism(vae, objective, train[:2], num_data, transform)
-    bar = tqdm(
-        total=config.epochs, initial=first_epoch, disable=not (progress and replicas.is_main), unit="epoch", dynamic_ncols=True
-    )
-    try:
-        for epoch in range(first_epoch, config.epochs):
-            start = time.perf_counter()
-            vae.train()
-            generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
-            torch.manual_seed(replicas.seed(epoch_seed(config.seed, epoch)))
-            order = replicas.shard(torch.randperm(num_data, generator=generator)).to(train.device)
-            total, seen = 0.0, 0
-            beta = config.kl_weight(epoch)
-            for step, lo in enumerate(range(0, order.shape[0], config.batch_size)):
-                xb = train[order[lo : lo + config.batch_size]]
-                if transform is not None:
-                    xb = transform(xb)
-                loss = replicas.loss(xb, num_data, beta)
-                # Averaged over processes, so that every rank takes the same decision.
-                mean_loss = float(replicas.mean(loss.detach()))  # one device sync per step
-                if not math.isfinite(mean_loss):
-                    raise TrainingDivergedError(
-                        f"the loss became {mean_loss} at epoch {epoch + 1}, step {step + 1}; "
-                        f"the last good checkpoint (epoch {epoch}) was kept: lower --lr "
-                        "or check the data for extreme values"
+    # Pyro's module-local parameter mode for the loop only: the program reads the VAE's
+    # own tensors and writes nothing to the global param store.
+    with local_params():
+        # This process alone, or one replica of a torch.distributed job (DDP).
+        replicas = parallelism(vae, objective, train[:2], num_data, transform)
+        bar = tqdm(
+            total=config.epochs, initial=first_epoch, disable=not (progress and replicas.is_main), unit="epoch", dynamic_ncols=True
+        )
+        try:
+            for epoch in range(first_epoch, config.epochs):
+                start = time.perf_counter()
+                vae.train()
+                generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
+                torch.manual_seed(replicas.seed(epoch_seed(config.seed, epoch)))
+                order = replicas.shard(torch.randperm(num_data, generator=generator)).to(train.device)
+                total, seen = 0.0, 0
+                beta = config.kl_weight(epoch)
+                for step, lo in enumerate(range(0, order.shape[0], config.batch_size)):
+                    xb = train[order[lo : lo + config.batch_size]]
+                    if transform is not None:
+                        xb = transform(xb)
+                    loss = replicas.loss(xb, num_data, beta)
+                    # Averaged over processes, so that every rank takes the same decision.
+                    mean_loss = float(replicas.mean(loss.detach()))  # one device sync per step
+                    if not math.isfinite(mean_loss):
+                        raise TrainingDivergedError(
+                            f"the loss became {mean_loss} at epoch {epoch + 1}, step {step + 1}; "
+                            f"the last good checkpoint (epoch {epoch}) was kept: lower --lr "
+                            "or check the data for extreme values"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    # The loss estimates the full-data objective: per data point it is / N,
+                    # and the global batch has world_size times this process's rows.
+                    total += mean_loss * xb.shape[0] * replicas.world_size / num_data
+                    seen += xb.shape[0] * replicas.world_size
+                val_elbo = math.nan
+                if val is not None:
+                    val_elbo = replicas.shard_mean(
+                        lambda x, seed: evaluate_elbo(
+                            vae, x, particles=config.eval_particles, seed=seed, transform=transform
+                        ),
+                        val,
+                        config.seed,
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                # The loss estimates the full-data objective: per data point it is / N,
-                # and the global batch has world_size times this process's rows.
-                total += mean_loss * xb.shape[0] * replicas.world_size / num_data
-                seen += xb.shape[0] * replicas.world_size
-            val_elbo = math.nan
-            if val is not None:
-                val_elbo = replicas.shard_mean(
-                    lambda x, seed: evaluate_elbo(
-                        vae, x, particles=config.eval_particles, seed=seed, transform=transform
-                    ),
-                    val,
-                    config.seed,
-                )
-            history.append(EpochRecord(epoch + 1, total / seen, val_elbo, time.perf_counter() - start))
-            bar.update(1)
-            bar.set_postfix(loss=f"{history[-1].train_loss:.3f}", val_elbo=f"{val_elbo:.3f}")
-            if on_epoch_end is not None and replicas.is_main:
-                on_epoch_end(history)
-    finally:
-        bar.close()
+                history.append(EpochRecord(epoch + 1, total / seen, val_elbo, time.perf_counter() - start))
+                bar.update(1)
+                bar.set_postfix(loss=f"{history[-1].train_loss:.3f}", val_elbo=f"{val_elbo:.3f}")
+                if on_epoch_end is not None and replicas.is_main:
+                    on_epoch_end(history)
+        finally:
+            bar.close()
     return history

@@ -2,26 +2,46 @@
 
 ``model(x)`` samples ``z ~ p(z)`` inside a plate over the data points and observes
 ``x ~ p(x | decoder(z))``; ``guide(x)`` samples ``z ~ q(z | encoder(x))`` at the same
-site. These two methods are the only places that call ``pyro.sample``; everything else
+site. These two programs are the only places that call ``pyro.sample``; everything else
 (bounds, reconstruction, inspection) reaches the components through ``encode``,
 ``posterior`` and ``decode``.
+
+Both work with Pyro's own tools in either of Pyro's parameter modes:
+
+- Pyro's default (global param store): ``SVI(vae.model, vae.guide, pyro.optim.Adam(...),
+  Trace_ELBO())``. The VAE's parameters are registered in the store under the VAE's
+  ``name`` (unique per process by default, so two VAEs never share an entry).
+- ``pyro.settings.set(module_local_params=True)``: parameters stay in the module; train
+  with ``Trace_ELBO()(vae.model, vae.guide)`` (Pyro's ``ELBOModule``) and a torch
+  optimizer. ``vae.model`` and ``vae.guide`` are ``nn.Module`` s whose parameters are
+  the VAE's, so that form finds them.
+
+Nothing here changes a Pyro setting; :func:`local_params` is the scoped mode the
+library's own computations (``fit``, the bounds) run in, so that they never write to
+the global param store.
 """
 
 from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+from typing import Any, Callable, Iterator
 
 import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
 from pyro.nn import PyroModule, pyro_method
+from pyro.poutine.messenger import Messenger
 from torch import nn
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .guides import DiagonalNormalGuide, Guide
 from .likelihoods import Likelihood
 from .priors import Prior, StandardNormalPrior
 
-__all__ = ["VAE", "DATA_PLATE", "LATENT_SITE", "OBS_SITE"]
+__all__ = ["VAE", "PyroProgram", "program", "local_params", "DATA_PLATE", "LATENT_SITE", "OBS_SITE"]
 
 #: Name of the plate over data points, shared by model and guide.
 DATA_PLATE = "data"
@@ -29,6 +49,120 @@ DATA_PLATE = "data"
 LATENT_SITE = "z"
 #: Name of the observed sample site in the model.
 OBS_SITE = "x"
+
+# Default names: "vae", "vae_1", "vae_2", ... in the order the VAEs are built, so that
+# the same script gives the same param-store names on every run.
+_default_names = itertools.count()
+
+
+def _next_name() -> str:
+    n = next(_default_names)
+    return "vae" if n == 0 else f"vae_{n}"
+
+
+@contextlib.contextmanager
+def local_params() -> Iterator[None]:
+    """Run Pyro programs with parameters kept in their modules, for the block only.
+
+    Inside, a VAE's ``pyro.param`` statements read the module's own tensors and write
+    nothing to Pyro's global param store (``module_local_params``); the setting is
+    restored on exit. The library's own loops and bounds run in it.
+
+    Example:
+        >>> import pyro
+        >>> with local_params():
+        ...     pyro.settings.get("module_local_params")
+        True
+    """
+    if pyro.settings.get("module_local_params"):
+        yield
+        return
+    with pyro.settings.context(module_local_params=True):
+        yield
+
+
+class ParamStoreConflict(Messenger):
+    """Refuses a ``pyro.param`` whose name the global store holds for another tensor.
+
+    With a plain ``nn.Module`` inside a ``PyroModule``, Pyro computes with the module's
+    own tensors but puts the *stored* tensor of that name in the trace, so an SVI
+    optimizer would silently train some other module's parameters. This raises instead.
+    """
+
+    def __init__(self, owner: str) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def _pyro_post_param(self, msg: dict) -> None:
+        args = msg["args"]
+        if len(args) < 2 or not isinstance(args[1], torch.Tensor):
+            return
+        value = msg["value"]
+        stored = value.unconstrained() if hasattr(value, "unconstrained") else value
+        if stored is not args[1]:
+            raise ConfigError(
+                f"Pyro's param store holds a parameter named {args[0]!r} that is not this VAE's "
+                f"(VAE name {self.owner!r}): another module of that name ran first. Call "
+                "pyro.clear_param_store() before training, or build the VAE with another name="
+            )
+
+
+class PyroProgram(nn.Module):
+    """A VAE's model or guide as an ``nn.Module``: calling it runs the Pyro program.
+
+    Its parameters are the VAE's own (the VAE is its one submodule), so that Pyro's
+    ``ELBOModule`` (``Trace_ELBO()(vae.model, vae.guide)``), torch optimizers and any
+    handler that takes a callable see one object. Get it as ``vae.model`` or
+    ``vae.guide``; it is made once per VAE and attribute.
+    """
+
+    def __init__(self, vae: "VAE", fn: Callable[..., Any], name: str) -> None:
+        super().__init__()
+        self.vae = vae
+        self._fn = fn
+        self._name = name
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        vae = self.vae
+        if pyro.settings.get("module_local_params"):
+            return self._fn(vae, *args, **kwargs)
+        with ParamStoreConflict(vae.name):
+            return self._fn(vae, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{type(self.vae).__name__}.{self._name} of {self.vae.name!r}"
+
+    def __repr__(self) -> str:  # the VAE is printed by itself; here just say whose program
+        return f"PyroProgram({self.extra_repr()})"
+
+
+class program:
+    """Decorator for a VAE method that is a Pyro program (``model``, ``guide``).
+
+    ``vae.<name>`` is then a :class:`PyroProgram`: an ``nn.Module`` that runs the
+    method with Pyro's module effects (as ``pyro.nn.pyro_method`` does). Subclasses
+    override a program by defining the method again with this decorator.
+    """
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = pyro_method(fn)
+        self.name = fn.__name__
+        functools.update_wrapper(self, fn)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, vae: "VAE | None", owner: type | None = None) -> Any:
+        if vae is None:
+            return self
+        programs = vae.__dict__.setdefault("_programs", {})
+        found = programs.get(self.name)
+        if found is None or found._fn is not self.fn:
+            found = programs[self.name] = PyroProgram(vae, self.fn, self.name)
+        return found
+
+    def __set__(self, vae: "VAE", value: Any) -> None:
+        raise AttributeError(f"{self.name} is the VAE's Pyro program; subclass VAE to change it")
 
 
 class VAE(PyroModule):
@@ -43,7 +177,10 @@ class VAE(PyroModule):
         prior: p(z) (:class:`~pyro_vae.priors.Prior`); default Normal(0, I).
         guide: Head turning encoder features into q(z|x)
             (:class:`~pyro_vae.guides.Guide`); default diagonal Normal. Stored as
-            ``self.variational`` because ``self.guide`` is the Pyro guide method.
+            ``self.variational`` because ``self.guide`` is the Pyro guide program.
+        z_dim: Size of the latent vector (default: the prior's).
+        name: Prefix of the VAE's entries in Pyro's global param store (default
+            ``vae``, then ``vae_1``, ``vae_2``, ... in the order VAEs are built).
 
     Example:
         >>> from pyro_vae.nn import MLP
@@ -63,8 +200,14 @@ class VAE(PyroModule):
         guide: Guide | None = None,
         *,
         z_dim: int | None = None,
+        name: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(name=_next_name() if name is None else name)
+        # A PyroModule built in Pyro's default mode has no local parameter state, which
+        # Pyro's module_local_params mode needs when the module is entered; giving it an
+        # empty one lets the same VAE run in both modes (fit runs in the local mode).
+        if not hasattr(self._pyro_context, "param_state"):
+            self._pyro_context.param_state = {"params": {}, "constraints": {}}
         if z_dim is None:
             if prior is None:
                 raise ValueError("pass z_dim, or a prior that knows its z_dim")
@@ -81,41 +224,72 @@ class VAE(PyroModule):
                 f"prior z_dim {self.prior.z_dim} and guide z_dim {self.variational.z_dim} must both be {z_dim}"
             )
 
+    @property
+    def name(self) -> str:
+        """Prefix of this VAE's parameter names in Pyro's global param store."""
+        return self._pyro_name
+
     # ----------------------------------------------------------------- Pyro program
-    @pyro_method
-    def model(self, x: torch.Tensor, num_data: int | None = None, beta: float = 1.0) -> torch.Tensor:
+    @program
+    def model(
+        self,
+        x: torch.Tensor | None = None,
+        num_data: int | None = None,
+        beta: float = 1.0,
+        *,
+        num_points: int | None = None,
+    ) -> torch.Tensor:
         """The generative model p(z) p(x|z) for a batch ``x`` of shape ``(B, x_dim)``.
 
         Args:
-            x: Observed data, one row per data point.
+            x: Observed data, one row per data point; ``None`` draws x from p(x|z)
+                (prior predictive, e.g. ``Predictive(vae.model, num_samples=N)(None,
+                num_points=B)``).
             num_data: Size of the full data set; the plate scales the log-density by
                 ``num_data / B`` so that a minibatch estimates the full-data objective.
             beta: Weight of the latent site (``beta != 1`` gives a beta-VAE).
+            num_points: B when ``x`` is ``None`` (default 1).
 
         Returns:
             The sampled latent ``z`` of shape ``(B, z_dim)`` (``(K, B, z_dim)`` under a
             vectorized particle plate).
         """
         pz = self.prior()
-        with self._data_plate(x, num_data):
+        with self._data_plate(x, num_data, num_points):
             with poutine.scale(scale=beta):
                 z = pyro.sample(LATENT_SITE, pz)
             pyro.sample(OBS_SITE, self.likelihood(self.decoder(z)), obs=x)
         return z
 
-    @pyro_method
-    def guide(self, x: torch.Tensor, num_data: int | None = None, beta: float = 1.0) -> torch.Tensor:
+    @program
+    def guide(
+        self,
+        x: torch.Tensor | None = None,
+        num_data: int | None = None,
+        beta: float = 1.0,
+        *,
+        num_points: int | None = None,
+    ) -> torch.Tensor:
         """The amortized guide q(z|x) for a batch ``x`` of shape ``(B, x_dim)``.
 
         Takes the same arguments as :meth:`model` and samples the same site ``z``.
+
+        Raises:
+            DataError: ``x`` is missing: the guide is a function of the data.
         """
+        if x is None:
+            raise DataError("the guide q(z|x) needs data x; pass the batch the model observes")
         qz = self.posterior(x)
-        with self._data_plate(x, num_data):
+        with self._data_plate(x, num_data, num_points):
             with poutine.scale(scale=beta):
                 return pyro.sample(LATENT_SITE, qz)
 
-    def _data_plate(self, x: torch.Tensor, num_data: int | None) -> pyro.plate:
+    def _data_plate(self, x: torch.Tensor | None, num_data: int | None, num_points: int | None) -> pyro.plate:
+        if x is None:
+            return pyro.plate(DATA_PLATE, 1 if num_points is None else num_points, dim=-1)
         batch = x.shape[0]
+        if num_points is not None and num_points != batch:
+            raise DataError(f"num_points={num_points} but x has {batch} rows; pass one or the other")
         if num_data is None or num_data == batch:
             return pyro.plate(DATA_PLATE, batch, dim=-1)
         # The rows are already the minibatch: pass them as the subsample so the plate

@@ -12,17 +12,24 @@ import pyro  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import pyro_vae  # noqa: F401, E402  (sets module_local_params)
+import pyro_vae  # noqa: F401, E402  (imported before any test: it must change no setting)
 
 torch.set_num_threads(1)
 
+pyro.enable_validation(True)
+#: Pyro's settings as every test starts: no test (and no library call) may change them.
+_PYRO_SETTINGS = dict(pyro.settings.get())
+
 
 @pytest.fixture(autouse=True)
-def _seeded_and_clean():
-    """Seed every test, enable Pyro's validation, and check the param store stays empty.
+def _seeded_and_clean(request):
+    """Seed every test, enable Pyro's validation, and check no global state leaks.
 
-    The library keeps parameters inside modules (``module_local_params``); a test
-    that leaves something in Pyro's global param store has found a leak.
+    The library's own computations (``fit``, the bounds, evaluation, inspection) keep
+    parameters inside the modules; a test that leaves something in Pyro's global param
+    store has found a leak, unless it is marked ``uses_param_store`` (it runs Pyro's
+    own tools, SVI or ``poutine.trace``, in Pyro's default mode, which registers
+    parameters by design). Every test must leave Pyro's settings as it found them.
     """
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
@@ -30,7 +37,11 @@ def _seeded_and_clean():
     yield
     leaked = list(pyro.get_param_store().keys())
     pyro.clear_param_store()
-    assert not leaked, f"parameters leaked into Pyro's global param store: {leaked}"
+    settings = dict(pyro.settings.get())
+    pyro.settings.set(**_PYRO_SETTINGS)
+    assert settings == _PYRO_SETTINGS, f"Pyro settings changed: {settings} (were {_PYRO_SETTINGS})"
+    if request.node.get_closest_marker("uses_param_store") is None:
+        assert not leaked, f"parameters leaked into Pyro's global param store: {leaked}"
 
 
 @pytest.fixture

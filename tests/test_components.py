@@ -75,6 +75,7 @@ def latent_sites(trace: poutine.Trace) -> set[str]:
 COMBINATIONS = list(itertools.product(PRIORS, GUIDES, LIKELIHOODS))
 
 
+@pytest.mark.uses_param_store  # poutine.trace of the programs, in Pyro's default mode
 @pytest.mark.parametrize("prior,guide,likelihood", COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
 def test_contract(prior, guide, likelihood, tmp_path):
     config = tiny_config(prior, guide, likelihood)

@@ -33,7 +33,8 @@ from pyro_vae.build import GUIDES, LIKELIHOODS, PRIORS, build_vae
 from pyro_vae.cli import main
 from pyro_vae.config import ModelConfig
 from pyro_vae.errors import ConfigError
-from pyro_vae.evaluation import chunk_plan, draw_width, evaluate, posterior_means, unit_activity
+from pyro_vae.bounds import chunk_plan, draw_width
+from pyro_vae.evaluation import evaluate, posterior_means, unit_activity
 from pyro_vae.likelihoods import NormalLikelihood
 from pyro_vae.nn import MLP, SCALE_FLOOR
 from pyro_vae.objectives import TraceELBO
@@ -149,6 +150,7 @@ def test_elbo_never_exceeds_the_iwae_bound_on_the_same_draws():
     assert (result.elbo <= result.log_px).all()
 
 
+@pytest.mark.uses_param_store  # Pyro's own tools, in Pyro's default mode
 def test_evaluation_is_pyros_renyi_elbo_alpha_0_on_the_same_draws():
     # In one pass (default budget), evaluate draws exactly what RenyiELBO(alpha=0) draws
     # from the same seed: the sum of log p(x) estimates is minus its loss.

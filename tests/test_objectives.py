@@ -55,6 +55,8 @@ def trained() -> pyro_vae.VAE:
 
 # ------------------------------------------------------------------------------ IWAE
 
+
+@pytest.mark.uses_param_store  # Pyro's own tools, in Pyro's default mode
 def test_iwae_equals_pyros_renyi_elbo_with_alpha_0():
     vae, x = small(), binary_data(8)
     renyi = RenyiELBO(alpha=0, num_particles=7, vectorize_particles=True, max_plate_nesting=1)

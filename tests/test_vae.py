@@ -18,6 +18,7 @@ def small_vae(x_dim: int = 6, z_dim: int = 2, likelihood: str = "bernoulli") -> 
     return build_vae(ModelConfig(x_dim=x_dim, z_dim=z_dim, hidden=(5,), likelihood=likelihood))
 
 
+@pytest.mark.uses_param_store  # Pyro's own tools, in Pyro's default mode
 def test_model_and_guide_share_the_latent_site_and_shapes(tiny_binary):
     vae = small_vae()
     x = tiny_binary[:7]
@@ -34,6 +35,7 @@ def test_model_and_guide_share_the_latent_site_and_shapes(tiny_binary):
     assert torch.equal(model_tr.nodes[OBS_SITE]["value"], x)
 
 
+@pytest.mark.uses_param_store  # Pyro's own tools, in Pyro's default mode
 def test_minibatch_plate_scales_to_the_full_data_set(tiny_binary):
     vae = small_vae()
     x = tiny_binary[:8]
@@ -42,6 +44,7 @@ def test_minibatch_plate_scales_to_the_full_data_set(tiny_binary):
     assert poutine.trace(vae.model).get_trace(x).nodes[OBS_SITE]["scale"] == 1.0
 
 
+@pytest.mark.uses_param_store  # Pyro's own tools, in Pyro's default mode
 def test_two_sample_trace_elbo_is_finite_with_gradients_everywhere(tiny_binary):
     vae = small_vae()
     loss = Trace_ELBO(num_particles=2, vectorize_particles=True, max_plate_nesting=1).differentiable_loss(
@@ -57,6 +60,7 @@ def test_two_sample_trace_elbo_is_finite_with_gradients_everywhere(tiny_binary):
         assert p.grad.abs().sum() > 0, f"zero gradient at {name}"
 
 
+@pytest.mark.uses_param_store  # Pyro's own tools, in Pyro's default mode
 def test_encode_returns_exactly_the_guides_parameters(tiny_binary):
     vae = small_vae()
     x = tiny_binary[:5]
@@ -72,6 +76,7 @@ def test_encode_returns_exactly_the_guides_parameters(tiny_binary):
     assert not torch.allclose(two[0][0], two[0][1]) and not torch.allclose(two[1][0], two[1][1])
 
 
+@pytest.mark.uses_param_store  # Pyro's own tools, in Pyro's default mode
 def test_guide_samples_have_mean_mu_and_sd_sigma(tiny_binary):
     """20,000 guide draws for one input: mean within 5 s.e. of loc, sd within 5 % of scale.
 
