@@ -30,15 +30,15 @@ import math
 import tempfile
 from pathlib import Path
 
+import matplotlib as mpl
 import numpy as np
+from matplotlib.axes import Axes
 import torch
 from pyro import poutine
 
 from pyro_vae import MLP, VAE, BernoulliLikelihood, DiagonalNormalGuide, TrainConfig, fit
 from pyro_vae.clouds import PointClouds, colours, draw_point_clouds, point_clouds, sigma_ellipse
-from pyro_vae.figures import save_png
-
-import matplotlib.pyplot as plt  # noqa: E402  (after pyro_vae.figures, which selects Agg)
+from pyro_vae.figures import new_figure, save_png
 
 #: Where the normal run writes the figure the README shows.
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "seed_diagram.png"
@@ -59,7 +59,7 @@ def _bits(x: torch.Tensor) -> str:
     return "".join(str(int(v)) for v in x)
 
 
-def draw_network(ax: plt.Axes, vae: VAE, x: torch.Tensor, colour: str) -> None:
+def draw_network(ax: Axes, vae: VAE, x: torch.Tensor, colour: str) -> None:
     """(a) The 6 -> 4 -> (2 + 2) encoder: edges coloured and sized by weight, node values for one x.
 
     The mu head and the sigma head are two separate linear layers reading the same
@@ -75,7 +75,7 @@ def draw_network(ax: plt.Axes, vae: VAE, x: torch.Tensor, colour: str) -> None:
     w_mu = guide.loc.weight.detach().numpy()  # (2, 4)
     w_sigma = guide.raw_scale.weight.detach().numpy()  # (2, 4)
     vmax = float(np.abs(np.concatenate([w_mu.ravel(), w_sigma.ravel()])).max())
-    cmap = plt.get_cmap("coolwarm")
+    cmap = mpl.colormaps["coolwarm"]
 
     x_pos = [(0.0, 5.0 - 2.0 * i) for i in range(6)]  # y from 5 to -5
     a_pos = [(1.0, 3.75 - 2.5 * j) for j in range(4)]
@@ -131,7 +131,7 @@ def draw_network(ax: plt.Axes, vae: VAE, x: torch.Tensor, colour: str) -> None:
     ax.set_title(r"(a) two heads, two weight sets: $\mu(x)$ and $\sigma(x)$ are the encoder's outputs", loc="left")
 
 
-def draw_head_weights(ax: plt.Axes, vae: VAE) -> None:
+def draw_head_weights(ax: Axes, vae: VAE) -> None:
     """(a, right) The two heads' weight rows with their values: W (mu head) above V (sigma head)."""
     guide = vae.variational
     w_mu = guide.loc.weight.detach().numpy()  # (2, 4)
@@ -151,7 +151,7 @@ def draw_head_weights(ax: plt.Axes, vae: VAE) -> None:
     ax.set_title(r"head weights: $\mu_1$ and $\mu_2$ read $a$ with different rows", fontsize=11)
 
 
-def draw_aggregate(ax: plt.Axes, vae: VAE, data: torch.Tensor, clouds: PointClouds, seed: int) -> str:
+def draw_aggregate(ax: Axes, vae: VAE, data: torch.Tensor, clouds: PointClouds, seed: int) -> str:
     """(c) The aggregate q(z) = mean over the data of q(z|x), against the prior N(0, I).
 
     Returns a one-line summary of the data-set-level moments, also printed by the script.
@@ -196,7 +196,7 @@ def draw_aggregate(ax: plt.Axes, vae: VAE, data: torch.Tensor, clouds: PointClou
             f"sd ({sd[0]:.3f}, {sd[1]:.3f}) = sqrt(mean sigma^2 + var mu) per dimension")
 
 
-def draw_moments(ax: plt.Axes, clouds: PointClouds) -> None:
+def draw_moments(ax: Axes, clouds: PointClouds) -> None:
     """(d) Empirical mean and sd of each input's draws against mu(x) and sigma(x)."""
     n = clouds.num_draws
     se_mean = clouds.scale / math.sqrt(n)  # (K, 2): s.e. of a mean of n draws
@@ -235,8 +235,8 @@ def write_figure(vae: VAE, data: torch.Tensor, inputs: torch.Tensor, path: Path,
         raise TypeError("the diagram reads the diagonal Normal guide's two heads (loc, raw_scale)")
     labels = [_bits(x) for x in inputs]
     clouds = point_clouds(vae, inputs, num_draws=NUM_DRAWS, seed=seed, labels=labels)
-    with plt.rc_context({"font.size": 10.5, "axes.titlesize": 12}):
-        fig = plt.figure(figsize=(11.0, 14.0), layout="constrained")
+    with mpl.rc_context({"font.size": 10.5, "axes.titlesize": 12}):
+        fig = new_figure(figsize=(11.0, 14.0), layout="constrained")
         top, middle, bottom = fig.subfigures(3, 1, height_ratios=[1.1, 1.25, 0.45])
         net, weights = top.subplots(1, 2, width_ratios=[2.1, 1.0])
         draw_network(net, vae, inputs[0], colours(1)[0])

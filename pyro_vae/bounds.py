@@ -23,7 +23,7 @@ The ELBO per data point is the mean of the log-weights over draws
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -157,6 +157,7 @@ def weighted_draws(
     num_samples: int = 1,
     *,
     proposal: dist.TorchDistribution | None = None,
+    **program_kwargs: Any,
 ) -> WeightedDraws:
     """K draws per data point from the guide, weighed by the model: one vectorized pass.
 
@@ -173,6 +174,8 @@ def weighted_draws(
         proposal: A distribution with batch shape ``(B,)`` and event shape
             ``(z_dim,)`` that replaces the guide's distribution at the latent site
             (e.g. a Gaussian fitted to each point alone); default the guide's own.
+        **program_kwargs: Further keyword arguments of ``vae.model`` and
+            ``vae.guide`` (e.g. labels and their mask in a subclass).
 
     Returns:
         A :class:`WeightedDraws` with tensors of shape ``(K, B)`` (and ``z``).
@@ -191,11 +194,11 @@ def weighted_draws(
     with local_params():
         with pyro.plate(PARTICLE_PLATE, num_samples, dim=-2):
             if proposal is None:
-                guide_trace = poutine.trace(vae.guide).get_trace(x)
+                guide_trace = poutine.trace(vae.guide).get_trace(x, **program_kwargs)
             else:
                 with _Propose(proposal):
-                    guide_trace = poutine.trace(vae.guide).get_trace(x)
-            model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x)
+                    guide_trace = poutine.trace(vae.guide).get_trace(x, **program_kwargs)
+            model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x, **program_kwargs)
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
     return WeightedDraws(
@@ -207,7 +210,12 @@ def weighted_draws(
 
 
 def log_weights(
-    vae: VAE, x: torch.Tensor, num_samples: int = 1, *, proposal: dist.TorchDistribution | None = None
+    vae: VAE,
+    x: torch.Tensor,
+    num_samples: int = 1,
+    *,
+    proposal: dist.TorchDistribution | None = None,
+    **program_kwargs: Any,
 ) -> torch.Tensor:
     """Log importance weights ``log p(x, z_k) - log q(z_k | x)`` per draw and data point.
 
@@ -223,10 +231,10 @@ def log_weights(
         >>> log_weights(vae, torch.ones(3, 6), num_samples=5).shape
         torch.Size([5, 3])
     """
-    return weighted_draws(vae, x, num_samples, proposal=proposal).log_weights
+    return weighted_draws(vae, x, num_samples, proposal=proposal, **program_kwargs).log_weights
 
 
-def log_weight_terms(vae: VAE, x: torch.Tensor, num_samples: int = 1) -> LogWeightTerms:
+def log_weight_terms(vae: VAE, x: torch.Tensor, num_samples: int = 1, **program_kwargs: Any) -> LogWeightTerms:
     """:func:`log_weights` split into the reconstruction and the latent (KL) part, same draws.
 
     Their means over k are the two terms of the ELBO: ``E_q[log p(x|z)]`` and
@@ -244,7 +252,7 @@ def log_weight_terms(vae: VAE, x: torch.Tensor, num_samples: int = 1) -> LogWeig
         >>> terms.reconstruction.shape, terms.latent.shape
         (torch.Size([5, 3]), torch.Size([5, 3]))
     """
-    return weighted_draws(vae, x, num_samples).terms
+    return weighted_draws(vae, x, num_samples, **program_kwargs).terms
 
 
 def log_joint(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -487,6 +495,7 @@ def weighted_passes(
     transform: BatchTransform | None = None,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     plan: tuple[int, int] | None = None,
+    **program_kwargs: Any,
 ) -> Iterator[Pass]:
     """:func:`weighted_draws` for N rows x K draws, in passes of bounded memory.
 
@@ -505,6 +514,8 @@ def weighted_passes(
             caller's random state).
         max_elements: Memory budget of one pass.
         plan: ``(rows, draws)`` per pass from :func:`pass_plan`, when the caller has it.
+        **program_kwargs: Further keyword arguments of the programs; a tensor whose
+            first dimension is N holds one entry per row and is split with the rows.
 
     Yields:
         :class:`Pass` objects, the rows in order, each block's draws before the next.
@@ -528,10 +539,17 @@ def weighted_passes(
         xb = x[rows]
         if transform is not None:
             xb = transform(xb)
+        kwargs = {key: _rows_of(value, rows, num_points) for key, value in program_kwargs.items()}
         for done in range(0, num_samples, samples):
             k = min(samples, num_samples - done)
-            draws = weighted_draws(vae, xb, k, proposal=proposal)
+            draws = weighted_draws(vae, xb, k, proposal=proposal, **kwargs)
             yield Pass(rows, xb, draws, start=done, num_samples=num_samples)
+
+
+def _rows_of(value: Any, rows: slice, num_points: int) -> Any:
+    if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == num_points:
+        return value[rows]
+    return value
 
 
 def collect_log_weights(
@@ -541,6 +559,7 @@ def collect_log_weights(
     *,
     proposal: dist.TorchDistribution | None = None,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    **program_kwargs: Any,
 ) -> torch.Tensor:
     """All ``(K, N)`` log-weights of :func:`weighted_passes`, computed in bounded passes.
 
@@ -555,7 +574,7 @@ def collect_log_weights(
         torch.Size([10, 3])
     """
     out: torch.Tensor | None = None
-    for step in weighted_passes(vae, x, num_samples, proposal=proposal, max_elements=max_elements):
+    for step in weighted_passes(vae, x, num_samples, proposal=proposal, max_elements=max_elements, **program_kwargs):
         log_w = step.draws.log_weights  # (k, B)
         if out is None:
             out = log_w.new_empty((num_samples, x.shape[0]))

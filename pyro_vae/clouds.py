@@ -17,16 +17,16 @@ import os
 from dataclasses import dataclass
 from typing import Sequence
 
+import matplotlib as mpl
 import numpy as np
 import torch
+from matplotlib.axes import Axes
+from matplotlib.patches import Ellipse
 from torch import distributions as tdist
 
 from .errors import ConfigError
-from .figures import save_png  # first: selects the Agg backend
+from .figures import save_png, subplots
 from .vae import VAE
-
-import matplotlib.pyplot as plt  # noqa: E402  (after .figures, on Agg)
-from matplotlib.patches import Ellipse  # noqa: E402
 
 __all__ = ["PointClouds", "point_clouds", "draw_point_clouds", "plot_point_clouds", "sigma_ellipse", "colours"]
 
@@ -190,11 +190,11 @@ def sigma_ellipse(center: np.ndarray, covariance: np.ndarray, k: float, **kwargs
 
 def colours(n: int) -> list[str]:
     """``n`` colours from matplotlib's default cycle, one per input."""
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
     return [cycle[k % len(cycle)] for k in range(n)]
 
 
-def draw_point_clouds(ax: "plt.Axes", clouds: PointClouds, *, max_points: int = 2000) -> None:
+def draw_point_clouds(ax: Axes, clouds: PointClouds, *, max_points: int = 2000) -> None:
     """Draw each input's cloud on ``ax``: draws, mu(x) and the 1- and 2-sigma ellipses.
 
     Args:
@@ -266,7 +266,7 @@ def plot_point_clouds(
         True
     """
     clouds = point_clouds(vae, x, index, num_draws=num_draws, seed=seed, labels=labels)
-    fig, ax = plt.subplots(figsize=(6.5, 6), layout="constrained")
+    fig, ax = subplots(figsize=(6.5, 6), layout="constrained")
     draw_point_clouds(ax, clouds)
     ax.legend(fontsize=8, loc="best", framealpha=0.85)
     save_png(fig, path)

@@ -1,7 +1,8 @@
 """PNG figures of a run: loss curve, reconstructions, prior samples, latent means.
 
-Matplotlib runs on the non-interactive Agg backend, so figures work on machines with
-no display. Every function takes arrays, draws, writes one PNG atomically and returns
+Figures are ``matplotlib.figure.Figure`` objects made without pyplot, so they need no
+display, select no backend and leave pyplot's state (and the user's open figures)
+alone. Every function takes arrays, draws, writes one PNG atomically and returns
 nothing; none of them touches the model.
 """
 
@@ -10,31 +11,43 @@ from __future__ import annotations
 import io
 import math
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .checkpoint import atomic_write
 
-from .checkpoint import atomic_write  # noqa: E402
-
-__all__ = ["save_png", "plot_history", "plot_reconstructions", "plot_samples", "plot_latent"]
+__all__ = ["new_figure", "subplots", "save_png", "plot_history", "plot_reconstructions", "plot_samples", "plot_latent"]
 
 
-def save_png(fig: "plt.Figure", path: str | os.PathLike, *, dpi: int = 110) -> None:
-    """Write ``fig`` as a PNG atomically and close it; ``dpi`` sets the pixels per inch."""
+def new_figure(**kwargs: Any) -> Figure:
+    """A figure outside pyplot (``Figure(**kwargs)``): no backend, no global state."""
+    return Figure(**kwargs)
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
+    """``plt.subplots`` without pyplot: a :func:`new_figure` and its axes.
+
+    ``layout`` goes to the figure, everything else (``squeeze``, ``sharex``, ...) to
+    ``Figure.subplots``.
+    """
+    fig = new_figure(figsize=figsize, layout=kwargs.pop("layout", None))
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def save_png(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> None:
+    """Write ``fig`` as a PNG atomically; ``dpi`` sets the pixels per inch."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     atomic_write(path, buffer.getvalue())
 
 
 def plot_history(history: Sequence[dict[str, float]], path: str | os.PathLike) -> None:
     """Training loss and validation negative ELBO per data point against epoch."""
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.plot(epochs, [h["train_loss"] for h in history], label="train loss (-ELBO)")
     val = [-h["val_elbo"] for h in history]
     if not all(math.isnan(v) for v in val):
@@ -53,7 +66,7 @@ def _image_grid(rows: Sequence[np.ndarray], image_shape: Sequence[int]) -> np.nd
     )
 
 
-def _show(ax: "plt.Axes", data: np.ndarray) -> None:
+def _show(ax: Axes, data: np.ndarray) -> None:
     ax.imshow(data, cmap="gray", vmin=0.0, vmax=max(1.0, float(np.nanmax(data))), interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -66,7 +79,7 @@ def plot_reconstructions(
 
     Without an image shape each data point is drawn as one column of a heat map.
     """
-    fig, axes = plt.subplots(2, 1, figsize=(max(4, len(inputs) * 0.6), 3))
+    fig, axes = subplots(2, 1, figsize=(max(4, len(inputs) * 0.6), 3))
     if image_shape:
         _show(axes[0], _image_grid([inputs], image_shape))
         _show(axes[1], _image_grid([reconstructions], image_shape))
@@ -81,7 +94,7 @@ def plot_reconstructions(
 def plot_samples(samples: np.ndarray, image_shape: Sequence[int], path: str | os.PathLike) -> None:
     """Means of p(x|z) for z drawn from the prior, as an image grid (or heat map)."""
     n = len(samples)
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = subplots(figsize=(5, 5))
     if image_shape:
         cols = math.ceil(math.sqrt(n))
         padded = np.concatenate([samples, np.zeros((cols * cols - n, samples.shape[1]))])
@@ -102,7 +115,7 @@ def plot_latent(
     """
     from matplotlib.patches import Ellipse
 
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig, ax = subplots(figsize=(6, 5))
     colour = {"c": labels, "cmap": "tab10"} if labels is not None else {}
     sc = ax.scatter(loc[:, 0], loc[:, 1], s=6, **colour)
     for i in range(0, len(loc), 25):

@@ -1,8 +1,9 @@
 """Training objectives: each returns a differentiable loss for one minibatch.
 
-Interface: subclass :class:`Objective` and implement ``loss(vae, x, num_data, beta)``,
-returning a scalar whose gradient is the negative full-data objective's (minibatch
-estimate, scaled by ``num_data / B``). Two optional hooks: the class attribute
+Interface: subclass :class:`Objective` and implement ``loss(vae, x, num_data, beta,
+**program_kwargs)``, returning a scalar whose gradient is the negative full-data
+objective's (minibatch estimate, scaled by ``num_data / B``); ``program_kwargs`` are
+further keyword arguments of ``vae.model`` and ``vae.guide`` (e.g. labels). Two optional hooks: the class attribute
 ``supports_beta`` (``False`` when the objective cannot weight the KL term, so that
 ``beta != 1`` and KL warm-up are refused before training) and ``check(vae)``, which
 raises :class:`~pyro_vae.errors.ConfigError` when the objective cannot train that model.
@@ -23,7 +24,7 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections import OrderedDict
-from typing import Callable
+from typing import Any, Callable
 
 import pyro
 import torch
@@ -44,7 +45,9 @@ class Objective:
     #: The objective can weight the latent (KL) term by ``beta`` (beta-VAE, warm-up).
     supports_beta: bool = True
 
-    def loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0) -> torch.Tensor:  # pragma: no cover
+    def loss(
+        self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any
+    ) -> torch.Tensor:  # pragma: no cover
         """Differentiable negative objective for the minibatch ``x``."""
         raise NotImplementedError
 
@@ -84,15 +87,20 @@ class TraceELBO(Objective):
         )
         self._traced = TracedLoss(self) if jit else None
 
-    def loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0) -> torch.Tensor:
-        if self._traced is not None:
+    def loss(
+        self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any
+    ) -> torch.Tensor:
+        # The traced graph takes x alone; further program arguments run eagerly.
+        if self._traced is not None and not program_kwargs:
             return self._traced.loss(vae, x, num_data, beta)
-        return self.eager_loss(vae, x, num_data, beta)
+        return self.eager_loss(vae, x, num_data, beta, **program_kwargs)
 
-    def eager_loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0) -> torch.Tensor:
+    def eager_loss(
+        self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any
+    ) -> torch.Tensor:
         """Pyro's ``Trace_ELBO.differentiable_loss``, run as a Python program."""
         with local_params():
-            return self._elbo.differentiable_loss(vae.model, vae.guide, x, num_data, beta)
+            return self._elbo.differentiable_loss(vae.model, vae.guide, x, num_data, beta, **program_kwargs)
 
 
 def _describe(d: Distribution) -> str:
@@ -151,11 +159,13 @@ class TraceMeanFieldELBO(Objective):
                 ) from None
         self._checked.add(vae)
 
-    def loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0) -> torch.Tensor:
+    def loss(
+        self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any
+    ) -> torch.Tensor:
         if vae not in self._checked:
             self.check(vae)
         with local_params():
-            return self._elbo.differentiable_loss(vae.model, vae.guide, x, num_data, beta)
+            return self._elbo.differentiable_loss(vae.model, vae.guide, x, num_data, beta, **program_kwargs)
 
 
 class IWAE(Objective):
@@ -191,12 +201,14 @@ class IWAE(Objective):
             raise ConfigError(f"--particles must be >= 1 for the IWAE bound, got {particles}")
         self.particles = particles
 
-    def loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0) -> torch.Tensor:
+    def loss(
+        self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any
+    ) -> torch.Tensor:
         if beta != 1.0:
             raise ConfigError(
                 f"the IWAE bound has no KL weight, got beta {beta}; use --beta 1 --kl-warmup 0 or --elbo trace"
             )
-        log_w = log_weights(vae, x, self.particles)  # (K, B)
+        log_w = log_weights(vae, x, self.particles, **program_kwargs)  # (K, B)
         return -iwae_per_datum(log_w).sum() * (num_data / x.shape[0])
 
 

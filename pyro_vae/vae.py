@@ -323,6 +323,8 @@ class VAE(PyroModule):
 
     def check_x(self, x: torch.Tensor) -> None:
         """Raise :class:`DataError` if ``x`` has the wrong shape for this model."""
+        if torch.jit.is_tracing():  # a trace is made for fixed shapes (JitTrace_ELBO)
+            return
         if not isinstance(x, torch.Tensor):
             raise DataError(f"expected x as a torch.Tensor, got {type(x).__name__}; wrap it with torch.as_tensor")
         if x.dim() != 2 or x.shape[-1] != self.x_dim:

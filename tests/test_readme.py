@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 
+@pytest.mark.uses_param_store  # the SVI snippet trains in Pyro's default mode
 def test_python_snippets_run():
     blocks = re.findall(r"```python\n(.*?)```", README, re.S)
     assert blocks, "the README has no Python example"
