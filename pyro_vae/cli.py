@@ -16,6 +16,7 @@ import dataclasses
 import io
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -288,6 +289,7 @@ def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     import pandas as pd
 
     from .inspection import check_outputs, inspect_points, load_points, write_inspection
+    from .posterior import ImportanceSamplingWarning
 
     for flag, value, least in (("--samples", args.samples, 4), ("--chains", args.chains, 1), ("--warmup", args.warmup, 0)):
         if value is not None and value < least:
@@ -295,10 +297,17 @@ def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     out = check_outputs(args.out or Path(args.run_dir) / "inspect", overwrite=args.overwrite)  # before the long part
     config, vae, x, split = load_points(args.run_dir, args.index, split=args.split, seed=args.seed)
     seed = config.train.seed if args.seed is None else args.seed
-    found = inspect_points(
-        vae, x, args.index, mcmc=args.mcmc, num_samples=args.samples, num_chains=args.chains,
-        warmup_steps=args.warmup, seed=seed, progress=not args.no_progress,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ImportanceSamplingWarning)
+        found = inspect_points(
+            vae, x, args.index, mcmc=args.mcmc, num_samples=args.samples, num_chains=args.chains,
+            warmup_steps=args.warmup, seed=seed, progress=not args.no_progress,
+        )
+    for w in caught:  # the verdict on the importance weights as one line; anything else as Python shows it
+        if issubclass(w.category, ImportanceSamplingWarning):
+            print(f"pyro-vae: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     written = write_inspection(found, out, overwrite=args.overwrite)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
         say(f"rows {' '.join(map(str, args.index))} of the {split} split of {config.data.data!r}")

@@ -35,6 +35,7 @@ from .posterior import (
     plot_forest,
     plot_latent_ellipses,
     plot_marginals,
+    write_netcdf,
 )
 from .vae import VAE
 
@@ -57,8 +58,9 @@ class Inspection:
         table: Mean and sd per ``z[point, latent]``, guide beside reference
             (:func:`pyro_vae.posterior.compare_posteriors`).
         points: One row per point: Gaussian KL, log p(x), the ELBOs, the gaps and the
-            reference's diagnostics (divergences and worst R-hat for NUTS, effective
-            sample size for importance resampling).
+            reference's diagnostics (divergences and worst R-hat for NUTS; the
+            importance weights' effective sample size and Pareto k for importance
+            resampling).
         gaps: The per-point gaps with their Monte Carlo errors.
     """
 
@@ -146,8 +148,9 @@ def inspect_points(
         points[f"{name}_divergences"] = stats["diverging"].sum(("chain", "draw")).values
         r_hat = table[f"{name}_r_hat"].to_numpy().reshape(len(points), -1)  # (B, z_dim), rows in point order
         points[f"{name}_max_r_hat"] = r_hat.max(1)
-    if "ess" in stats:
+    if "pareto_k" in stats:
         points[f"{name}_ess"] = stats["ess"].values
+        points[f"{name}_pareto_k"] = stats["pareto_k"].values
     return Inspection(guide, reference, name, table, points, gaps)
 
 
@@ -228,7 +231,7 @@ def check_outputs(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Pat
 def _write_netcdf(data: ArvizData, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        data.to_netcdf(str(tmp))
+        write_netcdf(data, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

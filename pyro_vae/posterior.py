@@ -4,31 +4,47 @@ For each input x the guide is a distribution q(z|x) (for the classic diagonal gu
 Normal(mu(x), sigma(x))). This module draws from it (:func:`guide_posterior`), from
 the exact posterior p(z|x) of the trained model with Pyro's NUTS
 (:func:`exact_posterior`), or by importance resampling with the guide as proposal
-(:func:`importance_posterior`), and returns each as ArviZ data in one schema, so that
-``az.summary``, ``az.plot_*`` and ``to_netcdf`` work on it as on the output of any
-probabilistic programming language:
+(:func:`importance_posterior`), and returns each as ArviZ data in ArviZ's schema, so
+that ArviZ's summaries, diagnostics, plots and ``to_netcdf`` work on it as on the
+output of any probabilistic programming language:
 
-==================  =====================================================================
-group               variables (dims)
-==================  =====================================================================
-``posterior``       ``z`` (chain, draw, point, latent)
-``sample_stats``    NUTS: ``diverging``, ``step_size``, ``n_steps``, ``lp`` (chain, draw,
-                    point); importance resampling: ``lp`` and, per point, ``ess`` and
-                    ``log_marginal`` (point)
-``constant_data``   ``mu``, ``sigma`` (point, latent): ``vae.encode(x)``, the guide's
-                    exact parameters (for richer guide families: the location and
-                    per-dimension scale of their Gaussian part)
-``observed_data``   ``x`` (point, feature): the inputs, as the model sees them
-==================  =====================================================================
+========================  ===============================================================
+group                     variables (dims)
+========================  ===============================================================
+``posterior``             ``z`` (chain, draw, point, latent)
+``posterior_predictive``  ``x`` (chain, draw, point, feature): one draw of p(x|z) per
+                          posterior draw of z
+``log_likelihood``        ``x`` (chain, draw, point): log p(x|z) of each observed point
+                          at each posterior draw
+``prior``                 ``z`` (chain, draw, point, latent): draws of p(z), one per
+                          point of the plate
+``prior_predictive``      ``x`` (chain, draw, point, feature): p(x|z) at the prior draws
+``observed_data``         ``x`` (point, feature): the inputs, as the model sees them
+``constant_data``         ``mu``, ``sigma`` (point, latent): ``vae.encode(x)``, the guide's
+                          exact parameters (for richer guide families: the location and
+                          per-dimension scale of their Gaussian part)
+``sample_stats``          NUTS: ``diverging``, ``energy``, ``lp``, ``step_size``,
+                          ``tree_depth``, ``n_steps``, ``acceptance_rate`` (chain, draw,
+                          point); importance resampling: ``lp`` (chain, draw, point) and
+                          the importance weights' ``ess``, ``pareto_k`` and
+                          ``log_marginal`` (point). The guide's draws are independent
+                          and have none.
+========================  ===============================================================
 
 The ``point`` coordinate holds each input's row index in its data set, so
-``data.posterior.z.sel(point=9)`` is the posterior of row 9; ``latent`` and ``feature``
-count from 0. The data is built once as an :class:`xarray.DataTree` and returned in the
-type the installed ArviZ works on: the tree itself for ArviZ >= 1 (``arviz_base``), an
-``az.InferenceData`` for ArviZ 0.x (Python 3.11 and older), converted with
-``az.InferenceData.from_datatree``. Neither line of ArviZ converts Pyro SVI results
-(``from_pyro`` takes MCMC objects only in 0.x and is absent in 1.x); this module fills
-that gap for amortized guides.
+``data.posterior.z.sel(point=9)`` is the posterior of row 9 and ``data.sel(point=9)``
+is all of row 9's data; ``latent`` and ``feature`` count from 0. Each point has its own
+chains (its posterior is independent of the others'), so the diagnostics that pool
+chain and draw (energy plots, divergences in a pair plot) are read per point, on
+``data.sel(point=9)``. The attributes follow ArviZ's (``sample_dims``,
+``inference_library``, ``creation_library``, ...).
+
+The groups are built once, as an :class:`xarray.DataTree`, by :func:`to_arviz`, which
+returns the type the installed ArviZ works on: the tree itself for ArviZ >= 1
+(``arviz_base``; Python >= 3.12), an ``az.InferenceData`` for ArviZ 0.x (Python 3.11
+and older). Neither line of ArviZ converts Pyro SVI results (``from_pyro`` takes MCMC
+objects only in 0.x and is absent in 1.x); this module fills that gap for amortized
+guides.
 
 :func:`compare_posteriors` puts the guide's and a reference's summaries side by side,
 :func:`gaussian_kl` measures the distance between them, and the ``plot_*`` functions
@@ -67,15 +83,19 @@ with warnings.catch_warnings():
 from .errors import ConfigError, DataError  # noqa: E402
 from .figures import save_png  # noqa: E402
 from .gaps import LogMarginal, frozen, log_joint  # noqa: E402
-from .vae import LATENT_SITE, VAE  # noqa: E402
+from .vae import LATENT_SITE, OBS_SITE, VAE  # noqa: E402
 
 __all__ = [
     "POINT_DIM",
     "LATENT_DIM",
     "FEATURE_DIM",
+    "SAMPLE_DIMS",
     "LATENT_VAR",
+    "OBSERVED_VAR",
     "ArvizData",
+    "ImportanceSamplingWarning",
     "to_arviz",
+    "write_netcdf",
     "guide_posterior",
     "exact_posterior",
     "importance_posterior",
@@ -92,14 +112,27 @@ POINT_DIM = "point"
 LATENT_DIM = "latent"
 #: Dimension of the observed features of x.
 FEATURE_DIM = "feature"
-#: Name of the latent variable in the ``posterior`` group (the model's sample site).
+#: The dimensions that index draws, as ArviZ's ``sample_dims`` attribute names them.
+SAMPLE_DIMS = ("chain", "draw")
+#: Name of the latent variable in ``posterior`` and ``prior`` (the model's sample site).
 LATENT_VAR = LATENT_SITE
+#: Name of the observed variable in ``observed_data``, the predictive groups and
+#: ``log_likelihood`` (the model's observed site).
+OBSERVED_VAR = OBS_SITE
 
 #: Whether the installed ArviZ works on ``xarray.DataTree`` natively (ArviZ >= 1).
 _DATATREE_NATIVE = int(az.__version__.split(".")[0]) >= 1
 
 #: What the functions here return: ``xarray.DataTree`` on ArviZ >= 1, else ``InferenceData``.
 ArvizData = Union[xr.DataTree, "az.InferenceData"]
+
+#: Importance weights with fewer effective draws than this make the resampled draws a
+#: re-weighting of a handful of proposals.
+_MIN_IMPORTANCE_ESS = 100.0
+
+
+class ImportanceSamplingWarning(UserWarning):
+    """Importance resampling's weights say its draws do not represent p(z|x)."""
 
 
 # --------------------------------------------------------------------------- schema
@@ -124,10 +157,33 @@ def to_arviz(groups: dict[str, xr.Dataset], attrs: dict[str, Any] | None = None)
     return tree if _DATATREE_NATIVE else az.InferenceData.from_datatree(tree)
 
 
+def write_netcdf(data: ArvizData, path: str | os.PathLike) -> None:
+    """Write ArviZ data to a compressed netCDF file, which ``az.from_netcdf`` opens on either line.
+
+    ArviZ 0.x's ``InferenceData.to_netcdf`` compresses every variable by default;
+    ``xarray.DataTree.to_netcdf`` (ArviZ 1.x) does not, so the same zlib encoding is
+    asked for here. The predictive draws of a binary likelihood shrink about 15-fold.
+
+    Args:
+        data: Output of :func:`guide_posterior`, :func:`exact_posterior`, ...
+        path: The file to write (replaced if it exists).
+    """
+    if not _DATATREE_NATIVE:
+        data.to_netcdf(str(path))
+        return
+    encoding = {
+        node.path: {name: {"zlib": True, "complevel": 4} for name in node.data_vars}
+        for node in data.subtree
+        if node.data_vars
+    }
+    data.to_netcdf(str(path), encoding=encoding)
+
+
 def _attrs(inference: str, **extra: Any) -> dict[str, Any]:
     return {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "arviz_version": az.__version__,
+        "sample_dims": list(SAMPLE_DIMS),
         "inference_library": "pyro",
         "inference_library_version": pyro.__version__,
         "creation_library": "pyro_vae",
@@ -152,43 +208,94 @@ def _coords(index: np.ndarray, vae: VAE) -> dict[str, np.ndarray]:
     return {POINT_DIM: index, LATENT_DIM: np.arange(vae.z_dim), FEATURE_DIM: np.arange(vae.x_dim)}
 
 
-def _draw_coords(num_chains: int, num_samples: int) -> dict[str, np.ndarray]:
-    return {"chain": np.arange(num_chains), "draw": np.arange(num_samples)}
+def _dataset(variables: dict[str, tuple[tuple[str, ...], Any]], coords: dict[str, np.ndarray]) -> xr.Dataset:
+    """A Dataset of ``{name: (dims, tensor or array)}``, each dim with its coordinate.
 
-
-def _posterior_group(z: torch.Tensor, coords: dict[str, np.ndarray]) -> xr.Dataset:
-    chains, draws = z.shape[:2]
+    ``coords`` gives ``point``, ``latent`` and ``feature``; ``chain`` and ``draw``
+    count from 0.
+    """
+    arrays = {
+        name: (dims, values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values))
+        for name, (dims, values) in variables.items()
+    }
+    sizes = {dim: n for dims, values in arrays.values() for dim, n in zip(dims, values.shape)}
     return xr.Dataset(
-        {LATENT_VAR: (("chain", "draw", POINT_DIM, LATENT_DIM), z.detach().cpu().numpy())},
-        coords={**_draw_coords(chains, draws), POINT_DIM: coords[POINT_DIM], LATENT_DIM: coords[LATENT_DIM]},
+        arrays, coords={dim: np.arange(n) if dim in SAMPLE_DIMS else coords[dim] for dim, n in sizes.items()}
     )
 
 
-@torch.no_grad()
-def _data_groups(vae: VAE, x: torch.Tensor, coords: dict[str, np.ndarray]) -> dict[str, xr.Dataset]:
-    loc, scale = vae.encode(x)  # (B, z_dim) each
-    point_latent = (POINT_DIM, LATENT_DIM)
-    constant = xr.Dataset(
-        {"mu": (point_latent, loc.cpu().numpy()), "sigma": (point_latent, scale.cpu().numpy())},
-        coords={POINT_DIM: coords[POINT_DIM], LATENT_DIM: coords[LATENT_DIM]},
-    )
-    observed = xr.Dataset(
-        {"x": ((POINT_DIM, FEATURE_DIM), x.detach().cpu().numpy())},
-        coords={POINT_DIM: coords[POINT_DIM], FEATURE_DIM: coords[FEATURE_DIM]},
-    )
-    return {"constant_data": constant, "observed_data": observed}
+def _log_likelihood(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) of each row of ``x`` at each draw: shape ``z.shape[:-1]``.
+
+    The one place this module evaluates the likelihood by itself (``log_joint`` gives
+    the joint density); ``z`` is ``(..., B, z_dim)`` and ``x`` is ``(B, x_dim)``.
+    """
+    return vae.decode(z).log_prob(x)  # (..., B)
 
 
-def _check_counts(**counts: int) -> None:
-    for name, value in counts.items():
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
+def _stream_seed(seed: int, stream: int) -> int:
+    # A stream of its own for each use of one seed (draws, predictive draws, ...).
+    return (seed * 1_000_003 + stream * 15_485_863) % (2**63 - 1)
 
 
 def _point_seed(seed: int, row: int, chain: int) -> int:
     # Each (row, chain) gets its own stream, so a point's draws do not depend on which
     # other points are inspected with it.
     return (seed * 1_000_003 + int(row) * 7_919 + chain * 104_729) % (2**63 - 1)
+
+
+@torch.no_grad()
+def _build(
+    vae: VAE,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    index: np.ndarray,
+    *,
+    seed: int,
+    sample_stats: xr.Dataset | None,
+    attrs: dict[str, Any],
+) -> ArvizData:
+    """The one path from posterior draws of z to ArviZ data: every group of the schema.
+
+    Args:
+        vae: The model.
+        x: The inputs ``(B, x_dim)``.
+        z: Posterior draws ``(C, S, B, z_dim)``.
+        index: The ``point`` coordinate ``(B,)``.
+        seed: Seed of the predictive and prior draws (the caller's stream is left alone).
+        sample_stats: The sampler's statistics, or None.
+        attrs: The data's attributes (:func:`_attrs`).
+    """
+    coords = _coords(index, vae)
+    draws = (*SAMPLE_DIMS, POINT_DIM)
+    devices = [x.device] if x.device.type == "cuda" else []
+    with frozen(vae), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(_stream_seed(seed, 1))
+        x_post = vae.decode(z).sample()  # (C, S, B, x_dim)
+        log_lik = _log_likelihood(vae, z, x)  # (C, S, B)
+        z_prior = vae.prior().sample(z.shape[:-1])  # (C, S, B, z_dim)
+        x_prior = vae.decode(z_prior).sample()  # (C, S, B, x_dim)
+        loc, scale = vae.encode(x)  # (B, z_dim) each
+    groups = {
+        "posterior": _dataset({LATENT_VAR: ((*draws, LATENT_DIM), z)}, coords),
+        "posterior_predictive": _dataset({OBSERVED_VAR: ((*draws, FEATURE_DIM), x_post)}, coords),
+        "log_likelihood": _dataset({OBSERVED_VAR: (draws, log_lik)}, coords),
+        "prior": _dataset({LATENT_VAR: ((*draws, LATENT_DIM), z_prior)}, coords),
+        "prior_predictive": _dataset({OBSERVED_VAR: ((*draws, FEATURE_DIM), x_prior)}, coords),
+        "observed_data": _dataset({OBSERVED_VAR: ((POINT_DIM, FEATURE_DIM), x)}, coords),
+        "constant_data": _dataset(
+            {"mu": ((POINT_DIM, LATENT_DIM), loc), "sigma": ((POINT_DIM, LATENT_DIM), scale)}, coords
+        ),
+    }
+    if sample_stats is not None:
+        groups["sample_stats"] = sample_stats
+    return to_arviz(groups, attrs)
+
+
+def _check_counts(**counts: int) -> None:
+    for name, value in counts.items():
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
 
 
 # ------------------------------------------------------------------ the amortized guide
@@ -216,12 +323,10 @@ def guide_posterior(
         seed: Seed of the draws (the caller's random stream is left untouched).
 
     Returns:
-        ArviZ data with ``posterior`` (``z``: chain, draw, point, latent),
-        ``constant_data`` (``mu``, ``sigma``: point, latent) and ``observed_data``
-        (``x``: point, feature).
+        ArviZ data with the groups of the module's table but ``sample_stats``.
 
     Raises:
-        DataError: ``x`` does not fit the model.
+        DataError: ``x`` does not fit the model or is outside the likelihood's support.
         ConfigError: A count is below 1, or ``index`` is malformed.
 
     Example:
@@ -231,17 +336,20 @@ def guide_posterior(
         >>> data = guide_posterior(vae, torch.ones(3, 6), 50, index=[0, 5, 9])
         >>> dict(data.posterior.z.sizes)
         {'chain': 4, 'draw': 50, 'point': 3, 'latent': 2}
+        >>> dict(data.log_likelihood.x.sizes)
+        {'chain': 4, 'draw': 50, 'point': 3}
     """
     vae.check_x(x)
+    vae.likelihood.check_support(x)
     _check_counts(num_samples=num_samples, num_chains=num_chains)
-    coords = _coords(_index(index, x.shape[0]), vae)
+    index = _index(index, x.shape[0])
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         z = vae.posterior(x).sample((num_chains * num_samples,))  # (C*S, B, z_dim)
     z = z.reshape(num_chains, num_samples, *z.shape[1:])  # (C, S, B, z_dim)
-    groups = {"posterior": _posterior_group(z, coords), **_data_groups(vae, x, coords)}
-    return to_arviz(groups, _attrs("amortized guide q(z|x) = Normal(mu(x), sigma(x))"))
+    attrs = _attrs("amortized guide q(z|x) = Normal(mu(x), sigma(x))")
+    return _build(vae, x, z, index, seed=seed, sample_stats=None, attrs=attrs)
 
 
 # -------------------------------------------------------------------------------- NUTS
@@ -293,11 +401,17 @@ def exact_posterior(
         progress: Show a progress bar over all points and chains.
 
     Returns:
-        ArviZ data with the groups of :func:`guide_posterior` plus ``sample_stats``:
-        ``diverging`` (bool), ``step_size``, ``n_steps`` (leapfrog steps, i.e. model
-        gradient evaluations) and ``lp`` (log p(z, x) of the draw), each with dims
-        (chain, draw, point). The attributes ``sampling_time`` and
-        ``sampling_time_per_point`` give the wall time in seconds.
+        ArviZ data with every group of the module's table. ``sample_stats`` has, with
+        dims (chain, draw, point), ArviZ's names for what Pyro's NUTS computes at each
+        transition: ``diverging``, ``energy`` (the Hamiltonian of the trajectory: the
+        potential energy at the start plus the kinetic energy of the fresh momentum,
+        which the integrator keeps up to its error), ``lp`` (log p(z, x) of the draw),
+        ``step_size``, ``tree_depth`` (doublings of the trajectory, as Stan counts
+        them), ``n_steps`` (leapfrog steps, i.e. model gradient evaluations) and
+        ``acceptance_rate`` (the mean Metropolis acceptance probability over the
+        trajectory, which step-size adaptation steers to ``target_accept_prob``). The
+        attributes ``sampling_time`` and ``sampling_time_per_point`` give the wall time
+        in seconds.
 
     Raises:
         DataError: ``x`` does not fit the model or is outside the likelihood's support.
@@ -308,7 +422,7 @@ def exact_posterior(
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> data = exact_posterior(vae, torch.ones(1, 6), 20, num_chains=2)
-        >>> dict(data.sample_stats.diverging.sizes)
+        >>> dict(data.sample_stats.energy.sizes)
         {'chain': 2, 'draw': 20, 'point': 1}
     """
     vae.check_x(x)
@@ -319,31 +433,29 @@ def exact_posterior(
         raise ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
     if not 0 < target_accept_prob < 1:
         raise ConfigError(f"target_accept_prob must be in (0, 1), got {target_accept_prob}")
-    coords = _coords(_index(index, x.shape[0]), vae)
+    index = _index(index, x.shape[0])
     num_points = x.shape[0]
     with torch.no_grad():
         loc, scale = vae.encode(x)  # (B, z_dim) each
     shape = (num_chains, num_samples, num_points)
     z = torch.empty(*shape, vae.z_dim, dtype=loc.dtype, device=x.device)  # (C, S, B, z_dim)
-    stats = {
-        "diverging": np.zeros(shape, dtype=bool),
-        "step_size": np.zeros(shape),
-        "n_steps": np.zeros(shape, dtype=np.int64),
-    }
+    stats = {name: np.zeros(shape, dtype=dtype) for name, dtype in _NUTS_STATS.items()}
     total = num_points * num_chains * (warmup_steps + num_samples)
     bar = tqdm(total=total, disable=not progress, desc="NUTS", unit="step", dynamic_ncols=True, mininterval=0.5)
     devices = [x.device] if x.device.type == "cuda" else []
     start = time.perf_counter()
     try:
-        with frozen(vae), _one_thread():
+        # Parameters stay in the module while NUTS traces the model: nothing enters
+        # Pyro's global param store, whichever mode the caller runs Pyro in.
+        with frozen(vae), _one_thread(), pyro.settings.context(module_local_params=True):
             for b in range(num_points):
-                row = int(coords[POINT_DIM][b])
+                row = int(index[b])
                 for c in range(num_chains):
                     bar.set_postfix(point=f"{b + 1}/{num_points} (row {row})", chain=f"{c + 1}/{num_chains}")
                     with torch.random.fork_rng(devices=devices):
                         torch.manual_seed(_point_seed(seed, row, c))
                         init = loc[b : b + 1] + init_spread * scale[b : b + 1] * torch.randn_like(loc[b : b + 1])
-                        kernel = _CountingNUTS(
+                        kernel = _RecordingNUTS(
                             vae.model,
                             target_accept_prob=target_accept_prob,
                             max_tree_depth=max_tree_depth,
@@ -358,20 +470,29 @@ def exact_posterior(
         bar.close()
     seconds = time.perf_counter() - start
     with torch.no_grad():
-        lp = log_joint(vae, z, x).cpu().numpy()  # (C, S, B)
-    dims = ("chain", "draw", POINT_DIM)
-    sample_stats = xr.Dataset(
-        {**{name: (dims, values) for name, values in stats.items()}, "lp": (dims, lp)},
-        coords={**_draw_coords(num_chains, num_samples), POINT_DIM: coords[POINT_DIM]},
+        lp = log_joint(vae, z, x)  # (C, S, B)
+    dims = (*SAMPLE_DIMS, POINT_DIM)
+    sample_stats = _dataset(
+        {**{name: (dims, values) for name, values in stats.items()}, "lp": (dims, lp)}, _coords(index, vae)
     )
-    groups = {"posterior": _posterior_group(z, coords), "sample_stats": sample_stats, **_data_groups(vae, x, coords)}
     attrs = _attrs(
         "NUTS on the model conditioned on x, weights fixed",
         sampling_time=seconds,
         sampling_time_per_point=seconds / num_points,
         tuning_steps=warmup_steps,
     )
-    return to_arviz(groups, attrs)
+    return _build(vae, x, z, index, seed=seed, sample_stats=sample_stats, attrs=attrs)
+
+
+#: The per-transition statistics :class:`_RecordingNUTS` keeps, and their dtypes.
+_NUTS_STATS = {
+    "diverging": bool,
+    "energy": np.float64,
+    "step_size": np.float64,
+    "tree_depth": np.int64,
+    "n_steps": np.int64,
+    "acceptance_rate": np.float64,
+}
 
 
 @contextlib.contextmanager
@@ -387,36 +508,61 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-class _CountingNUTS(NUTS):
-    """Pyro's NUTS, counting evaluations of the potential energy.
+class _RecordingNUTS(NUTS):
+    """Pyro's NUTS, keeping the statistics of each transition that ArviZ reports.
 
-    Every leapfrog step evaluates the potential and its gradient once, so the count
-    between two draws is that draw's number of steps (ArviZ's ``n_steps``), which
-    Pyro's MCMC does not report. The kernel sets ``potential_fn`` in its set-up
-    (compiled or not); the property wraps whatever it sets.
+    Pyro computes all of them inside ``NUTS.sample`` and keeps only running totals
+    (mean acceptance probability, the list of divergences). Each transition grows the
+    trajectory by doubling: ``sample`` calls ``_build_tree`` once per doubling (the
+    top-level calls), with the Hamiltonian of the trajectory, and each returned tree
+    carries its number of leapfrog steps, its summed acceptance probabilities and
+    whether it diverged or turned. This subclass watches those calls and leaves the
+    algorithm untouched; :attr:`transition` holds the last transition's statistics.
     """
 
-    evaluations = 0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._depth = 0  # recursion depth inside _build_tree
+        self._doublings: list[tuple[int, Any]] = []  # (tree depth, tree) per top-level call
+        self._energy = math.nan
+        self.transition: dict[str, Any] = {}
 
-    @property
-    def potential_fn(self) -> Any:
-        return self._counted_potential_fn
+    def _build_tree(self, z, r, z_grads, log_slice, direction, tree_depth, energy_current):  # noqa: ANN001, ANN202
+        top = self._depth == 0
+        if top:
+            self._energy = float(energy_current)
+        self._depth += 1
+        try:
+            tree = super()._build_tree(z, r, z_grads, log_slice, direction, tree_depth, energy_current)
+        finally:
+            self._depth -= 1
+        if top:
+            self._doublings.append((tree_depth, tree))
+        return tree
 
-    @potential_fn.setter
-    def potential_fn(self, fn: Any) -> None:
-        if fn is None:
-            self._counted_potential_fn = None
-            return
-
-        def counted(params: dict[str, torch.Tensor]) -> torch.Tensor:
-            self.evaluations += 1
-            return fn(params)
-
-        self._counted_potential_fn = counted
+    def sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self._doublings = []
+        params = super().sample(params)
+        if self._doublings:
+            depth, last = self._doublings[-1]
+            steps = sum(int(tree.num_proposals) for _, tree in self._doublings)
+            accept = sum(float(tree.sum_accept_probs) for _, tree in self._doublings)
+            stopped = bool(last.diverging) or bool(last.turning)
+            self.transition = {
+                "diverging": bool(last.diverging),  # only the last doubling can diverge: it stops the growth
+                "energy": self._energy,
+                "step_size": float(self.step_size),
+                # Stan's count: the doublings whose subtree was kept (a diverging or
+                # turning subtree is dropped, and the growth stops there).
+                "tree_depth": depth if stopped else depth + 1,
+                "n_steps": steps,
+                "acceptance_rate": accept / steps,  # Pyro's accept_prob of the transition
+            }
+        return params
 
 
 def _nuts_chain(
-    kernel: _CountingNUTS,
+    kernel: _RecordingNUTS,
     x: torch.Tensor,
     init: torch.Tensor,
     num_samples: int,
@@ -424,15 +570,12 @@ def _nuts_chain(
     bar: tqdm,
 ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
     """One NUTS chain for one data point: draws ``(S, z_dim)`` and per-draw statistics."""
-    step_size = np.zeros(num_samples)
-    n_steps = np.zeros(num_samples, dtype=np.int64)
-    last = [0]
+    stats = {name: np.zeros(num_samples, dtype=dtype) for name, dtype in _NUTS_STATS.items()}
 
-    def hook(kernel: _CountingNUTS, params: dict, stage: str, i: int) -> None:
+    def hook(kernel: _RecordingNUTS, params: dict, stage: str, i: int) -> None:
         if stage.startswith("Sample"):
-            step_size[i] = kernel.step_size
-            n_steps[i] = kernel.evaluations - last[0]
-        last[0] = kernel.evaluations
+            for name, value in kernel.transition.items():
+                stats[name][i] = value
         bar.update(1)
 
     mcmc = MCMC(
@@ -449,9 +592,7 @@ def _nuts_chain(
         warnings.simplefilter("ignore", DeprecationWarning)
         mcmc.run(x)
     draws = mcmc.get_samples()[LATENT_VAR][:, 0]  # (S, z_dim)
-    diverging = np.zeros(num_samples, dtype=bool)
-    diverging[mcmc.diagnostics()["divergences"]["chain 0"]] = True
-    return draws, {"diverging": diverging, "step_size": step_size, "n_steps": n_steps}
+    return draws, stats
 
 
 # ------------------------------------------------------------- importance resampling
@@ -469,12 +610,18 @@ def importance_posterior(
     """Approximate draws from p(z|x) by sampling-importance-resampling from the guide.
 
     For each point, ``num_proposals`` draws from q(z|x) are weighted by
-    ``p(x, z) / q(z|x)`` and ``num_chains * num_samples`` of them are resampled with
-    replacement. Much cheaper than NUTS, and exact as ``num_proposals`` grows, but
-    only as good as the guide's coverage: the Kish effective sample size ``ess`` in
-    ``sample_stats`` says how many independent posterior draws the weighted proposals
-    are worth (a few dozen or fewer: trust NUTS instead). The resampled draws repeat,
-    so ArviZ's ESS of them overstates their information; ``ess`` is the honest figure.
+    ``p(x, z) / q(z|x)``, the weights are Pareto-smoothed (PSIS, Vehtari et al. 2024,
+    through ArviZ), and ``num_chains * num_samples`` of the proposals are resampled
+    with replacement by the smoothed weights. Much cheaper than NUTS, and exact as
+    ``num_proposals`` grows, but only as good as the guide's coverage of the posterior.
+    The resampled draws repeat, so ArviZ's ESS and R-hat of them say nothing about how
+    much they are worth; the weights do: their effective sample size ``ess`` (how many
+    independent posterior draws the weighted proposals are worth) and the Pareto
+    shape ``pareto_k`` of their upper tail (above ``min(1 - 1/log10(S), 0.7)`` for S
+    proposals, 0.7 for S >= 2155, the estimate is unreliable whatever S: the guide
+    misses part of the posterior). Both are in ``sample_stats``, and a warning
+    (:class:`ImportanceSamplingWarning`) names the points where k is above that
+    threshold or the ESS below 100.
 
     Args:
         vae: The trained model.
@@ -486,20 +633,25 @@ def importance_posterior(
         seed: Seed of the draws (the caller's random stream is left untouched).
 
     Returns:
-        ArviZ data with the groups of :func:`guide_posterior` plus ``sample_stats``:
-        ``lp`` (chain, draw, point), and ``ess`` and ``log_marginal`` (the
-        importance-sampled log p(x)) per point.
+        ArviZ data with every group of the module's table; ``sample_stats`` holds
+        ``lp`` (log p(z, x) of each draw: chain, draw, point) and, per point, ``ess``
+        and ``pareto_k`` of the smoothed weights and ``log_marginal``, the
+        importance-sampled log p(x) (from the raw weights, which keep it unbiased).
 
     Raises:
         DataError: ``x`` does not fit the model or is outside the likelihood's support.
         ConfigError: A count is below 1 (or ``num_proposals`` below 2).
+
+    Warns:
+        ImportanceSamplingWarning: For some point the weights' Pareto k or ESS says the
+            draws do not represent the posterior.
 
     Example:
         >>> from pyro_vae.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> data = importance_posterior(vae, torch.ones(2, 6), 25, num_proposals=500)
-        >>> dict(data.sample_stats.ess.sizes)
+        >>> dict(data.sample_stats.pareto_k.sizes)
         {'point': 2}
     """
     vae.check_x(x)
@@ -507,7 +659,7 @@ def importance_posterior(
     _check_counts(num_samples=num_samples, num_chains=num_chains)
     if num_proposals < 2:
         raise ConfigError(f"num_proposals must be >= 2, got {num_proposals}")
-    coords = _coords(_index(index, x.shape[0]), vae)
+    index = _index(index, x.shape[0])
     devices = [x.device] if x.device.type == "cuda" else []
     with frozen(vae), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -515,21 +667,71 @@ def importance_posterior(
         z = q.sample((num_proposals,))  # (K, B, z_dim)
         lw = log_joint(vae, z, x) - q.log_prob(z)  # (K, B)
         marginal = LogMarginal.from_log_weights(lw)
-        picks = torch.multinomial(torch.softmax(lw.T, -1), num_chains * num_samples, replacement=True)  # (B, C*S)
+        smoothed, pareto_k = _psis(lw.T.double().cpu().numpy())  # (B, K), (B,)
+        weights = torch.from_numpy(np.exp(smoothed)).to(lw.device)  # (B, K), each row sums to 1
+        picks = torch.multinomial(weights, num_chains * num_samples, replacement=True)  # (B, C*S)
         chosen = z.gather(0, picks.T.unsqueeze(-1).expand(-1, -1, vae.z_dim))  # (C*S, B, z_dim)
         chosen = chosen.reshape(num_chains, num_samples, *chosen.shape[1:])  # (C, S, B, z_dim)
-        lp = log_joint(vae, chosen, x).cpu().numpy()  # (C, S, B)
-    dims = ("chain", "draw", POINT_DIM)
-    sample_stats = xr.Dataset(
+        lp = log_joint(vae, chosen, x)  # (C, S, B)
+    ess = 1.0 / (weights.double() ** 2).sum(-1).cpu().numpy()  # (B,)
+    _warn_if_unreliable(index, ess, pareto_k, num_proposals)
+    sample_stats = _dataset(
         {
-            "lp": (dims, lp),
-            "ess": ((POINT_DIM,), marginal.ess.cpu().numpy()),
-            "log_marginal": ((POINT_DIM,), marginal.estimate.cpu().numpy()),
+            "lp": ((*SAMPLE_DIMS, POINT_DIM), lp),
+            "ess": ((POINT_DIM,), ess),
+            "pareto_k": ((POINT_DIM,), pareto_k),
+            "log_marginal": ((POINT_DIM,), marginal.estimate),
         },
-        coords={**_draw_coords(num_chains, num_samples), POINT_DIM: coords[POINT_DIM]},
+        _coords(index, vae),
     )
-    groups = {"posterior": _posterior_group(chosen, coords), "sample_stats": sample_stats, **_data_groups(vae, x, coords)}
-    return to_arviz(groups, _attrs("sampling-importance-resampling, guide as proposal", num_proposals=num_proposals))
+    attrs = _attrs("sampling-importance-resampling, guide as proposal", num_proposals=num_proposals)
+    return _build(vae, x, chosen, index, seed=seed, sample_stats=sample_stats, attrs=attrs)
+
+
+def _psis(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pareto-smoothed importance sampling, by ArviZ.
+
+    Args:
+        log_weights: Log importance weights ``(B, K)``, K draws per point.
+
+    Returns:
+        The smoothed log-weights ``(B, K)``, normalised so that each row's weights sum
+        to 1, and the Pareto shape k of each row's upper tail ``(B,)``. A row whose
+        weights are all equal (the proposal is the posterior) has nothing to smooth:
+        uniform weights and k = -inf.
+    """
+    flat = log_weights.max(-1) - log_weights.min(-1) < 1e-12  # (B,)
+    smoothed = np.full(log_weights.shape, -math.log(log_weights.shape[-1]))  # (B, K)
+    k = np.full(log_weights.shape[0], -np.inf)  # (B,)
+    rows = ~flat
+    if rows.any():
+        if _DATATREE_NATIVE:
+            from arviz_stats.base import array_stats
+
+            # arviz_stats smooths log-ratios as its LOO produces them: the negated
+            # log-weights (it flips the sign back inside).
+            smoothed[rows], k[rows] = array_stats.psislw(-log_weights[rows], r_eff=1.0, axis=-1)
+        else:
+            smoothed[rows], k[rows] = az.psislw(log_weights[rows], reff=1.0)
+    return smoothed, k
+
+
+def _warn_if_unreliable(index: np.ndarray, ess: np.ndarray, pareto_k: np.ndarray, num_proposals: int) -> None:
+    # Vehtari et al. (2024): above this k, S draws cannot give a reliable estimate.
+    k_max = min(1.0 - 1.0 / math.log10(num_proposals), 0.7)
+    bad = (pareto_k > k_max) | (ess < _MIN_IMPORTANCE_ESS)
+    if not bad.any():
+        return
+    details = ", ".join(
+        f"row {row} (Pareto k {k:.2f}, ESS {e:.1f})" for row, k, e in zip(index[bad], pareto_k[bad], ess[bad])
+    )
+    warnings.warn(
+        f"importance resampling from the guide is unreliable for {details} of {num_proposals} proposals: "
+        f"a Pareto k above {k_max:.2f} or an ESS below {_MIN_IMPORTANCE_ESS:.0f} means the guide misses part "
+        "of the posterior; use exact_posterior (NUTS; pyro-vae inspect --mcmc) for these points",
+        ImportanceSamplingWarning,
+        stacklevel=4,  # the caller of importance_posterior (through torch.no_grad's wrapper)
+    )
 
 
 # -------------------------------------------------------------------------- comparison
@@ -551,9 +753,14 @@ def compare_posteriors(
 ) -> pd.DataFrame:
     """Posterior mean and sd per point and latent dimension, guide and reference side by side.
 
-    Both columns come from ``az.summary``; for the reference, its Monte Carlo error of
-    the mean, bulk ESS and R-hat come along, so a difference of means can be read
-    against the reference's own uncertainty.
+    Means and sds come from ``az.summary``. For a reference drawn by a Markov chain
+    (NUTS) its Monte Carlo error of the mean, bulk ESS and R-hat come along, so a
+    difference of means can be read against the reference's own uncertainty. For
+    importance resampling (:func:`importance_posterior`) ArviZ's ESS and R-hat of the
+    resampled draws would mislead (the draws repeat, and chains split from one
+    resample always agree), so the weights' own figures come instead: their effective
+    sample size, their Pareto k, and the error of the mean they imply,
+    ``sd * sqrt(1/ess + 1/N)`` for N resampled draws.
 
     Args:
         guide: Output of :func:`guide_posterior`.
@@ -563,7 +770,9 @@ def compare_posteriors(
 
     Returns:
         A DataFrame with one row per ``z[point, latent]`` (ArviZ's labels) and columns
-        ``{g}_mean, {g}_sd, {r}_mean, {r}_sd, {r}_mcse_mean, {r}_ess_bulk, {r}_r_hat``.
+        ``{g}_mean, {g}_sd, {r}_mean, {r}_sd, {r}_mcse_mean`` then ``{r}_ess_bulk,
+        {r}_r_hat`` (Markov chains) or ``{r}_ess, {r}_pareto_k`` (importance
+        resampling; the point's figures on each of its rows).
 
     Raises:
         DataError: The two cover different points.
@@ -578,11 +787,34 @@ def compare_posteriors(
     """
     _check_same_points(guide, reference)
     g_name, r_name = names
-    g = az.summary(guide, var_names=[LATENT_VAR])
-    r = az.summary(reference, var_names=[LATENT_VAR])
+    g, r = _summary(guide), _summary(reference)
     columns = {f"{g_name}_mean": g["mean"], f"{g_name}_sd": g["sd"]}
-    columns.update({f"{r_name}_{c}": r[c] for c in ("mean", "sd", "mcse_mean", "ess_bulk", "r_hat")})
+    columns.update({f"{r_name}_mean": r["mean"], f"{r_name}_sd": r["sd"]})
+    stats = _sample_stats(reference)
+    if stats is None or "pareto_k" not in stats:
+        columns.update({f"{r_name}_{c}": r[c] for c in ("mcse_mean", "ess_bulk", "r_hat")})
+    else:
+        z_dim = reference.posterior.sizes[LATENT_DIM]
+        ess = np.repeat(stats["ess"].values, z_dim)  # (B * z_dim,), rows point-major as ArviZ's labels
+        draws = reference.posterior.sizes["chain"] * reference.posterior.sizes["draw"]
+        columns[f"{r_name}_mcse_mean"] = r["sd"] * np.sqrt(1 / ess + 1 / draws)
+        columns[f"{r_name}_ess"] = pd.Series(ess, index=r.index)
+        columns[f"{r_name}_pareto_k"] = pd.Series(np.repeat(stats["pareto_k"].values, z_dim), index=r.index)
     return pd.DataFrame(columns)
+
+
+def _summary(data: ArvizData) -> pd.DataFrame:
+    """``az.summary`` of z in raw numbers (both ArviZ lines round for display by default)."""
+    table = az.summary(data, var_names=[LATENT_VAR], round_to="none")
+    return table.astype({c: float for c in ("mean", "sd", "mcse_mean", "ess_bulk", "r_hat")})
+
+
+def _sample_stats(data: ArvizData) -> xr.Dataset | None:
+    """The ``sample_stats`` group as a Dataset, or None (the guide's draws have none)."""
+    if "sample_stats" not in data:
+        return None
+    stats = data["sample_stats"]
+    return stats.to_dataset() if isinstance(stats, xr.DataTree) else stats
 
 
 def _moments(data: ArvizData) -> tuple[np.ndarray, np.ndarray]:
