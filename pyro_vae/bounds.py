@@ -29,6 +29,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
+from pyro.distributions.torch_distribution import TorchDistributionMixin
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -46,9 +47,12 @@ __all__ = [
     "weighted_draws",
     "pass_plan",
     "weighted_passes",
+    "collect_weighted",
     "collect_log_weights",
     "log_weights",
     "log_weight_terms",
+    "ModelDensities",
+    "model_densities",
     "log_joint",
     "elbo_per_datum",
     "iwae_per_datum",
@@ -105,6 +109,36 @@ class WeightedDraws(NamedTuple):
         return LogWeightTerms(self.log_likelihood, self.log_prior - self.log_proposal)
 
 
+class _AsPyro(dist.TorchDistribution):
+    """A ``torch.distributions`` object with Pyro's distribution interface."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, base: torch.distributions.Distribution) -> None:
+        self.base = base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    @property
+    def has_rsample(self) -> bool:  # type: ignore[override]
+        return self.base.has_rsample
+
+    @property
+    def support(self):  # type: ignore[no-untyped-def, override]
+        return self.base.support
+
+    def expand(self, batch_shape: torch.Size, _instance: object = None) -> "_AsPyro":
+        return _AsPyro(self.base.expand(batch_shape))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self.base.sample(sample_shape)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        return self.base.rsample(sample_shape)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return self.base.log_prob(value)
+
+
 class _Propose(Messenger):
     """Replaces the distribution of the guide's latent site by ``proposal``.
 
@@ -113,9 +147,10 @@ class _Propose(Messenger):
     Everything else the guide does (other sites, masks) stays.
     """
 
-    def __init__(self, proposal: dist.TorchDistribution, site: str = LATENT_SITE) -> None:
+    def __init__(self, proposal: torch.distributions.Distribution, site: str = LATENT_SITE) -> None:
         super().__init__()
-        self.proposal = proposal
+        # Pyro samples by calling the distribution: a plain torch one gets Pyro's interface.
+        self.proposal = proposal if isinstance(proposal, TorchDistributionMixin) else _AsPyro(proposal)
         self.site = site
 
     def _pyro_sample(self, msg: dict) -> None:
@@ -255,12 +290,59 @@ def log_weight_terms(vae: VAE, x: torch.Tensor, num_samples: int = 1, **program_
     return weighted_draws(vae, x, num_samples, **program_kwargs).terms
 
 
+class ModelDensities(NamedTuple):
+    """The model's log-density at given latents, in its two parts.
+
+    Attributes:
+        log_likelihood: Sum over the observed sites, ``log p(x | z)``, ``(..., B)``.
+        log_prior: Sum over the latent sites, ``log p(z)``, ``(..., B)``.
+    """
+
+    log_likelihood: torch.Tensor
+    log_prior: torch.Tensor
+
+
+def model_densities(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> ModelDensities:
+    """``log p(x | z)`` and ``log p(z)`` at given latents, from the model's trace.
+
+    The model runs conditioned on ``z`` (masks and scales as the program says);
+    gradients reach ``z`` and the model's weights.
+
+    Args:
+        vae: The model.
+        z: Latents of shape ``(..., B, z_dim)``.
+        x: Data of shape ``(B, x_dim)``.
+
+    Returns:
+        :class:`ModelDensities`, each of shape ``(..., B)``.
+
+    Raises:
+        ConfigError: ``z`` does not match ``x`` and the model.
+    """
+    vae.check_x(x)
+    batch = x.shape[0]
+    if z.dim() < 2 or z.shape[-2:] != (batch, vae.z_dim):
+        raise ConfigError(f"expected z of shape (..., {batch}, {vae.z_dim}) for x with {batch} rows, got {tuple(z.shape)}")
+    leading = z.shape[:-2]
+    flat = z.reshape(-1, batch, vae.z_dim)  # (K, B, z_dim)
+    shape = torch.Size(flat.shape[:2])
+    with local_params(), pyro.plate(PARTICLE_PLATE, flat.shape[0], dim=-2):
+        trace = poutine.trace(poutine.condition(vae.model, data={LATENT_SITE: flat})).get_trace(x)
+    trace.compute_log_prob()
+    # Conditioning marks the latent site observed: it still counts as the prior's.
+    def is_data(site: dict) -> bool:
+        return site["is_observed"] and site["name"] != LATENT_SITE
+
+    observed = _sum_log_probs(trace, shape, keep=is_data)
+    latent = _sum_log_probs(trace, shape, keep=lambda site: not is_data(site))
+    return ModelDensities(observed.reshape(leading + (batch,)), latent.reshape(leading + (batch,)))
+
+
 def log_joint(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``log p(x, z)``: the model's log-density with its latent site set to ``z``.
 
-    The unnormalised log posterior density of z given x, from a trace of the model
-    conditioned on ``z`` (masks and scales as the program says); gradients reach ``z``
-    (NUTS, per-point Gaussians) and the model's weights.
+    The unnormalised log posterior density of z given x: the sum of
+    :func:`model_densities`.
 
     Args:
         vae: The model.
@@ -277,17 +359,8 @@ def log_joint(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         >>> log_joint(vae, torch.zeros(5, 3, 2), torch.ones(3, 6)).shape
         torch.Size([5, 3])
     """
-    vae.check_x(x)
-    batch = x.shape[0]
-    if z.dim() < 2 or z.shape[-2:] != (batch, vae.z_dim):
-        raise ConfigError(f"expected z of shape (..., {batch}, {vae.z_dim}) for x with {batch} rows, got {tuple(z.shape)}")
-    leading = z.shape[:-2]
-    flat = z.reshape(-1, batch, vae.z_dim)  # (K, B, z_dim)
-    shape = torch.Size(flat.shape[:2])
-    with local_params(), pyro.plate(PARTICLE_PLATE, flat.shape[0], dim=-2):
-        trace = poutine.trace(poutine.condition(vae.model, data={LATENT_SITE: flat})).get_trace(x)
-    trace.compute_log_prob()
-    return _sum_log_probs(trace, shape).reshape(leading + (batch,))
+    densities = model_densities(vae, z, x)
+    return densities.log_likelihood + densities.log_prior
 
 
 def elbo_per_datum(log_w: torch.Tensor) -> torch.Tensor:
@@ -552,6 +625,46 @@ def _rows_of(value: Any, rows: slice, num_points: int) -> Any:
     return value
 
 
+def collect_weighted(
+    vae: VAE,
+    x: torch.Tensor,
+    num_samples: int,
+    *,
+    proposal: dist.TorchDistribution | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+    **program_kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All K draws and their ``(K, N)`` log-weights from :func:`weighted_passes`.
+
+    For callers that need every draw and weight (resampling, standard errors,
+    effective sample sizes); the passes are bounded, the result holds ``K * N``
+    latents and weights.
+
+    Returns:
+        ``(z, log_weights)`` of shapes ``(K, N, z_dim)`` and ``(K, N)``.
+
+    Example:
+        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.config import ModelConfig
+        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+        >>> [t.shape for t in collect_weighted(vae, torch.ones(3, 6), 10, max_elements=60)]
+        [torch.Size([10, 3, 2]), torch.Size([10, 3])]
+    """
+    z: torch.Tensor | None = None
+    out: torch.Tensor | None = None
+    passes = weighted_passes(vae, x, num_samples, proposal=proposal, max_elements=max_elements, **program_kwargs)
+    for step in passes:
+        log_w, draws = step.draws.log_weights, step.draws.z  # (k, B), (k, B, z_dim)
+        if out is None or z is None:
+            out = log_w.new_empty((num_samples, x.shape[0]))
+            z = draws.new_empty((num_samples, x.shape[0], draws.shape[-1]))
+        k = slice(step.start, step.start + log_w.shape[0])
+        out[k, step.rows] = log_w
+        z[k, step.rows] = draws
+    assert z is not None and out is not None
+    return z, out
+
+
 def collect_log_weights(
     vae: VAE,
     x: torch.Tensor,
@@ -561,10 +674,7 @@ def collect_log_weights(
     max_elements: int = DEFAULT_MAX_ELEMENTS,
     **program_kwargs: Any,
 ) -> torch.Tensor:
-    """All ``(K, N)`` log-weights of :func:`weighted_passes`, computed in bounded passes.
-
-    For callers that need every weight (standard errors, effective sample sizes); the
-    result itself holds ``K * N`` numbers.
+    """The ``(K, N)`` log-weights of :func:`collect_weighted`.
 
     Example:
         >>> from pyro_vae.build import build_vae
@@ -573,11 +683,6 @@ def collect_log_weights(
         >>> collect_log_weights(vae, torch.ones(3, 6), 10, max_elements=60).shape
         torch.Size([10, 3])
     """
-    out: torch.Tensor | None = None
-    for step in weighted_passes(vae, x, num_samples, proposal=proposal, max_elements=max_elements, **program_kwargs):
-        log_w = step.draws.log_weights  # (k, B)
-        if out is None:
-            out = log_w.new_empty((num_samples, x.shape[0]))
-        out[step.start : step.start + log_w.shape[0], step.rows] = log_w
-    assert out is not None
-    return out
+    return collect_weighted(
+        vae, x, num_samples, proposal=proposal, max_elements=max_elements, **program_kwargs
+    )[1]

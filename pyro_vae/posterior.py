@@ -62,10 +62,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any, Iterator, Sequence, Union
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib as mpl
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyro  # noqa: E402
@@ -81,9 +78,10 @@ with warnings.catch_warnings():
     import arviz as az  # noqa: E402
 
 from .errors import ConfigError, DataError  # noqa: E402
-from .figures import save_png  # noqa: E402
-from .gaps import LogMarginal, frozen, log_joint  # noqa: E402
-from .vae import LATENT_SITE, OBS_SITE, VAE  # noqa: E402
+from .figures import save_png, subplots  # noqa: E402
+from .bounds import collect_weighted, model_densities  # noqa: E402
+from .gaps import LogMarginal, frozen  # noqa: E402
+from .vae import LATENT_SITE, OBS_SITE, VAE, local_params  # noqa: E402
 
 __all__ = [
     "POINT_DIM",
@@ -224,15 +222,6 @@ def _dataset(variables: dict[str, tuple[tuple[str, ...], Any]], coords: dict[str
     )
 
 
-def _log_likelihood(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """log p(x|z) of each row of ``x`` at each draw: shape ``z.shape[:-1]``.
-
-    The one place this module evaluates the likelihood by itself (``log_joint`` gives
-    the joint density); ``z`` is ``(..., B, z_dim)`` and ``x`` is ``(B, x_dim)``.
-    """
-    return vae.decode(z).log_prob(x)  # (..., B)
-
-
 def _stream_seed(seed: int, stream: int) -> int:
     # A stream of its own for each use of one seed (draws, predictive draws, ...).
     return (seed * 1_000_003 + stream * 15_485_863) % (2**63 - 1)
@@ -272,7 +261,7 @@ def _build(
     with frozen(vae), torch.random.fork_rng(devices=devices):
         torch.manual_seed(_stream_seed(seed, 1))
         x_post = vae.decode(z).sample()  # (C, S, B, x_dim)
-        log_lik = _log_likelihood(vae, z, x)  # (C, S, B)
+        log_lik = model_densities(vae, z, x).log_likelihood  # (C, S, B), from the model's trace
         z_prior = vae.prior().sample(z.shape[:-1])  # (C, S, B, z_dim)
         x_prior = vae.decode(z_prior).sample()  # (C, S, B, x_dim)
         loc, scale = vae.encode(x)  # (B, z_dim) each
@@ -447,7 +436,7 @@ def exact_posterior(
     try:
         # Parameters stay in the module while NUTS traces the model: nothing enters
         # Pyro's global param store, whichever mode the caller runs Pyro in.
-        with frozen(vae), _one_thread(), pyro.settings.context(module_local_params=True):
+        with frozen(vae), _one_thread(), local_params():
             for b in range(num_points):
                 row = int(index[b])
                 for c in range(num_chains):
@@ -470,7 +459,7 @@ def exact_posterior(
         bar.close()
     seconds = time.perf_counter() - start
     with torch.no_grad():
-        lp = log_joint(vae, z, x)  # (C, S, B)
+        lp = sum(model_densities(vae, z, x))  # (C, S, B): log p(x, z)
     dims = (*SAMPLE_DIMS, POINT_DIM)
     sample_stats = _dataset(
         {**{name: (dims, values) for name, values in stats.items()}, "lp": (dims, lp)}, _coords(index, vae)
@@ -663,16 +652,14 @@ def importance_posterior(
     devices = [x.device] if x.device.type == "cuda" else []
     with frozen(vae), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        q = vae.posterior(x)
-        z = q.sample((num_proposals,))  # (K, B, z_dim)
-        lw = log_joint(vae, z, x) - q.log_prob(z)  # (K, B)
+        z, lw = collect_weighted(vae, x, num_proposals)  # (K, B, z_dim), (K, B)
         marginal = LogMarginal.from_log_weights(lw)
         smoothed, pareto_k = _psis(lw.T.double().cpu().numpy())  # (B, K), (B,)
         weights = torch.from_numpy(np.exp(smoothed)).to(lw.device)  # (B, K), each row sums to 1
         picks = torch.multinomial(weights, num_chains * num_samples, replacement=True)  # (B, C*S)
         chosen = z.gather(0, picks.T.unsqueeze(-1).expand(-1, -1, vae.z_dim))  # (C*S, B, z_dim)
         chosen = chosen.reshape(num_chains, num_samples, *chosen.shape[1:])  # (C, S, B, z_dim)
-        lp = log_joint(vae, chosen, x)  # (C, S, B)
+        lp = sum(model_densities(vae, chosen, x))  # (C, S, B): log p(x, z)
     ess = 1.0 / (weights.double() ** 2).sum(-1).cpu().numpy()  # (B,)
     _warn_if_unreliable(index, ess, pareto_k, num_proposals)
     sample_stats = _dataset(
@@ -891,7 +878,7 @@ def _draws(data: ArvizData) -> np.ndarray:
 
 
 def _colors(n: int) -> list[str]:
-    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cycle = mpl.rcParams["axes.prop_cycle"].by_key()["color"]
     return [cycle[k % len(cycle)] for k in range(n)]
 
 
@@ -912,7 +899,7 @@ def plot_marginals(data: Sequence[ArvizData], names: Sequence[str], path: str | 
     """
     draws, points = _aligned_draws(data)  # each draw array (B, N, D)
     num_points, _, z_dim = draws[0].shape
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         num_points, z_dim, figsize=(3.0 * z_dim, 2.2 * num_points), squeeze=False, layout="constrained"
     )
     for b, point in enumerate(points):
@@ -947,7 +934,7 @@ def plot_forest(data: Sequence[ArvizData], names: Sequence[str], path: str | os.
     """
     draws, points = _aligned_draws(data)  # each draw array (B, N, D)
     rows = [(b, j) for b in range(len(points)) for j in range(draws[0].shape[-1])]
-    fig, ax = plt.subplots(figsize=(6, 0.8 + 0.22 * len(rows) * (len(data) + 1)))
+    fig, ax = subplots(figsize=(6, 0.8 + 0.22 * len(rows) * (len(data) + 1)))
     offsets = np.linspace(-0.25, 0.25, len(data)) if len(data) > 1 else np.zeros(1)
     for d, name, color, offset in zip(draws, names, _colors(len(draws)), offsets):
         for r, (b, j) in enumerate(rows):
@@ -988,7 +975,7 @@ def plot_latent_ellipses(guide: ArvizData, reference: ArvizData, path: str | os.
     points = _points_of(guide)
     cols = min(len(points), 4)
     rows = math.ceil(len(points) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False, layout="constrained")
+    fig, axes = subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False, layout="constrained")
     for ax in axes.ravel()[len(points):]:
         ax.set_visible(False)
     for ax, point in zip(axes.ravel(), points):

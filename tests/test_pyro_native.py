@@ -52,7 +52,7 @@ from pyro_vae import (
     evaluate,
     fit,
 )
-from pyro_vae.bounds import elbo_per_datum, iwae_per_datum, log_weights, weighted_draws
+from pyro_vae.bounds import elbo_per_datum, iwae_per_datum, log_weights, model_densities, weighted_draws
 from pyro_vae.vae import local_params, program
 
 pytestmark = pytest.mark.uses_param_store  # these tests run Pyro's own SVI in its default mode
@@ -399,3 +399,16 @@ def test_vae_built_in_default_mode_runs_under_module_local_params(tiny_binary):
         loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, tiny_binary[:4])
     assert log_w.shape == (3, 4) and torch.isfinite(loss)
     assert not list(pyro.get_param_store().keys())
+
+
+def test_model_densities_are_the_prior_and_likelihood_of_the_parts(tiny_binary):
+    """The trace-based densities at given z equal the components' own log-densities."""
+    vae = small_vae()
+    x = tiny_binary[:5]
+    z = torch.randn(3, 4, 5, 2)
+    densities = model_densities(vae, z, x)
+    assert densities.log_likelihood.shape == densities.log_prior.shape == (3, 4, 5)
+    assert torch.allclose(densities.log_likelihood, vae.decode(z).log_prob(x), atol=1e-5)
+    assert torch.allclose(densities.log_prior, vae.prior().log_prob(z), atol=1e-5)
+    with pytest.raises(ConfigError, match=r"expected z of shape \(\.\.\., 5, 2\)"):
+        model_densities(vae, torch.zeros(3, 4, 2), x)
