@@ -6,7 +6,7 @@ run on its validation rows with the same K draws per data point from the trained
 
 - the held-out ELBO, the mean over k of the log-weights ``log p(x, z_k) - log q(z_k|x)``;
 - an importance-sampled estimate of ``log p(x)``, their log-mean-exp (the IWAE bound
-  with K = 1000, :func:`pyro_vae.bounds.iwae_per_datum`), a lower bound in
+  with K = 1000, :func:`pyro_vae.inference.bounds.iwae_per_datum`), a lower bound in
   expectation that is close to ``log p(x)`` when K is large.
 
 Both are nats per data point, averaged over the validation rows, with the standard
@@ -43,10 +43,10 @@ import pyro
 import torch
 
 import pyro_vae
-from pyro_vae.bounds import elbo_per_datum, iwae_per_datum, log_weights
-from pyro_vae.checkpoint import load_run
+from pyro_vae.inference.bounds import elbo_per_datum, iwae_per_datum, log_weights
+from pyro_vae.runs.checkpoint import load_run
 from pyro_vae.cli import main as cli_main
-from pyro_vae.runner import load_data, make_transform
+from pyro_vae.runs.runner import load_data, make_transform
 
 #: name -> the flags that differ from the baseline (diagonal Normal guide, Normal prior,
 #: Bernoulli likelihood, Trace_ELBO with one particle).

@@ -8,7 +8,7 @@ For every held-out point (up to ``--num-points``) this estimates, in nats,
 - the approximation gap log p(x) - ELBO(q*) and the amortization gap ELBO(q*) - ELBO(q)
   (Cremer, Li & Duvenaud 2018),
 
-and for the first ``--nuts-points`` of them runs NUTS (``pyro_vae.posterior.exact_posterior``)
+and for the first ``--nuts-points`` of them runs NUTS (``pyro_vae.posterior.samplers.exact_posterior``)
 for the side-by-side ArviZ summary of guide and exact posterior, timing it per point.
 Everything goes to one JSON file (default ``benchmarks/results/gaps.json``).
 
@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pyro_vae.checkpoint import atomic_write
+from pyro_vae.runs.checkpoint import atomic_write
 from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
-from pyro_vae.gaps import inference_gaps
-from pyro_vae.inspection import inspect_points, load_points
-from pyro_vae.runner import held_out, load_data, train_run
+from pyro_vae.inference.gaps import inference_gaps
+from pyro_vae.runs.inspect import inspect_points, load_points
+from pyro_vae.runs.runner import held_out, load_data, train_run
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "gaps.json"
 
@@ -78,7 +78,7 @@ def main() -> None:
 
 def run(run_dir: str | Path, args: argparse.Namespace) -> dict:
     """Gaps over the held-out points and NUTS on a few of them; returns the JSON report."""
-    from pyro_vae.checkpoint import load_config
+    from pyro_vae.runs.checkpoint import load_config
 
     config = load_config(run_dir)
     rows, _, split = held_out(load_data(config))

@@ -4,7 +4,7 @@ Trains pyro_vae with Burda et al.'s architecture (784-200-200-50, tanh, Bernoull
 likelihood, diagonal Normal guide) on the 60,000 MNIST training images, dynamically
 binarized (a fresh Bernoulli draw of every pixel at every step), and the plain-PyTorch
 reference (:mod:`reference_vae`, same networks, initial weights, estimator, optimizer,
-data pipeline and budget). Both are then evaluated by :func:`pyro_vae.evaluation.evaluate`
+data pipeline and budget). Both are then evaluated by :func:`pyro_vae.inference.evaluation.evaluate`
 on the test images, binarized once with a fixed seed: the ELBO and the importance-sampled
 estimate of log p(x) with K = 5000 draws per image, the KL and reconstruction terms,
 and the active units. The published figures (Burda et al. 2015, Table 1, 3,280 epochs):
@@ -47,11 +47,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import pyro_vae  # noqa: E402, F401  (imported with torch and Pyro, so the memory baseline holds all three)
-from pyro_vae.build import build_objective, build_vae  # noqa: E402
+from pyro_vae.model.build import build_objective, build_vae  # noqa: E402
 from pyro_vae.config import ModelConfig, TrainConfig  # noqa: E402
-from pyro_vae.data import binarize, default_data_dir, load_mnist  # noqa: E402
-from pyro_vae.evaluation import DEFAULT_IW_SAMPLES, evaluate  # noqa: E402
-from pyro_vae.train import fit  # noqa: E402
+from pyro_vae.data.datasets import binarize, default_data_dir, load_mnist  # noqa: E402
+from pyro_vae.inference.evaluation import DEFAULT_IW_SAMPLES, evaluate  # noqa: E402
+from pyro_vae.training.loop import fit  # noqa: E402
 from reference_vae import ReferenceVAE, train_epoch  # noqa: E402
 from speed import machine_description  # noqa: E402
 

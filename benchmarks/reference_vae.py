@@ -34,7 +34,7 @@ __all__ = ["ReferenceVAE", "train_epoch", "ACTIVATIONS"]
 
 #: Hidden non-linearities (the names pyro_vae uses).
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
-#: Floor added to softplus scales, as in pyro_vae.nn.SCALE_FLOOR.
+#: Floor added to softplus scales, as in pyro_vae.model.nn.SCALE_FLOOR.
 SCALE_FLOOR = 1e-4
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 

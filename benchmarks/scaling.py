@@ -82,10 +82,10 @@ def _parser() -> argparse.ArgumentParser:
 def measure(args: argparse.Namespace, batch_size: int, threads: int) -> dict[str, Any]:
     """Train once and time it; under torchrun every rank calls this, rank 0 reports."""
     from pyro_vae import distributed
-    from pyro_vae.build import build_vae
+    from pyro_vae.model.build import build_vae
     from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from pyro_vae.runner import load_data, make_transform, resolve_device
-    from pyro_vae.train import fit
+    from pyro_vae.runs.runner import load_data, make_transform, resolve_device
+    from pyro_vae.training.loop import fit
 
     if args.device == "cpu":
         torch.set_num_threads(threads)

@@ -52,10 +52,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import pyro_vae  # noqa: E402, F401  (imported with torch and Pyro, so the memory baseline holds all three)
-from pyro_vae.build import build_objective, build_vae  # noqa: E402
+from pyro_vae.model.build import build_objective, build_vae  # noqa: E402
 from pyro_vae.config import ModelConfig, TrainConfig  # noqa: E402
-from pyro_vae.data import binarize, default_data_dir, load_mnist  # noqa: E402
-from pyro_vae.train import fit  # noqa: E402
+from pyro_vae.data.datasets import binarize, default_data_dir, load_mnist  # noqa: E402
+from pyro_vae.training.loop import fit  # noqa: E402
 from reference_vae import ReferenceVAE, train_epoch  # noqa: E402
 
 #: name -> (hidden widths, z_dim, activation)

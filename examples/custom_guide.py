@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from pyro_vae import MLP, VAE, BernoulliLikelihood, DiagonalNormalGuide, Guide, TrainConfig, fit, load_dataset
-from pyro_vae.data import binarize
-from pyro_vae.nn import softplus_scale
+from pyro_vae.data.datasets import binarize
+from pyro_vae.model.nn import softplus_scale
 
 
 class StudentTGuide(Guide):

@@ -7,7 +7,7 @@ the data plate; nothing else needs to know about it.
 
 The script trains the same VAE twice on scikit-learn's digits, once with the standard
 Normal prior and once with the Laplace prior below, and prints both held-out ELBOs.
-It also registers the prior in ``pyro_vae.build.PRIORS`` (the table behind
+It also registers the prior in ``pyro_vae.model.build.PRIORS`` (the table behind
 ``--prior`` and the checkpoint loader), so that ``build_vae(ModelConfig(prior=
 "laplace"))`` works in this process; a run saved with it loads wherever the same
 registration has run first.
@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from pyro_vae import ModelConfig, Prior, TrainConfig, build_vae, fit, load_dataset
-from pyro_vae.build import PRIORS, check_compatible
-from pyro_vae.data import binarize
+from pyro_vae.model.build import PRIORS, check_compatible
+from pyro_vae.data.datasets import binarize
 from pyro_vae.errors import ConfigError
-from pyro_vae.nn import softplus_scale
+from pyro_vae.model.nn import softplus_scale
 
 
 class LaplacePrior(Prior):

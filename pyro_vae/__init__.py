@@ -12,15 +12,15 @@ Importing the package changes no Pyro setting and no other global state. Pyro's 
 
 from __future__ import annotations
 
-from .bounds import elbo_per_datum, iwae_per_datum, log_weight_terms, log_weights
-from .amortization import PerPointFit, refine_per_point
-from .gaps import InferenceGaps, LogMarginal, fit_local_gaussians, inference_gaps, log_marginal
-from .build import GUIDES, LIKELIHOODS, OBJECTIVES, PRIORS, build_vae
-from .checkpoint import load, load_run
+from .inference.bounds import elbo_per_datum, iwae_per_datum, log_weight_terms, log_weights
+from .inference.amortization import PerPointFit, refine_per_point
+from .inference.gaps import InferenceGaps, LogMarginal, fit_local_gaussians, inference_gaps, log_marginal
+from .model.build import GUIDES, LIKELIHOODS, OBJECTIVES, PRIORS, build_vae
+from .runs.checkpoint import load, load_run
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from .data import Dataset, load_dataset
-from . import distributed  # data-parallel training under torchrun
-from .evaluation import Evaluation, evaluate
+from .data.datasets import Dataset, load_dataset
+from .training import distributed  # data-parallel training under torchrun
+from .inference.evaluation import Evaluation, evaluate
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -28,8 +28,8 @@ from .errors import (
     PyroVAEError,
     TrainingDivergedError,
 )
-from .guides import DiagonalNormalGuide, FlowGuide, FullCovarianceGuide, Guide, LowRankGuide
-from .likelihoods import (
+from .model.guides import DiagonalNormalGuide, FlowGuide, FullCovarianceGuide, Guide, LowRankGuide
+from .model.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
     Likelihood,
@@ -37,12 +37,12 @@ from .likelihoods import (
     NormalLikelihood,
     PoissonLikelihood,
 )
-from .nn import MLP
-from .objectives import IWAE, Objective, TraceELBO, TraceMeanFieldELBO
-from .priors import FlowPrior, LearnedNormalPrior, MixturePrior, Prior, StandardNormalPrior, VampPrior
-from .runner import RunResult, evaluate_run, resume_run, train_run
-from .train import EpochRecord, evaluate_elbo, fit
-from .vae import VAE
+from .model.nn import MLP
+from .inference.objectives import IWAE, Objective, TraceELBO, TraceMeanFieldELBO
+from .model.priors import FlowPrior, LearnedNormalPrior, MixturePrior, Prior, StandardNormalPrior, VampPrior
+from .runs.runner import RunResult, evaluate_run, resume_run, train_run
+from .training.loop import EpochRecord, evaluate_elbo, fit
+from .model.vae import VAE
 
 __version__ = "0.1.0"
 
@@ -113,15 +113,15 @@ __all__ = [
 ]
 
 # ArviZ takes a second or two to import, which every CLI call would pay: the posterior
-# tools (pyro_vae.posterior, the one module that imports it) load on first use.
+# tools (pyro_vae.posterior.samplers, the one module that imports it) load on first use.
 _LAZY = {
-    "guide_posterior": "posterior",
-    "exact_posterior": "posterior",
-    "importance_posterior": "posterior",
-    "compare_posteriors": "posterior",
-    "gaussian_kl": "posterior",
-    "Inspection": "inspection",
-    "inspect_points": "inspection",
+    "guide_posterior": "posterior.samplers",
+    "exact_posterior": "posterior.samplers",
+    "importance_posterior": "posterior.samplers",
+    "compare_posteriors": "posterior.samplers",
+    "gaussian_kl": "posterior.samplers",
+    "Inspection": "runs.inspect",
+    "inspect_points": "runs.inspect",
 }
 __all__ += list(_LAZY)
 

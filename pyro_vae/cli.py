@@ -23,14 +23,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .build import GUIDES, LIKELIHOODS, OBJECTIVES, PRIORS
-from .checkpoint import atomic_write, load_run
+from .model.build import GUIDES, LIKELIHOODS, OBJECTIVES, PRIORS
+from .runs.checkpoint import atomic_write, load_run
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from . import distributed
-from .data import BINARIZE_MODES, load_array, load_dataset
+from .training import distributed
+from .data.datasets import BINARIZE_MODES, load_array, load_dataset
 from .errors import ConfigError, PyroVAEError
-from .evaluation import DEFAULT_IW_SAMPLES, DEFAULT_MAX_ELEMENTS
-from .nn import ACTIVATIONS
+from .inference.evaluation import DEFAULT_IW_SAMPLES, DEFAULT_MAX_ELEMENTS
+from .model.nn import ACTIVATIONS
 
 __all__ = ["main", "build_parser"]
 
@@ -170,7 +170,7 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _cmd_train(args: argparse.Namespace, say: Callable[[str], None]) -> None:
-    from .runner import resume_run, train_run
+    from .runs.runner import resume_run, train_run
 
     progress = not args.no_progress
     if args.resume:
@@ -183,7 +183,7 @@ def _cmd_train(args: argparse.Namespace, say: Callable[[str], None]) -> None:
             )
         if args.device is not None:
             # The device is a property of this call, not of the model: allow switching.
-            from .checkpoint import load_config, save_config
+            from .runs.checkpoint import load_config, save_config
 
             def switch_device() -> None:
                 config = load_config(args.resume)
@@ -200,7 +200,7 @@ def _cmd_train(args: argparse.Namespace, say: Callable[[str], None]) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> None:
-    from .runner import evaluate_run
+    from .runs.runner import evaluate_run
 
     if args.iw_samples < 1:
         raise ConfigError(f"--iw-samples must be >= 1, got {args.iw_samples}; 5000 is the published standard")
@@ -265,7 +265,7 @@ def _cmd_encode(args: argparse.Namespace, say: Callable[[str], None]) -> None:
 
 @torch.no_grad()
 def _cmd_sample(args: argparse.Namespace, say: Callable[[str], None]) -> None:
-    from .figures import plot_samples
+    from .runs.figures import plot_samples
 
     out = Path(args.out)
     _check_out(out, (".png", ".npy"), args.overwrite)
@@ -288,8 +288,8 @@ def _cmd_sample(args: argparse.Namespace, say: Callable[[str], None]) -> None:
 def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     import pandas as pd
 
-    from .inspection import check_outputs, inspect_points, load_points, write_inspection
-    from .posterior import ImportanceSamplingWarning
+    from .runs.inspect import check_outputs, inspect_points, load_points, write_inspection
+    from .posterior.samplers import ImportanceSamplingWarning
 
     for flag, value, least in (("--samples", args.samples, 4), ("--chains", args.chains, 1), ("--warmup", args.warmup, 0)):
         if value is not None and value < least:
@@ -330,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for a user error).
 
     Under torchrun, ``train`` joins the process group and, when done, ends the process
-    with that status (:func:`pyro_vae.distributed.exit_process`) instead of returning.
+    with that status (:func:`pyro_vae.training.distributed.exit_process`) instead of returning.
     """
     args = build_parser().parse_args(argv)
     joined = False

@@ -1,7 +1,7 @@
 """Typed configuration: every default lives here, once.
 
 The CLI builds its flags from these dataclasses' defaults, the checkpoint stores them as
-JSON, and :func:`pyro_vae.build.build_vae` turns a :class:`ModelConfig` back into the
+JSON, and :func:`pyro_vae.model.build.build_vae` turns a :class:`ModelConfig` back into the
 same architecture. Nothing else holds a default.
 """
 
@@ -26,9 +26,9 @@ class ModelConfig:
         z_dim: Size of the latent vector z.
         hidden: Encoder layer widths; the decoder uses them reversed.
         activation: Hidden-layer non-linearity (``relu``, ``tanh``, ``softplus``, ``elu``).
-        likelihood: Name of the likelihood p(x|z) (see ``pyro_vae.build.LIKELIHOODS``).
-        prior: Name of the prior p(z) (see ``pyro_vae.build.PRIORS``).
-        guide: Name of the guide family q(z|x) (see ``pyro_vae.build.GUIDES``).
+        likelihood: Name of the likelihood p(x|z) (see ``pyro_vae.model.build.LIKELIHOODS``).
+        prior: Name of the prior p(z) (see ``pyro_vae.model.build.PRIORS``).
+        guide: Name of the guide family q(z|x) (see ``pyro_vae.model.build.GUIDES``).
         prior_components: K, the number of Gaussians of the ``mixture`` prior and of
             pseudo-inputs of the ``vamp`` prior (ignored by the other priors).
         flow_layers: Number of autoregressive layers of the ``flow`` prior and the
@@ -108,7 +108,7 @@ class TrainConfig:
         batch_size: Data points per gradient step.
         lr: Adam learning rate.
         seed: Seed of every random draw (split, shuffling, binarization, eps).
-        elbo: Name of the training objective (see ``pyro_vae.build.OBJECTIVES``).
+        elbo: Name of the training objective (see ``pyro_vae.model.build.OBJECTIVES``).
         particles: Monte Carlo samples of z per data point in the objective (vectorized).
         beta: Weight of the latent (KL) term; 1 is the ELBO, > 1 a beta-VAE.
         kl_warmup: Epochs over which the KL weight rises linearly from beta/kl_warmup
@@ -162,14 +162,14 @@ class RunConfig:
 
         Raises:
             ConfigError: A value is out of range, a name unknown, or the objective
-                cannot train the model (see :func:`pyro_vae.build.check_compatible`).
+                cannot train the model (see :func:`pyro_vae.model.build.check_compatible`).
         """
         self.model.validate()
         self.data.validate()
         self.train.validate()
         # Imported here: build imports this module. Checked here so that a bad
         # combination fails before a run writes anything.
-        from .build import check_compatible
+        from .model.build import check_compatible
 
         check_compatible(self.model, self.train)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pyro_vae import CheckpointError, ModelConfig, RunConfig, build_vae, load, load_run
-from pyro_vae.checkpoint import (
+from pyro_vae.runs.checkpoint import (
     CONFIG_FILE,
     STATE_FILE,
     WEIGHTS_FILE,

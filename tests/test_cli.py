@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pyro_vae.cli import main
-from pyro_vae.data import load_digits
+from pyro_vae.data.datasets import load_digits
 
 FAST = ["--epochs", "2", "--hidden", "16", "--batch-size", "32", "--no-progress"]
 

@@ -1,4 +1,4 @@
-"""pyro_vae.clouds: point clouds of q(z|x) in a 2-D latent plane."""
+"""pyro_vae.posterior.clouds: point clouds of q(z|x) in a 2-D latent plane."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pyro_vae import MLP, VAE, BernoulliLikelihood, ConfigError, FlowGuide, FullCovarianceGuide
-from pyro_vae.clouds import plot_point_clouds, point_clouds, sigma_ellipse
+from pyro_vae.posterior.clouds import plot_point_clouds, point_clouds, sigma_ellipse
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -22,21 +22,21 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-from pyro_vae.bounds import log_weights
-from pyro_vae.build import GUIDES, LIKELIHOODS, PRIORS, build_objective, build_vae
-from pyro_vae.checkpoint import load_run, save_config, save_weights
+from pyro_vae.inference.bounds import log_weights
+from pyro_vae.model.build import GUIDES, LIKELIHOODS, PRIORS, build_objective, build_vae
+from pyro_vae.runs.checkpoint import load_run, save_config, save_weights
 from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.likelihoods import (
+from pyro_vae.model.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
     NegativeBinomialLikelihood,
     NormalLikelihood,
     PoissonLikelihood,
 )
-from pyro_vae.priors import LearnedNormalPrior, MixturePrior
-from pyro_vae.runner import make_transform
-from pyro_vae.vae import LATENT_SITE, OBS_SITE
+from pyro_vae.model.priors import LearnedNormalPrior, MixturePrior
+from pyro_vae.runs.runner import make_transform
+from pyro_vae.model.vae import LATENT_SITE, OBS_SITE
 
 X_DIM, Z_DIM, BATCH = 6, 2, 16
 

@@ -1,4 +1,4 @@
-"""Tests of pyro_vae.data: digits, IDX files, npy/npz/csv, splits, checks, binarization.
+"""Tests of pyro_vae.data.datasets: digits, IDX files, npy/npz/csv, splits, checks, binarization.
 
 All data is either scikit-learn's bundled digits or small files written to ``tmp_path``;
 nothing here reads shared folders or the network.
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import data as D
+from pyro_vae.data import datasets as D
 from pyro_vae.errors import ConfigError, DataError
 
 # ----------------------------------------------------------------------------- helpers

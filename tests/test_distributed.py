@@ -1,4 +1,4 @@
-"""Tests of data-parallel training (pyro_vae.distributed): DDP on CPU with Gloo, loopback only.
+"""Tests of data-parallel training (pyro_vae.training.distributed): DDP on CPU with Gloo, loopback only.
 
 The multi-process tests launch ``python -m torch.distributed.run`` (torchrun) on
 127.0.0.1 with two processes, each running this file as a script (``worker`` at the
@@ -24,11 +24,11 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from pyro_vae import distributed
-from pyro_vae.build import build_vae
+from pyro_vae.model.build import build_vae
 from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.errors import ConfigError
-from pyro_vae.objectives import Objective, TraceELBO
-from pyro_vae.train import fit
+from pyro_vae.inference.objectives import Objective, TraceELBO
+from pyro_vae.training.loop import fit
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Generous bound on a job's start-up (torch + pyro imports on two busy shared cores).
@@ -334,7 +334,7 @@ class _Failing(Objective):
 def _component_runs(rank: int) -> list[dict]:
     """Train every prior, guide, likelihood and objective (one at a time, the others at
     their defaults) for one short epoch; compare the parameters across ranks."""
-    from pyro_vae import build
+    from pyro_vae.model import build
 
     x = _halves_data()
     runs = []
@@ -358,7 +358,9 @@ def _component_runs(rank: int) -> list[dict]:
 
 
 def _worker_main(out: Path) -> None:
-    from pyro_vae import build, cli, runner
+    from pyro_vae import cli
+    from pyro_vae.model import build
+    from pyro_vae.runs import runner
 
     distributed.init_from_env(60)
     rank = distributed.rank()
@@ -396,7 +398,8 @@ def _worker_main(out: Path) -> None:
 
 
 def _worker_failure(out: Path, how: str, timeout: str) -> int:
-    from pyro_vae import build, cli
+    from pyro_vae import cli
+    from pyro_vae.model import build
 
     make_trace = build.OBJECTIVES["trace"]
     build.OBJECTIVES["trace"] = lambda t: _Failing(make_trace(t), how)

@@ -22,23 +22,23 @@ import pytest
 import torch
 from pyro.infer import RenyiELBO
 
-from pyro_vae.bounds import (
+from pyro_vae.inference.bounds import (
     elbo_per_datum,
     iwae_per_datum,
     log_weight_terms,
     log_weights,
     logmeanexp_chunks,
 )
-from pyro_vae.build import GUIDES, LIKELIHOODS, PRIORS, build_vae
+from pyro_vae.model.build import GUIDES, LIKELIHOODS, PRIORS, build_vae
 from pyro_vae.cli import main
 from pyro_vae.config import ModelConfig
 from pyro_vae.errors import ConfigError
-from pyro_vae.bounds import chunk_plan, draw_width
-from pyro_vae.evaluation import evaluate, posterior_means, unit_activity
-from pyro_vae.likelihoods import NormalLikelihood
-from pyro_vae.nn import MLP, SCALE_FLOOR
-from pyro_vae.objectives import TraceELBO
-from pyro_vae.vae import VAE
+from pyro_vae.inference.bounds import chunk_plan, draw_width
+from pyro_vae.inference.evaluation import evaluate, posterior_means, unit_activity
+from pyro_vae.model.likelihoods import NormalLikelihood
+from pyro_vae.model.nn import MLP, SCALE_FLOOR
+from pyro_vae.inference.objectives import TraceELBO
+from pyro_vae.model.vae import VAE
 
 X_DIM, Z_DIM, NOISE = 5, 2, 0.5
 
@@ -224,9 +224,9 @@ _RSS_SCRIPT = textwrap.dedent(
     """
     import resource, sys, torch
     import pyro_vae
-    from pyro_vae.build import build_vae
+    from pyro_vae.model.build import build_vae
     from pyro_vae.config import ModelConfig
-    from pyro_vae.evaluation import evaluate
+    from pyro_vae.inference.evaluation import evaluate
     torch.set_num_threads(1)
     torch.manual_seed(0)
     vae = build_vae(ModelConfig(x_dim=784, z_dim=50, hidden=(200, 200), activation="tanh"))

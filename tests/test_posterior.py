@@ -27,9 +27,9 @@ from pyro_vae import MLP, VAE, NormalLikelihood, TrainConfig, fit
 from pyro_vae.cli import main
 from pyro_vae.config import ModelConfig, RunConfig
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.gaps import fit_local_gaussians, inference_gaps, log_joint, log_marginal
-from pyro_vae.nn import SCALE_FLOOR
-from pyro_vae.posterior import (
+from pyro_vae.inference.gaps import fit_local_gaussians, inference_gaps, log_joint, log_marginal
+from pyro_vae.model.nn import SCALE_FLOOR
+from pyro_vae.posterior.samplers import (
     ImportanceSamplingWarning,
     _RecordingNUTS,
     compare_posteriors,
@@ -420,7 +420,7 @@ def test_gaps_match_their_closed_forms(corr_vae):
 
 
 def test_gaps_are_non_negative_for_a_trained_nonlinear_vae(tiny_binary):
-    from pyro_vae.build import build_vae
+    from pyro_vae.model.build import build_vae
 
     vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(8,)))
     fit(vae, tiny_binary, config=TrainConfig(epochs=30, batch_size=32, lr=0.01), progress=False)
@@ -606,7 +606,7 @@ def test_figures_are_written(corr_guide, corr_nuts, tmp_path):
 # ------------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
-    from pyro_vae.runner import train_run
+    from pyro_vae.runs.runner import train_run
 
     config = RunConfig(model=ModelConfig(z_dim=2, hidden=(16,)), train=TrainConfig(epochs=2))
     return train_run(config, tmp_path_factory.mktemp("runs") / "run", progress=False).run_dir

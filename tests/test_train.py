@@ -21,8 +21,8 @@ from pyro_vae import (
     resume_run,
     train_run,
 )
-from pyro_vae.checkpoint import WEIGHTS_FILE, load_training_state
-from pyro_vae.data import load_digits
+from pyro_vae.runs.checkpoint import WEIGHTS_FILE, load_training_state
+from pyro_vae.data.datasets import load_digits
 
 
 @pytest.fixture
@@ -82,7 +82,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dig
     good_weights = (run / WEIGHTS_FILE).read_bytes()
     good_state = load_training_state(run)
 
-    from pyro_vae.objectives import TraceELBO
+    from pyro_vae.inference.objectives import TraceELBO
 
     real_loss = TraceELBO.loss
     calls = {"n": 0}

@@ -11,7 +11,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 from pyro_vae import MLP, VAE, BernoulliLikelihood, DataError, ModelConfig, NormalLikelihood, TrainConfig, build_vae, fit
-from pyro_vae.vae import DATA_PLATE, LATENT_SITE, OBS_SITE
+from pyro_vae.model.vae import DATA_PLATE, LATENT_SITE, OBS_SITE
 
 
 def small_vae(x_dim: int = 6, z_dim: int = 2, likelihood: str = "bernoulli") -> VAE:

@@ -19,12 +19,12 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from .bounds import DEFAULT_MAX_ELEMENTS, BatchTransform, weighted_passes
-from .config import TrainConfig
+from ..inference.bounds import DEFAULT_MAX_ELEMENTS, BatchTransform, weighted_passes
+from ..config import TrainConfig
 from .distributed import parallelism
-from .errors import DataError, TrainingDivergedError
-from .objectives import Objective
-from .vae import VAE, local_params
+from ..errors import DataError, TrainingDivergedError
+from ..inference.objectives import Objective
+from ..model.vae import VAE, local_params
 
 __all__ = ["EpochRecord", "fit", "evaluate_elbo", "epoch_seed", "BatchTransform"]
 
@@ -65,7 +65,7 @@ def evaluate_elbo(
 ) -> float:
     """ELBO per data point of ``x``, averaged over the rows.
 
-    Computed by :func:`pyro_vae.bounds.weighted_passes` (Pyro traces of the VAE's
+    Computed by :func:`pyro_vae.inference.bounds.weighted_passes` (Pyro traces of the VAE's
     model and guide, masks and scales honoured), in passes of bounded memory. The
     draws come from a forked RNG seeded with ``seed``, so the result is the same on
     every call and the caller's random stream is left untouched.
@@ -125,7 +125,7 @@ def fit(
 
     Under an initialized ``torch.distributed`` process group (e.g. launched with
     ``torchrun``), ``fit`` trains data-parallel with DDP (see
-    :mod:`pyro_vae.distributed`): every process passes the same ``train``, takes its
+    :mod:`pyro_vae.training.distributed`): every process passes the same ``train``, takes its
     shard of each epoch's permutation, and ``config.batch_size`` is per process (global
     batch = world size x batch size). ``on_epoch_end`` and the progress bar run on rank
     0 only; the returned history (global loss, validation ELBO) is the same on every rank.
@@ -145,7 +145,7 @@ def fit(
     if val is not None:
         vae.check_x(val[:1])
     if objective is None:
-        from .build import build_objective  # build imports the components; keep train light
+        from ..model.build import build_objective  # build imports the components; keep train light
 
         objective = build_objective(config)
     optimizer = optimizer or torch.optim.Adam(vae.parameters(), lr=config.lr)

@@ -24,9 +24,9 @@ from matplotlib.axes import Axes
 from matplotlib.patches import Ellipse
 from torch import distributions as tdist
 
-from .errors import ConfigError
-from .figures import save_png, subplots
-from .vae import VAE
+from ..errors import ConfigError
+from ..runs.figures import save_png, subplots
+from ..model.vae import VAE
 
 __all__ = ["PointClouds", "point_clouds", "draw_point_clouds", "plot_point_clouds", "sigma_ellipse", "colours"]
 

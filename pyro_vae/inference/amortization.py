@@ -7,9 +7,9 @@ costs: the **amortization gap**, refined ELBO minus amortized ELBO per data poin
 (Cremer, Li and Duvenaud, 2018).
 
 :func:`refine_per_point` returns both ELBOs and the refined parameters as tensors, one
-row per data point. The fit itself is :func:`pyro_vae.gaps.fit_local_gaussians` and the
-per-point ELBO :func:`pyro_vae.gaps.gaussian_log_weights`, so there is one
-implementation; :func:`pyro_vae.gaps.inference_gaps` adds the importance-sampled
+row per data point. The fit itself is :func:`pyro_vae.inference.gaps.fit_local_gaussians` and the
+per-point ELBO :func:`pyro_vae.inference.gaps.gaussian_log_weights`, so there is one
+implementation; :func:`pyro_vae.inference.gaps.inference_gaps` adds the importance-sampled
 log p(x) and the approximation gap, as NumPy arrays for reports.
 
 For a diagonal Normal guide the difference is exactly the amortization gap. For another
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import torch
 
 from .bounds import collect_log_weights, elbo_per_datum
-from .errors import ConfigError
+from ..errors import ConfigError
 from .gaps import fit_local_gaussians, frozen, gaussian_log_weights
-from .vae import VAE
+from ..model.vae import VAE
 
 __all__ = ["PerPointFit", "refine_per_point"]
 
@@ -68,7 +68,7 @@ def refine_per_point(
     """Fit a free diagonal Gaussian to each data point of a trained VAE, model held fixed.
 
     Every point starts at the guide's ``vae.encode(x)`` and its own ELBO is maximized
-    with Adam (:func:`pyro_vae.gaps.fit_local_gaussians`); only the per-point means and
+    with Adam (:func:`pyro_vae.inference.gaps.fit_local_gaussians`); only the per-point means and
     scales change: the VAE's weights get neither an update nor a ``.grad``. Both ELBOs
     returned are then estimated with ``eval_particles`` draws per point. Every draw
     comes from a forked generator seeded with ``seed``, so the caller's random stream
@@ -93,7 +93,7 @@ def refine_per_point(
         DataError: ``x`` has the wrong shape or is outside the likelihood's support.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> fit = refine_per_point(vae, torch.ones(3, 6), steps=5, eval_particles=10)

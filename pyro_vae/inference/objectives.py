@@ -33,8 +33,8 @@ from pyro.infer.util import is_identically_zero
 from torch.distributions import Distribution, Independent, kl_divergence
 
 from .bounds import iwae_per_datum, log_weights
-from .errors import ConfigError, PyroVAEError
-from .vae import VAE, local_params
+from ..errors import ConfigError, PyroVAEError
+from ..model.vae import VAE, local_params
 
 __all__ = ["Objective", "TraceELBO", "TracedLoss", "TraceMeanFieldELBO", "IWAE"]
 
@@ -69,7 +69,7 @@ class TraceELBO(Objective):
         jit: Run the traced graph (the eager program where it cannot be traced soundly).
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> x = torch.ones(3, 6)
@@ -124,7 +124,7 @@ class TraceMeanFieldELBO(Objective):
         particles: Draws of z per data point for the reconstruction term, vectorized.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> TraceMeanFieldELBO().loss(vae, torch.ones(3, 6), num_data=3).shape
@@ -171,7 +171,7 @@ class TraceMeanFieldELBO(Objective):
 class IWAE(Objective):
     """The importance-weighted bound: ``log (1/K) sum_k p(x, z_k) / q(z_k|x)`` per data point.
 
-    Computed from :func:`pyro_vae.bounds.log_weights` with K vectorized,
+    Computed from :func:`pyro_vae.inference.bounds.log_weights` with K vectorized,
     reparameterized draws; the loss is the negative sum over the minibatch, scaled by
     ``num_data / B``. With K = 1 it is the ELBO; it tightens towards log p(x) as K
     grows (Burda et al., 2016). It has the value of Pyro's ``RenyiELBO(alpha=0)``,
@@ -187,7 +187,7 @@ class IWAE(Objective):
         ConfigError: ``particles < 1``.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> IWAE(particles=5).loss(vae, torch.ones(3, 6), num_data=3).shape

@@ -16,7 +16,7 @@ The priors here:
   autoregressive transforms (Papamakarios et al., 2017).
 
 Only the first two have a closed-form KL divergence to a Gaussian guide, which is
-what ``--elbo meanfield`` needs; :func:`pyro_vae.build.check_compatible` finds that
+what ``--elbo meanfield`` needs; :func:`pyro_vae.model.build.check_compatible` finds that
 out by asking ``torch.distributions.kl_divergence``, not by name.
 """
 
@@ -30,7 +30,7 @@ from pyro.distributions.transforms import AffineAutoregressive
 from pyro.nn import AutoRegressiveNN
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .guides import Guide
 from .nn import SCALE_FLOOR, softplus_scale
 
@@ -161,8 +161,8 @@ class VampPrior(Prior):
         ConfigError: ``num_components < 1``, or the guide's ``z_dim`` is not ``z_dim``.
 
     Example:
-        >>> from pyro_vae.guides import DiagonalNormalGuide
-        >>> from pyro_vae.nn import MLP
+        >>> from pyro_vae.model.guides import DiagonalNormalGuide
+        >>> from pyro_vae.model.nn import MLP
         >>> encoder = MLP(6, [4])
         >>> prior = VampPrior(2, 5, encoder, DiagonalNormalGuide(4, 2))
         >>> p = prior()
@@ -179,7 +179,7 @@ class VampPrior(Prior):
         self.num_components = num_components
         x_dim = getattr(encoder, "in_features", None)
         if x_dim is None:
-            raise ConfigError("the VampPrior needs an encoder with an in_features attribute (e.g. pyro_vae.nn.MLP)")
+            raise ConfigError("the VampPrior needs an encoder with an in_features attribute (e.g. pyro_vae.model.nn.MLP)")
         self.pseudo_inputs = nn.Parameter(torch.rand(num_components, x_dim))  # (K, x_dim)
         # A tuple is not a Module, so nn.Module does not register these (see above).
         self._amortized = (encoder, guide)

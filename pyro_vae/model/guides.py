@@ -27,7 +27,7 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .nn import softplus_scale
 
 __all__ = ["Guide", "DiagonalNormalGuide", "FullCovarianceGuide", "LowRankGuide", "FlowGuide"]

@@ -36,7 +36,7 @@ from pyro.nn import PyroModule, pyro_method
 from pyro.poutine.messenger import Messenger
 from torch import nn
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 from .guides import DiagonalNormalGuide, Guide
 from .likelihoods import Likelihood
 from .priors import Prior, StandardNormalPrior
@@ -170,21 +170,21 @@ class VAE(PyroModule):
 
     Args:
         encoder: Network x -> features, with an ``out_features`` attribute
-            (e.g. :class:`~pyro_vae.nn.MLP`).
+            (e.g. :class:`~pyro_vae.model.nn.MLP`).
         decoder: Network z -> features, with an ``out_features`` attribute.
         likelihood: Head turning decoder features into p(x|z)
-            (:class:`~pyro_vae.likelihoods.Likelihood`).
-        prior: p(z) (:class:`~pyro_vae.priors.Prior`); default Normal(0, I).
+            (:class:`~pyro_vae.model.likelihoods.Likelihood`).
+        prior: p(z) (:class:`~pyro_vae.model.priors.Prior`); default Normal(0, I).
         guide: Head turning encoder features into q(z|x)
-            (:class:`~pyro_vae.guides.Guide`); default diagonal Normal. Stored as
+            (:class:`~pyro_vae.model.guides.Guide`); default diagonal Normal. Stored as
             ``self.variational`` because ``self.guide`` is the Pyro guide program.
         z_dim: Size of the latent vector (default: the prior's).
         name: Prefix of the VAE's entries in Pyro's global param store (default
             ``vae``, then ``vae_1``, ``vae_2``, ... in the order VAEs are built).
 
     Example:
-        >>> from pyro_vae.nn import MLP
-        >>> from pyro_vae.likelihoods import BernoulliLikelihood
+        >>> from pyro_vae.model.nn import MLP
+        >>> from pyro_vae.model.likelihoods import BernoulliLikelihood
         >>> vae = VAE(MLP(6, [4]), MLP(2, [4]), BernoulliLikelihood(4, 6), z_dim=2)
         >>> loc, scale = vae.encode(torch.rand(3, 6))
         >>> loc.shape, scale.shape

@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import RunConfig
-from .errors import ConfigError
-from .gaps import InferenceGaps, inference_gaps
-from .posterior import (
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..inference.gaps import InferenceGaps, inference_gaps
+from ..posterior.samplers import (
     LATENT_DIM,
     ArvizData,
     compare_posteriors,
@@ -37,7 +37,7 @@ from .posterior import (
     plot_marginals,
     write_netcdf,
 )
-from .vae import VAE
+from ..model.vae import VAE
 
 __all__ = ["Inspection", "INSPECT_FILES", "inspect_points", "load_points", "check_outputs", "write_inspection"]
 
@@ -52,11 +52,11 @@ class Inspection:
     """The guide and a reference posterior for a few inputs, and their comparison.
 
     Attributes:
-        guide: Draws from q(z|x) (:func:`pyro_vae.posterior.guide_posterior`).
+        guide: Draws from q(z|x) (:func:`pyro_vae.posterior.samplers.guide_posterior`).
         reference: Draws from p(z|x): NUTS or importance resampling.
         reference_name: ``"nuts"`` or ``"sir"``; the prefix of its columns and its file name.
         table: Mean and sd per ``z[point, latent]``, guide beside reference
-            (:func:`pyro_vae.posterior.compare_posteriors`).
+            (:func:`pyro_vae.posterior.samplers.compare_posteriors`).
         points: One row per point: Gaussian KL, log p(x), the ELBOs, the gaps and the
             reference's diagnostics (divergences and worst R-hat for NUTS; the
             importance weights' effective sample size and Pareto k for importance
@@ -104,9 +104,9 @@ def inspect_points(
         vae: The trained model.
         x: Inputs of shape ``(B, x_dim)``, as the model sees them.
         index: Row index of each input in its data set; default ``0..B-1``.
-        mcmc: Use NUTS (:func:`pyro_vae.posterior.exact_posterior`) as the reference;
+        mcmc: Use NUTS (:func:`pyro_vae.posterior.samplers.exact_posterior`) as the reference;
             else importance resampling from the guide
-            (:func:`pyro_vae.posterior.importance_posterior`, much faster).
+            (:func:`pyro_vae.posterior.samplers.importance_posterior`, much faster).
         num_samples: Draws per chain, for the guide and the reference.
         num_chains: Chains, for the guide and the reference.
         warmup_steps: NUTS warm-up steps per chain; default ``num_samples``.
@@ -119,7 +119,7 @@ def inspect_points(
         An :class:`Inspection`.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> found = inspect_points(vae, torch.ones(2, 6), [3, 7], num_samples=50, gap_samples=200)

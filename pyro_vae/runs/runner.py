@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .build import build_vae
+from ..model.build import build_vae
 from .checkpoint import (
     CONFIG_FILE,
     STATE_FILE,
@@ -43,14 +43,14 @@ from .checkpoint import (
     save_training_state,
     save_weights,
 )
-from .config import RunConfig
-from .data import Dataset, binarize, load_dataset, resolve_binarize
-from .distributed import barrier, is_initialized, is_main_process, local_rank, run_on_main
-from .errors import CheckpointError, ConfigError, DataError
-from .evaluation import DEFAULT_IW_SAMPLES, DEFAULT_MAX_ELEMENTS, evaluate
+from ..config import RunConfig
+from ..data.datasets import Dataset, binarize, load_dataset, resolve_binarize
+from ..training.distributed import barrier, is_initialized, is_main_process, local_rank, run_on_main
+from ..errors import CheckpointError, ConfigError, DataError
+from ..inference.evaluation import DEFAULT_IW_SAMPLES, DEFAULT_MAX_ELEMENTS, evaluate
 from .figures import plot_history, plot_latent, plot_reconstructions, plot_samples
-from .train import BatchTransform, EpochRecord, fit
-from .vae import VAE
+from ..training.loop import BatchTransform, EpochRecord, fit
+from ..model.vae import VAE
 
 __all__ = ["RunResult", "train_run", "resume_run", "load_data", "make_transform", "resolve_device"]
 
@@ -347,7 +347,7 @@ def evaluate_run(
 
     Per data point and averaged: the ELBO, the importance-sampled estimate of log p(x)
     with ``iw_samples`` draws, the KL and reconstruction terms; and the active units
-    (see :func:`pyro_vae.evaluation.evaluate`). The draws and the binarization use the
+    (see :func:`pyro_vae.inference.evaluation.evaluate`). The draws and the binarization use the
     run's seed, so repeated calls agree.
 
     Args:

@@ -77,11 +77,11 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az  # noqa: E402
 
-from .errors import ConfigError, DataError  # noqa: E402
-from .figures import save_png, subplots  # noqa: E402
-from .bounds import collect_weighted, model_densities  # noqa: E402
-from .gaps import LogMarginal, frozen  # noqa: E402
-from .vae import LATENT_SITE, OBS_SITE, VAE, local_params  # noqa: E402
+from ..errors import ConfigError, DataError  # noqa: E402
+from ..runs.figures import save_png, subplots  # noqa: E402
+from ..inference.bounds import collect_weighted, model_densities  # noqa: E402
+from ..inference.gaps import LogMarginal, frozen  # noqa: E402
+from ..model.vae import LATENT_SITE, OBS_SITE, VAE, local_params  # noqa: E402
 
 __all__ = [
     "POINT_DIM",
@@ -319,7 +319,7 @@ def guide_posterior(
         ConfigError: A count is below 1, or ``index`` is malformed.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> data = guide_posterior(vae, torch.ones(3, 6), 50, index=[0, 5, 9])
@@ -407,7 +407,7 @@ def exact_posterior(
         ConfigError: A count is below 1, or ``index`` is malformed.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> data = exact_posterior(vae, torch.ones(1, 6), 20, num_chains=2)
@@ -636,7 +636,7 @@ def importance_posterior(
             draws do not represent the posterior.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> data = importance_posterior(vae, torch.ones(2, 6), 25, num_proposals=500)
@@ -765,7 +765,7 @@ def compare_posteriors(
         DataError: The two cover different points.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> q = guide_posterior(vae, torch.ones(1, 6), 100)
@@ -823,7 +823,7 @@ def gaussian_kl(guide: ArvizData, reference: ArvizData) -> xr.DataArray:
     covariance (all chains pooled), which works for any guide family and any
     reference. For a Gaussian guide and a near-Gaussian posterior this is close to
     ``KL(q(z|x) || p(z|x))``; it ignores any non-Gaussian shape (skew, several
-    modes), which the inference gap of :func:`pyro_vae.gaps.inference_gaps`, exactly
+    modes), which the inference gap of :func:`pyro_vae.inference.gaps.inference_gaps`, exactly
     ``KL(q || p(z|x))`` in expectation, includes.
 
     Args:
@@ -838,7 +838,7 @@ def gaussian_kl(guide: ArvizData, reference: ArvizData) -> xr.DataArray:
             than latent dimensions.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> q = guide_posterior(vae, torch.ones(1, 6), 100)

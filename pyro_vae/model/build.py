@@ -11,8 +11,8 @@ from typing import Callable
 
 import torch
 
-from .config import ModelConfig, TrainConfig
-from .errors import ConfigError
+from ..config import ModelConfig, TrainConfig
+from ..errors import ConfigError
 from .guides import DiagonalNormalGuide, FlowGuide, FullCovarianceGuide, Guide, LowRankGuide
 from .likelihoods import (
     BernoulliLikelihood,
@@ -23,7 +23,7 @@ from .likelihoods import (
     PoissonLikelihood,
 )
 from .nn import MLP
-from .objectives import IWAE, Objective, TraceELBO, TraceMeanFieldELBO
+from ..inference.objectives import IWAE, Objective, TraceELBO, TraceMeanFieldELBO
 from .priors import FlowPrior, LearnedNormalPrior, MixturePrior, Prior, StandardNormalPrior, VampPrior
 from .vae import VAE
 

@@ -20,9 +20,9 @@ the even mixture of the amortized guide and ``q*``, so that the estimate stays g
 one of the two misses part of the posterior.
 
 Every density here comes from the package's one trace-based path
-(:mod:`pyro_vae.bounds`: :func:`~pyro_vae.bounds.log_joint` and
-:func:`~pyro_vae.bounds.collect_log_weights`, masks and scales honoured); no ArviZ.
-:mod:`pyro_vae.posterior` turns the same quantities into ArviZ data.
+(:mod:`pyro_vae.inference.bounds`: :func:`~pyro_vae.inference.bounds.log_joint` and
+:func:`~pyro_vae.inference.bounds.collect_log_weights`, masks and scales honoured); no ArviZ.
+:mod:`pyro_vae.posterior.samplers` turns the same quantities into ArviZ data.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ import torch
 from torch.distributions import constraints
 
 from .bounds import collect_log_weights, log_joint
-from .errors import ConfigError
-from .vae import VAE
+from ..errors import ConfigError
+from ..model.vae import VAE
 
 __all__ = [
     "InferenceGaps",
@@ -63,7 +63,7 @@ def frozen(vae: VAE) -> Iterator[VAE]:
     does not build graphs through them. The flags and mode are restored on exit.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> with frozen(vae):
@@ -90,7 +90,7 @@ def gaussian_log_weights(
 ) -> torch.Tensor:
     """Log importance weights under the diagonal Gaussian ``Normal(loc, scale)`` per point.
 
-    :func:`pyro_vae.bounds.collect_log_weights` with that Gaussian in place of the
+    :func:`pyro_vae.inference.bounds.collect_log_weights` with that Gaussian in place of the
     guide's distribution (e.g. one fitted to a single data point). Draws are
     reparameterized, so gradients reach ``loc`` and ``scale``.
 
@@ -105,7 +105,7 @@ def gaussian_log_weights(
         Tensor of shape ``(K, B)``.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> gaussian_log_weights(vae, torch.ones(3, 6), torch.zeros(3, 2), torch.ones(3, 2), 4).shape
@@ -193,7 +193,7 @@ def fit_local_gaussians(
         ConfigError: ``steps``, ``particles`` or ``lr`` is not positive.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> loc, scale = fit_local_gaussians(vae, torch.ones(3, 6), steps=5)
@@ -270,7 +270,7 @@ def log_marginal(
 ) -> LogMarginal:
     """Importance-sampling estimate of ``log p(x)`` per data point.
 
-    The weights come from :func:`pyro_vae.bounds.collect_log_weights` (Pyro traces of
+    The weights come from :func:`pyro_vae.inference.bounds.collect_log_weights` (Pyro traces of
     the model, masks and scales honoured). With several proposals the draws come from
     their even mixture ``r(z) = (1/M) sum_m q_m(z)`` (:class:`EvenMixture`, defensive
     importance sampling): the estimate of p(x) is unbiased and is never much worse
@@ -291,7 +291,7 @@ def log_marginal(
         ConfigError: ``num_samples`` is smaller than 2.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> log_marginal(vae, torch.ones(3, 6), 100).estimate.shape
@@ -430,7 +430,7 @@ def inference_gaps(
             the wrong length.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> gaps = inference_gaps(vae, torch.ones(3, 6), num_samples=200, elbo_samples=50, steps=10)

@@ -34,8 +34,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .errors import ConfigError
-from .vae import LATENT_SITE, VAE, local_params
+from ..errors import ConfigError
+from ..model.vae import LATENT_SITE, VAE, local_params
 
 __all__ = [
     "PARTICLE_PLATE",
@@ -216,7 +216,7 @@ def weighted_draws(
         A :class:`WeightedDraws` with tensors of shape ``(K, B)`` (and ``z``).
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> draws = weighted_draws(vae, torch.ones(3, 6), num_samples=5)
@@ -260,7 +260,7 @@ def log_weights(
         Tensor of shape ``(K, B)``.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> log_weights(vae, torch.ones(3, 6), num_samples=5).shape
@@ -280,7 +280,7 @@ def log_weight_terms(vae: VAE, x: torch.Tensor, num_samples: int = 1, **program_
         :class:`LogWeightTerms`, each of shape ``(K, B)``.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> terms = log_weight_terms(vae, torch.ones(3, 6), num_samples=5)
@@ -353,7 +353,7 @@ def log_joint(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         Tensor of shape ``(..., B)``.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> log_joint(vae, torch.zeros(5, 3, 2), torch.ones(3, 6)).shape
@@ -452,7 +452,7 @@ def draw_width(
         An upper bound on the numbers per draw in any one new tensor (at least ``x_dim``).
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(40,)))
         >>> draw_width(vae, torch.ones(1, 6))  # the decoder's hidden layer
@@ -597,7 +597,7 @@ def weighted_passes(
         ConfigError: ``num_samples`` or ``max_elements`` is below 1, or there are no rows.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> [(p.rows, p.draws.log_weights.shape) for p in weighted_passes(vae, torch.ones(3, 6), 10, max_elements=60)]
@@ -644,7 +644,7 @@ def collect_weighted(
         ``(z, log_weights)`` of shapes ``(K, N, z_dim)`` and ``(K, N)``.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> [t.shape for t in collect_weighted(vae, torch.ones(3, 6), 10, max_elements=60)]
@@ -677,7 +677,7 @@ def collect_log_weights(
     """The ``(K, N)`` log-weights of :func:`collect_weighted`.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> collect_log_weights(vae, torch.ones(3, 6), 10, max_elements=60).shape

@@ -1,7 +1,7 @@
 """Held-out evaluation: ELBO, importance-sampled log p(x), its two terms, active units.
 
 For every data point :func:`evaluate` draws K latents from the guide and computes, on
-those same draws (from :func:`pyro_vae.bounds.weighted_passes`, the one path that turns
+those same draws (from :func:`pyro_vae.inference.bounds.weighted_passes`, the one path that turns
 the model and guide traces into per-data-point log-weights):
 
 - the ELBO, the mean over k of ``log p(x, z_k) - log q(z_k|x)``;
@@ -16,7 +16,7 @@ and, over the data set, the number of *active units*: latent dimensions u with
 
 Memory is bounded by a budget, not by K or N: each vectorized pass evaluates at most
 ``max_elements`` numbers per intermediate tensor (the package's one chunking rule,
-:func:`pyro_vae.bounds.chunk_plan` on the measured :func:`~pyro_vae.bounds.draw_width`), the draws of
+:func:`pyro_vae.inference.bounds.chunk_plan` on the measured :func:`~pyro_vae.inference.bounds.draw_width`), the draws of
 a data point are folded into running sums and a running log-sum-exp, and only ``(N,)``
 vectors are kept. With the default budget, K = 5000 on the 10,000 MNIST test images stays well under
 2 GB, on CPU or GPU.
@@ -34,8 +34,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .bounds import DEFAULT_MAX_ELEMENTS, BatchTransform, pass_plan, weighted_passes
-from .errors import ConfigError
-from .vae import VAE
+from ..errors import ConfigError
+from ..model.vae import VAE
 
 __all__ = [
     "DEFAULT_IW_SAMPLES",
@@ -192,7 +192,7 @@ def unit_activity(
         Tensor ``(z_dim,)`` on the CPU (float64).
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> unit_activity(vae, torch.rand(20, 6)).shape
@@ -231,7 +231,7 @@ def evaluate(
     Every row is transformed once (e.g. dynamically binarized, with the draws of
     ``seed``), then gets ``iw_samples`` draws of z from the guide, evaluated in passes of
     at most ``max_elements`` numbers per intermediate tensor (see
-    :func:`pyro_vae.bounds.chunk_plan`);
+    :func:`pyro_vae.inference.bounds.chunk_plan`);
     the results do not depend on the passes beyond Monte Carlo noise. The draws come from
     a forked random generator seeded with ``seed``: repeated calls agree, and the
     caller's random stream is untouched.
@@ -255,7 +255,7 @@ def evaluate(
         DataError: ``x`` does not fit the model.
 
     Example:
-        >>> from pyro_vae.build import build_vae
+        >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> result = evaluate(vae, torch.bernoulli(torch.rand(5, 6)), iw_samples=100)

@@ -27,7 +27,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from .errors import DataError
+from ..errors import DataError
 from .nn import SCALE_FLOOR, softplus_scale
 
 __all__ = [

@@ -19,10 +19,10 @@ import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from .build import build_vae
-from .config import RunConfig
-from .errors import CheckpointError, ConfigError
-from .vae import VAE
+from ..model.build import build_vae
+from ..config import RunConfig
+from ..errors import CheckpointError, ConfigError
+from ..model.vae import VAE
 
 __all__ = [
     "CONFIG_FILE",

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["ACTIVATIONS", "MLP", "softplus_scale"]
 

@@ -48,9 +48,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from .errors import ConfigError, DataError, PyroVAEError
-from .objectives import Objective
-from .vae import VAE
+from ..errors import ConfigError, DataError, PyroVAEError
+from ..inference.objectives import Objective
+from ..model.vae import VAE
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -279,7 +279,7 @@ class ObjectiveModule(nn.Module):
 class Parallelism:
     """How one process takes part in training; this base class is the single process.
 
-    :func:`~pyro_vae.train.fit` asks it for the rows of each epoch, the loss of each
+    :func:`~pyro_vae.training.loop.fit` asks it for the rows of each epoch, the loss of each
     step and the mean of numbers over processes; :class:`DataParallel` answers for a
     replica of a torch.distributed job.
 
@@ -366,7 +366,7 @@ class DataParallel(Parallelism):
         if not is_initialized():
             raise ConfigError(
                 "DataParallel needs an initialized torch.distributed process group; launch with torchrun "
-                "and call pyro_vae.distributed.init_from_env() first"
+                "and call pyro_vae.training.distributed.init_from_env() first"
             )
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()

@@ -1,0 +1,1 @@
+"""data: see the package docstring of pyro_vae."""

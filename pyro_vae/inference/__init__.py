@@ -1,0 +1,1 @@
+"""inference: see the package docstring of pyro_vae."""

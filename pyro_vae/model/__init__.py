@@ -1,0 +1,1 @@
+"""model: see the package docstring of pyro_vae."""

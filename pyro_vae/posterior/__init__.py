@@ -1,0 +1,1 @@
+"""posterior: see the package docstring of pyro_vae."""

@@ -1,0 +1,1 @@
+"""runs: see the package docstring of pyro_vae."""

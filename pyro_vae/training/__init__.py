@@ -1,0 +1,1 @@
+"""training: see the package docstring of pyro_vae."""
