@@ -84,7 +84,7 @@ def measure(args: argparse.Namespace, batch_size: int, threads: int) -> dict[str
     from pyro_vae import distributed
     from pyro_vae.model.build import build_vae
     from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
-    from pyro_vae.runs.runner import load_data, make_transform, resolve_device
+    from pyro_vae.runs.train import load_data, make_transform, resolve_device
     from pyro_vae.training.loop import fit
 
     if args.device == "cpu":

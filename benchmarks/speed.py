@@ -52,9 +52,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import pyro_vae  # noqa: E402, F401  (imported with torch and Pyro, so the memory baseline holds all three)
-from pyro_vae.model.build import build_objective, build_vae  # noqa: E402
+from pyro_vae.inference.objectives import build_objective  # noqa: E402
+from pyro_vae.model.build import build_vae  # noqa: E402
 from pyro_vae.config import ModelConfig, TrainConfig  # noqa: E402
-from pyro_vae.data.datasets import binarize, default_data_dir, load_mnist  # noqa: E402
+from pyro_vae.data.datasets import default_data_dir, load_mnist  # noqa: E402
+from pyro_vae.data.transforms import binarize  # noqa: E402
 from pyro_vae.training.loop import fit  # noqa: E402
 from reference_vae import ReferenceVAE, train_epoch  # noqa: E402
 

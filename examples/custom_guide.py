@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from pyro_vae import MLP, VAE, BernoulliLikelihood, DiagonalNormalGuide, Guide, TrainConfig, fit, load_dataset
-from pyro_vae.data.datasets import binarize
+from pyro_vae.data.transforms import binarize
 from pyro_vae.model.nn import softplus_scale
 
 

@@ -27,7 +27,7 @@ import pandas as pd
 from pyro_vae.runs.checkpoint import load_run
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from pyro_vae.runs.inspect import inspect_points, load_points, write_inspection
-from pyro_vae.runs.runner import train_run
+from pyro_vae.runs.train import train_run
 
 
 def main() -> None:
@@ -62,7 +62,7 @@ def main() -> None:
     # 2. Three held-out inputs, as the model saw them in training (binarized for Bernoulli).
     _, vae, x, split = load_points(run_dir, args.index)
 
-    # 3. Guide and NUTS, compared (see pyro_vae.posterior.samplers for the pieces one by one).
+    # 3. Guide and NUTS, compared (see pyro_vae.posterior for the pieces one by one).
     found = inspect_points(
         vae, x, args.index, mcmc=True, num_samples=samples, warmup_steps=warmup, num_chains=chains,
         gap_samples=500 if args.smoke else 5000, progress=not args.smoke,

@@ -38,7 +38,7 @@ from pyro import poutine
 
 from pyro_vae import MLP, VAE, BernoulliLikelihood, DiagonalNormalGuide, TrainConfig, fit
 from pyro_vae.posterior.clouds import PointClouds, colours, draw_point_clouds, point_clouds, sigma_ellipse
-from pyro_vae.runs.figures import new_figure, save_png
+from pyro_vae.plotting import new_figure, save_png
 
 #: Where the normal run writes the figure the README shows.
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "seed_diagram.png"

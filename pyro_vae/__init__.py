@@ -15,12 +15,12 @@ from __future__ import annotations
 from .inference.bounds import elbo_per_datum, iwae_per_datum, log_weight_terms, log_weights
 from .inference.amortization import PerPointFit, refine_per_point
 from .inference.gaps import InferenceGaps, LogMarginal, fit_local_gaussians, inference_gaps, log_marginal
-from .model.build import GUIDES, LIKELIHOODS, OBJECTIVES, PRIORS, build_vae
+from .model.build import GUIDES, LIKELIHOODS, PRIORS, build_vae
 from .runs.checkpoint import load, load_run
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data.datasets import Dataset, load_dataset
 from .training import distributed  # data-parallel training under torchrun
-from .inference.evaluation import Evaluation, evaluate
+from .inference.evaluation import Evaluation, evaluate, evaluate_elbo
 from .errors import (
     CheckpointError,
     ConfigError,
@@ -38,10 +38,11 @@ from .model.likelihoods import (
     PoissonLikelihood,
 )
 from .model.nn import MLP
-from .inference.objectives import IWAE, Objective, TraceELBO, TraceMeanFieldELBO
+from .inference.objectives import IWAE, OBJECTIVES, Objective, TraceELBO, TraceMeanFieldELBO
 from .model.priors import FlowPrior, LearnedNormalPrior, MixturePrior, Prior, StandardNormalPrior, VampPrior
-from .runs.runner import RunResult, evaluate_run, resume_run, train_run
-from .training.loop import EpochRecord, evaluate_elbo, fit
+from .runs.evaluate import evaluate_run
+from .runs.train import RunResult, resume_run, train_run
+from .training.loop import EpochRecord, fit
 from .model.vae import VAE
 
 __version__ = "0.1.0"
@@ -118,8 +119,8 @@ _LAZY = {
     "guide_posterior": "posterior.samplers",
     "exact_posterior": "posterior.samplers",
     "importance_posterior": "posterior.samplers",
-    "compare_posteriors": "posterior.samplers",
-    "gaussian_kl": "posterior.samplers",
+    "compare_posteriors": "posterior.compare",
+    "gaussian_kl": "posterior.compare",
     "Inspection": "runs.inspect",
     "inspect_points": "runs.inspect",
 }

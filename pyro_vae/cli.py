@@ -13,23 +13,23 @@ from __future__ import annotations
 import argparse
 import functools
 import dataclasses
-import io
 import json
+import re
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 
-from .model.build import GUIDES, LIKELIHOODS, OBJECTIVES, PRIORS
-from .runs.checkpoint import atomic_write, load_run
+from .inference.objectives import OBJECTIVES
+from .model.build import GUIDES, LIKELIHOODS, PRIORS
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from .training import distributed
-from .data.datasets import BINARIZE_MODES, load_array, load_dataset
+from .data.transforms import BINARIZE_MODES
 from .errors import ConfigError, PyroVAEError
-from .inference.evaluation import DEFAULT_IW_SAMPLES, DEFAULT_MAX_ELEMENTS
+from .inference.bounds import DEFAULT_MAX_ELEMENTS
+from .inference.evaluation import DEFAULT_IW_SAMPLES
 from .model.nn import ACTIVATIONS
 
 __all__ = ["main", "build_parser"]
@@ -170,7 +170,7 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def _cmd_train(args: argparse.Namespace, say: Callable[[str], None]) -> None:
-    from .runs.runner import resume_run, train_run
+    from .runs.train import resume_run, train_run
 
     progress = not args.no_progress
     if args.resume:
@@ -181,17 +181,7 @@ def _cmd_train(args: argparse.Namespace, say: Callable[[str], None]) -> None:
                 f"--resume takes its settings from RUN_DIR/config.json; drop {', '.join(given)} "
                 "(only --epochs and --device can change)"
             )
-        if args.device is not None:
-            # The device is a property of this call, not of the model: allow switching.
-            from .runs.checkpoint import load_config, save_config
-
-            def switch_device() -> None:
-                config = load_config(args.resume)
-                config.train = dataclasses.replace(config.train, device=args.device)
-                save_config(args.resume, config)
-
-            distributed.run_on_main(switch_device)  # under torchrun, rank 0 writes
-        result = resume_run(args.resume, epochs=args.epochs, progress=progress)
+        result = resume_run(args.resume, epochs=args.epochs, device=args.device, progress=progress)
     else:
         result = train_run(_config_from_args(args), args.out, overwrite=args.overwrite, progress=progress)
     last = result.history[-1]
@@ -200,7 +190,7 @@ def _cmd_train(args: argparse.Namespace, say: Callable[[str], None]) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> None:
-    from .runs.runner import evaluate_run
+    from .runs.evaluate import evaluate_run
 
     if args.iw_samples < 1:
         raise ConfigError(f"--iw-samples must be >= 1, got {args.iw_samples}; 5000 is the published standard")
@@ -221,68 +211,20 @@ def _cmd_evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     say(json.dumps({key: value for key, value in report.items() if key not in ("per_datum", "unit_activity")}))
 
 
-def _check_out(path: Path, suffixes: Sequence[str], overwrite: bool) -> None:
-    if path.suffix not in suffixes:
-        raise ConfigError(f"--out {str(path)!r} must end in {' or '.join(suffixes)}")
-    if path.exists() and not overwrite:
-        raise ConfigError(f"--out {str(path)!r} exists; pass --overwrite to replace it or choose another name")
-    if not path.parent.is_dir():
-        raise ConfigError(f"the folder of --out {str(path)!r} does not exist; create it first")
-
-
-def _encode_rows(args: argparse.Namespace, config: RunConfig) -> np.ndarray:
-    name = args.data or config.data.data
-    if Path(name).suffix in (".npy", ".npz", ".csv"):
-        return load_array(name)[0]
-    data = load_dataset(name, args.data_dir or config.data.data_dir, val_fraction=config.data.val_fraction, seed=config.train.seed)
-    splits = {"train": [data.train], "val": [data.val], "test": [data.test], "all": [data.train, data.val, data.test]}
-    chosen = [x for x in splits[args.split] if x is not None]
-    if not chosen:
-        raise ConfigError(f"the data {name!r} has no {args.split} split; choose --split train, val or all")
-    return np.concatenate(chosen)
-
-
-@torch.no_grad()
 def _cmd_encode(args: argparse.Namespace, say: Callable[[str], None]) -> None:
-    out = Path(args.out)
-    _check_out(out, (".npz", ".csv"), args.overwrite)
-    config, vae = load_run(args.run_dir)
-    x = torch.from_numpy(_encode_rows(args, config))
-    vae.check_x(x)
-    vae.likelihood.check_support(x)
-    loc, scale = (t.numpy() for t in vae.encode(x))  # (N, z_dim) each
-    if out.suffix == ".npz":
-        buffer = io.BytesIO()
-        np.savez(buffer, loc=loc, scale=scale)
-        atomic_write(out, buffer.getvalue())
-    else:
-        header = ",".join([f"mu_{d + 1}" for d in range(vae.z_dim)] + [f"sigma_{d + 1}" for d in range(vae.z_dim)])
-        buffer = io.StringIO()
-        np.savetxt(buffer, np.concatenate([loc, scale], axis=1), delimiter=",", header=header, comments="", fmt="%.7g")
-        atomic_write(out, buffer.getvalue())
-    say(f"wrote mu(x) and sigma(x) of {len(loc)} rows ({vae.z_dim} latent dimensions) to {out}")
+    from .runs.export import encode_run
+
+    rows, z_dim = encode_run(
+        args.run_dir, args.out, data=args.data, data_dir=args.data_dir, split=args.split, overwrite=args.overwrite
+    )
+    say(f"wrote mu(x) and sigma(x) of {rows} rows ({z_dim} latent dimensions) to {args.out}")
 
 
-@torch.no_grad()
 def _cmd_sample(args: argparse.Namespace, say: Callable[[str], None]) -> None:
-    from .runs.figures import plot_samples
+    from .runs.export import sample_run
 
-    out = Path(args.out)
-    _check_out(out, (".png", ".npy"), args.overwrite)
-    if args.num < 1:
-        raise ConfigError(f"-n must be >= 1, got {args.num}")
-    config, vae = load_run(args.run_dir)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(args.seed)
-        z = vae.prior().sample((args.num,))  # (n, z_dim)
-    means = vae.decode(z).mean.numpy()  # (n, x_dim)
-    if out.suffix == ".npy":
-        buffer = io.BytesIO()
-        np.save(buffer, means)
-        atomic_write(out, buffer.getvalue())
-    else:
-        plot_samples(means, config.data.image_shape, out)
-    say(f"wrote {args.num} samples to {out}")
+    sample_run(args.run_dir, args.out, num=args.num, seed=args.seed, overwrite=args.overwrite)
+    say(f"wrote {args.num} samples to {args.out}")
 
 
 def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
@@ -305,7 +247,7 @@ def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
         )
     for w in caught:  # the verdict on the importance weights as one line; anything else as Python shows it
         if issubclass(w.category, ImportanceSamplingWarning):
-            print(f"pyro-vae: warning: {w.message}", file=sys.stderr)
+            print(f"pyro-vae: warning: {_as_flags(str(w.message))}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     written = write_inspection(found, out, overwrite=args.overwrite)
@@ -342,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             joined = distributed.init_from_env(args.dist_timeout)  # under torchrun only
         _COMMANDS[args.command](args, print if distributed.is_main_process() else _silent)
     except PyroVAEError as err:
-        print(f"pyro-vae: error{_where()}: {err}", file=sys.stderr)
+        print(f"pyro-vae: error{_where()}: {_as_flags(str(err))}", file=sys.stderr)
         status = 2
     except KeyboardInterrupt:
         kept = "; the last completed epoch's checkpoint is kept" if args.command == "train" else ""
@@ -364,6 +306,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if joined:  # under torchrun this process is ours: leave the group and end it here
         distributed.exit_process(status)
     return status
+
+
+#: Library arguments whose command-line flag is not ``--`` plus the name with dashes.
+_FLAG_NAMES = {"out": "--out", "num": "-n", "index": "--index"}
+
+
+def _as_flags(message: str) -> str:
+    """The library's error message in command-line terms: `z_dim` becomes --z-dim.
+
+    The library names its arguments in backticks; each becomes the flag that sets it.
+    """
+    return re.sub(r"`([a-z_]+)`", lambda m: _FLAG_NAMES.get(m.group(1), "--" + m.group(1).replace("_", "-")), message)
 
 
 def _silent(_: str) -> None:

@@ -10,11 +10,28 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "RunConfig"]
+__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "choose"]
+
+T = TypeVar("T")
+
+
+def choose(table: Mapping[str, T], name: str, option: str) -> T:
+    """``table[name]``, or a :class:`ConfigError` that lists the choices of ``option``.
+
+    Component names are looked up only through this function, at the edges (building
+    a model or an objective from a config).
+
+    Example:
+        >>> choose({"normal": 1}, "normal", "prior")
+        1
+    """
+    if name not in table:
+        raise ConfigError(f"unknown `{option}` {name!r}; choose one of {', '.join(sorted(table))}")
+    return table[name]
 
 
 @dataclass
@@ -53,13 +70,13 @@ class ModelConfig:
         if self.x_dim < 0:
             raise ConfigError(f"x_dim must be >= 0 (0: set from the data), got {self.x_dim}")
         if self.z_dim < 1:
-            raise ConfigError(f"--z-dim must be >= 1, got {self.z_dim}")
+            raise ConfigError(f"`z_dim` must be >= 1, got {self.z_dim}")
         if any(h < 1 for h in self.hidden):
-            raise ConfigError(f"--hidden widths must all be >= 1, got {list(self.hidden)}")
+            raise ConfigError(f"`hidden` widths must all be >= 1, got {list(self.hidden)}")
         for name in ("prior_components", "flow_layers", "guide_rank"):
             value = getattr(self, name)
             if value < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+                raise ConfigError(f"`{name}` must be >= 1, got {value}")
 
 
 @dataclass
@@ -91,12 +108,12 @@ class DataConfig:
         """Raise :class:`ConfigError` if a value is out of range."""
         if self.binarize not in ("auto", "dynamic", "threshold", "none"):
             raise ConfigError(
-                f"--binarize must be one of auto, dynamic, threshold, none; got {self.binarize!r}"
+                f"`binarize` must be one of auto, dynamic, threshold, none; got {self.binarize!r}"
             )
         if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"--threshold must be in (0, 1), got {self.threshold}")
+            raise ConfigError(f"`threshold` must be in (0, 1), got {self.threshold}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+            raise ConfigError(f"`val_fraction` must be in (0, 1), got {self.val_fraction}")
 
 
 @dataclass
@@ -108,7 +125,7 @@ class TrainConfig:
         batch_size: Data points per gradient step.
         lr: Adam learning rate.
         seed: Seed of every random draw (split, shuffling, binarization, eps).
-        elbo: Name of the training objective (see ``pyro_vae.model.build.OBJECTIVES``).
+        elbo: Name of the training objective (see ``pyro_vae.inference.objectives.OBJECTIVES``).
         particles: Monte Carlo samples of z per data point in the objective (vectorized).
         beta: Weight of the latent (KL) term; 1 is the ELBO, > 1 a beta-VAE.
         kl_warmup: Epochs over which the KL weight rises linearly from beta/kl_warmup
@@ -133,14 +150,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "particles", "eval_particles"):
             value = getattr(self, name)
             if value < 1:
-                flag = "--" + name.replace("_", "-")
-                raise ConfigError(f"{flag} must be >= 1, got {value}")
+                raise ConfigError(f"`{name}` must be >= 1, got {value}")
         if not self.lr > 0:
-            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+            raise ConfigError(f"`lr` must be > 0, got {self.lr}")
         if not self.beta > 0:
-            raise ConfigError(f"--beta must be > 0, got {self.beta}")
+            raise ConfigError(f"`beta` must be > 0, got {self.beta}")
         if self.kl_warmup < 0:
-            raise ConfigError(f"--kl-warmup must be >= 0 epochs, got {self.kl_warmup}")
+            raise ConfigError(f"`kl_warmup` must be >= 0 epochs, got {self.kl_warmup}")
 
     def kl_weight(self, epoch: int) -> float:
         """The weight of the KL term in epoch ``epoch`` (0-based), warm-up included."""
@@ -158,20 +174,15 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> None:
-        """Validate every section, then the combination of model and objective.
+        """Validate every section. Whether the objective can train the model is checked
+        where a run starts (:func:`pyro_vae.inference.objectives.check_compatible`).
 
         Raises:
-            ConfigError: A value is out of range, a name unknown, or the objective
-                cannot train the model (see :func:`pyro_vae.model.build.check_compatible`).
+            ConfigError: A value is out of range.
         """
         self.model.validate()
         self.data.validate()
         self.train.validate()
-        # Imported here: build imports this module. Checked here so that a bad
-        # combination fails before a run writes anything.
-        from .model.build import check_compatible
-
-        check_compatible(self.model, self.train)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""

@@ -79,7 +79,7 @@ def test_sigma_ellipse_has_the_covariance_axes():
 
 def test_rejects_a_latent_that_is_not_2d_with_one_clear_line(tmp_path, tiny_binary):
     path = tmp_path / "clouds.png"
-    with pytest.raises(ConfigError, match=r"2-D latent plane.*z_dim=3.*--z-dim 2") as info:
+    with pytest.raises(ConfigError, match=r"2-D latent plane.*z_dim=3.*`z_dim` 2") as info:
         plot_point_clouds(_vae(z_dim=3), tiny_binary, [0], path)
     assert "\n" not in str(info.value)
     assert not path.exists()

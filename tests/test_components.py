@@ -23,7 +23,8 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
 from pyro_vae.inference.bounds import log_weights
-from pyro_vae.model.build import GUIDES, LIKELIHOODS, PRIORS, build_objective, build_vae
+from pyro_vae.inference.objectives import build_objective
+from pyro_vae.model.build import GUIDES, LIKELIHOODS, PRIORS, build_vae
 from pyro_vae.runs.checkpoint import load_run, save_config, save_weights
 from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
 from pyro_vae.errors import ConfigError, DataError
@@ -35,7 +36,7 @@ from pyro_vae.model.likelihoods import (
     PoissonLikelihood,
 )
 from pyro_vae.model.priors import LearnedNormalPrior, MixturePrior
-from pyro_vae.runs.runner import make_transform
+from pyro_vae.runs.train import make_transform
 from pyro_vae.model.vae import LATENT_SITE, OBS_SITE
 
 X_DIM, Z_DIM, BATCH = 6, 2, 16
@@ -161,11 +162,11 @@ def test_mixture_with_one_component_is_the_normal(float64):
 
 
 def test_mixture_and_flow_priors_refuse_bad_sizes():
-    with pytest.raises(ConfigError, match="--prior-components must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match="`prior_components` must be >= 1, got 0"):
         build_vae(tiny_config("mixture").__class__(**{**tiny_config("mixture").__dict__, "prior_components": 0}))
-    with pytest.raises(ConfigError, match="flow prior needs --z-dim >= 2"):
+    with pytest.raises(ConfigError, match="flow prior needs `z_dim` >= 2"):
         build_vae(ModelConfig(x_dim=X_DIM, z_dim=1, hidden=(8,), prior="flow"))
-    with pytest.raises(ConfigError, match="--guide-rank must be between 1 and --z-dim 2, got 3"):
+    with pytest.raises(ConfigError, match="`guide_rank` must be between 1 and `z_dim` 2, got 3"):
         build_vae(ModelConfig(x_dim=X_DIM, z_dim=2, hidden=(8,), guide="lowrank", guide_rank=3))
 
 

@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from pyro_vae.data import datasets as D
+from pyro_vae.data import formats as F
+from pyro_vae.data import transforms as T
 from pyro_vae.errors import ConfigError, DataError
 
 # ----------------------------------------------------------------------------- helpers
@@ -131,7 +133,7 @@ def test_split_sizes_and_errors() -> None:
     assert val.shape[0] == 1 and train.shape[0] == 2 and tl is None and vl is None  # at least 1
     with pytest.raises(DataError, match="leaving no training rows.*at least 2 data points"):
         D.split_train_val(np.zeros((1, 2), np.float32), None, 0.5, seed=0)
-    with pytest.raises(ConfigError, match="--val-fraction must be in"):
+    with pytest.raises(ConfigError, match="`val_fraction` must be in"):
         D.split_train_val(x, None, 1.5, seed=0)
     with pytest.raises(DataError, match="2 labels for 3 rows"):
         D.split_train_val(x, np.zeros(2, np.int64), 0.3, seed=0)
@@ -171,7 +173,7 @@ def test_mnist_other_image_size_and_env_var(tmp_path: Path, monkeypatch: pytest.
 def test_mnist_needs_a_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv(D.DATA_DIR_ENV, raising=False)
     assert D.default_data_dir() is None
-    with pytest.raises(DataError, match="pass --data-dir DIR or set PYRO_VAE_DATA_DIR"):
+    with pytest.raises(DataError, match="pass `data_dir` DIR or set PYRO_VAE_DATA_DIR"):
         D.load_dataset("mnist")
     with pytest.raises(DataError, match="does not exist"):
         D.load_dataset("mnist", tmp_path / "nope")
@@ -200,7 +202,7 @@ def test_idx_truncated(tmp_path: Path, compress: bool) -> None:
     path.write_bytes(gzip.compress(raw[:-5]) if compress else raw[:-5])
     before = path.read_bytes()
     with pytest.raises(DataError, match="corrupt or truncated: expected 24 bytes .*got 19; re-download"):
-        D.read_idx(path)
+        F.read_idx(path)
     assert path.read_bytes() == before
 
 
@@ -208,7 +210,7 @@ def test_idx_extra_bytes(tmp_path: Path) -> None:
     path = tmp_path / "x.idx"
     path.write_bytes(idx_bytes(np.zeros(4, np.uint8)) + b"\x00")
     with pytest.raises(DataError, match="expected 4 bytes .*got 5"):
-        D.read_idx(path)
+        F.read_idx(path)
 
 
 def test_idx_bad_magic(tmp_path: Path) -> None:
@@ -216,7 +218,7 @@ def test_idx_bad_magic(tmp_path: Path) -> None:
     path.write_bytes(b"PK\x03\x04" + bytes(100))
     before = path.read_bytes()
     with pytest.raises(DataError, match="not an IDX file"):
-        D.read_idx(path)
+        F.read_idx(path)
     assert path.read_bytes() == before
 
 
@@ -235,22 +237,22 @@ def test_idx_corrupt_gzip(tmp_path: Path) -> None:
     for path in (cut, garbage, flipped):
         before = path.read_bytes()
         with pytest.raises(DataError, match="corrupt|truncated|not an IDX"):
-            D.read_idx(path)
+            F.read_idx(path)
         assert path.read_bytes() == before
     with pytest.raises(DataError, match=r"gzip file .*cut\.gz.* is corrupt or truncated.*re-download"):
-        D.read_idx(cut)
+        F.read_idx(cut)
 
 
 def test_idx_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"does not exist.*train-images-idx3-ubyte\[\.gz\]"):
-        D.read_idx(tmp_path / "nope-idx3-ubyte")
+        F.read_idx(tmp_path / "nope-idx3-ubyte")
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
 def test_idx_dtypes(tmp_path: Path, dtype: type) -> None:
     a = (np.arange(-6, 6).reshape(3, 4) * 3).astype(dtype)
     path = write_idx(tmp_path / "a.idx", a, compress=False)
-    out = D.read_idx(path)
+    out = F.read_idx(path)
     assert out.dtype == np.dtype(dtype) and out.dtype.isnative
     np.testing.assert_array_equal(out, a)
 
@@ -266,7 +268,7 @@ def test_npy_2d(tmp_path: Path) -> None:
     assert ds.name == str(path)
     assert ds.train.dtype == np.float32 and ds.train.shape == (15, 3) and ds.val.shape == (5, 3)
     assert ds.image_shape is None and ds.train_labels is None and ds.test is None
-    loaded, labels = D.load_array(path)
+    loaded, labels = F.load_array(path)
     np.testing.assert_array_equal(loaded, x.astype(np.float32))
     assert labels is None
 
@@ -277,7 +279,7 @@ def test_npy_3d_is_flattened(tmp_path: Path) -> None:
     np.save(path, x)
     ds = D.load_dataset(str(path))
     assert ds.image_shape == (3, 4) and ds.x_dim == 12
-    loaded, _ = D.load_array(path)
+    loaded, _ = F.load_array(path)
     np.testing.assert_array_equal(loaded, x.reshape(10, 12).astype(np.float32))
 
 
@@ -290,7 +292,7 @@ def test_npz_keys(tmp_path: Path, data_key: str, label_key: str | None) -> None:
         arrays[label_key] = y.astype(np.float64)  # whole-number floats are accepted
     path = tmp_path / "d.npz"
     np.savez(path, **arrays)
-    loaded, labels = D.load_array(path)
+    loaded, labels = F.load_array(path)
     np.testing.assert_array_equal(loaded, x)
     if label_key is None:
         assert labels is None
@@ -307,21 +309,21 @@ def test_npz_keys(tmp_path: Path, data_key: str, label_key: str | None) -> None:
 def test_npz_single_unnamed_array_and_ambiguous(tmp_path: Path) -> None:
     single = tmp_path / "single.npz"
     np.savez(single, np.ones((4, 2)))  # stored as arr_0
-    assert D.load_array(single)[0].shape == (4, 2)
+    assert F.load_array(single)[0].shape == (4, 2)
     ambiguous = tmp_path / "amb.npz"
     np.savez(ambiguous, a=np.ones((4, 2)), b=np.ones((4, 2)))
     with pytest.raises(DataError, match=r"holds arrays \['a', 'b'\] but none is named x.*numpy\.savez"):
-        D.load_array(ambiguous)
+        F.load_array(ambiguous)
 
 
 def test_npz_bad_labels(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     np.savez(path, x=np.ones((4, 2)), y=np.arange(3))
     with pytest.raises(DataError, match=r"labels of shape \(3,\) for 4 rows"):
-        D.load_array(path)
+        F.load_array(path)
     np.savez(path, x=np.ones((4, 2)), y=np.array([0.5, 1, 2, 3]))
     with pytest.raises(DataError, match="not whole numbers"):
-        D.load_array(path)
+        F.load_array(path)
 
 
 @pytest.mark.parametrize("header", [None, "a,b,c"], ids=["no-header", "header"])
@@ -329,7 +331,7 @@ def test_csv(tmp_path: Path, header: str | None) -> None:
     x = np.arange(12, dtype=np.float64).reshape(4, 3) / 7
     path = tmp_path / "d.csv"
     np.savetxt(path, x, delimiter=",", header=header or "", comments="")
-    loaded, labels = D.load_array(path)
+    loaded, labels = F.load_array(path)
     assert labels is None and loaded.dtype == np.float32
     np.testing.assert_allclose(loaded, x.astype(np.float32), rtol=1e-6)
 
@@ -337,7 +339,7 @@ def test_csv(tmp_path: Path, header: str | None) -> None:
 def test_csv_single_column_and_blank_lines(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_text("\nvalue\n1\n2\n\n3\n")
-    loaded, _ = D.load_array(path)
+    loaded, _ = F.load_array(path)
     np.testing.assert_array_equal(loaded, np.array([[1], [2], [3]], np.float32))
 
 
@@ -345,17 +347,17 @@ def test_csv_non_numeric(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_text("a,b\n1,2\n3,oops\n")
     with pytest.raises(DataError, match="not numeric: line 3, column 2 holds 'oops'"):
-        D.load_array(path)
+        F.load_array(path)
     path.write_text("1,2\n3,4,5\n")
     with pytest.raises(DataError, match="3 columns on line 2 but 2 before"):
-        D.load_array(path)
+        F.load_array(path)
 
 
 def test_csv_header_only(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_text("a,b\n")
     with pytest.raises(DataError, match="is empty: it holds 0 rows"):
-        D.load_array(path)
+        F.load_array(path)
 
 
 # ------------------------------------------------------------------------- bad inputs
@@ -400,24 +402,24 @@ def test_corrupt_npy_and_non_numeric(tmp_path: Path) -> None:
     bad = tmp_path / "bad.npy"
     bad.write_bytes(b"not a numpy file")
     with pytest.raises(DataError, match=r"bad\.npy' is not a \.npy file.*re-save it with numpy\.save"):
-        D.load_array(bad)
+        F.load_array(bad)
     bad_npz = tmp_path / "bad.npz"
     bad_npz.write_bytes(b"PK but not a zip archive")
     with pytest.raises(DataError, match=r"bad\.npz' is not a \.npz file.*numpy\.savez"):
-        D.load_array(bad_npz)
+        F.load_array(bad_npz)
     cut_npz = tmp_path / "cut.npz"
     np.savez(cut_npz, x=np.ones((50, 4)))
     cut_npz.write_bytes(cut_npz.read_bytes()[:100])  # a real archive, truncated
     with pytest.raises(DataError, match=r"cannot read data file .*cut\.npz.*numpy\.savez"):
-        D.load_array(cut_npz)
+        F.load_array(cut_npz)
     strings = tmp_path / "s.npy"
     np.save(strings, np.array([["a", "b"], ["c", "d"]]))
     with pytest.raises(DataError, match="not real numbers"):
-        D.load_array(strings)
+        F.load_array(strings)
     objects = tmp_path / "o.npy"
     np.save(objects, np.array([[1, None]], dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="holds Python objects, which are never unpickled"):
-        D.load_array(objects)  # pickled objects are refused, never executed
+        F.load_array(objects)  # pickled objects are refused, never executed
 
 
 @pytest.mark.parametrize("bad,kind", [(np.nan, "1 NaN, 0 inf"), (np.inf, "0 NaN, 1 inf")])
@@ -432,11 +434,11 @@ def test_non_finite(tmp_path: Path, bad: float, kind: str) -> None:
 
 def test_check_finite_counts() -> None:
     x = np.zeros((5, 2), np.float32)
-    D.check_finite(x, "x")  # no error
+    F.check_finite(x, "x")  # no error
     x[3, 0] = np.nan
     x[4, :] = -np.inf
     with pytest.raises(DataError, match=r"^my data holds 3 non-finite value\(s\) \(1 NaN, 2 inf\), first in row 3"):
-        D.check_finite(x, "my data")
+        F.check_finite(x, "my data")
 
 
 def test_errors_are_one_line(tmp_path: Path) -> None:
@@ -448,7 +450,7 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
         lambda: D.load_dataset(str(tmp_path / "b.npy")),
         lambda: D.load_dataset("nope"),
         lambda: D.load_dataset("mnist", tmp_path),
-        lambda: D.read_idx(tmp_path / "b.npy"),
+        lambda: F.read_idx(tmp_path / "b.npy"),
     ]
     for call in calls:
         with pytest.raises(DataError) as info:
@@ -463,7 +465,7 @@ def test_binarize_dynamic_mean() -> None:
     n = 100_000
     x = torch.full((n,), 0.3)
     gen = torch.Generator().manual_seed(0)
-    out = D.binarize(x, "dynamic", generator=gen)
+    out = T.binarize(x, "dynamic", generator=gen)
     assert out.dtype == x.dtype and out.shape == x.shape
     assert set(out.unique().tolist()) <= {0.0, 1.0}
     # N = 1e5 Bernoulli(0.3) draws: standard error sqrt(0.3 * 0.7 / 1e5) ~= 0.00145;
@@ -471,45 +473,45 @@ def test_binarize_dynamic_mean() -> None:
     se = math.sqrt(0.3 * 0.7 / n)
     assert abs(out.mean().item() - 0.3) < 5 * se
     # The same generator seed gives the same draw.
-    again = D.binarize(x, "dynamic", generator=torch.Generator().manual_seed(0))
+    again = T.binarize(x, "dynamic", generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
 
 
 def test_binarize_dynamic_edges_are_exact() -> None:
     x = torch.tensor([0.0, 1.0, 0.0, 1.0])
-    assert torch.equal(D.binarize(x, "dynamic"), x)
+    assert torch.equal(T.binarize(x, "dynamic"), x)
 
 
 def test_binarize_threshold_and_none() -> None:
     x = torch.tensor([[0.0, 0.49, 0.5, 0.51, 1.0]], dtype=torch.float64)
-    out = D.binarize(x, "threshold")
+    out = T.binarize(x, "threshold")
     assert out.dtype == torch.float64
     assert torch.equal(out, torch.tensor([[0.0, 0.0, 0.0, 1.0, 1.0]], dtype=torch.float64))
-    low = D.binarize(x, "threshold", threshold=0.2)
+    low = T.binarize(x, "threshold", threshold=0.2)
     assert torch.equal(low, torch.tensor([[0.0, 1, 1, 1, 1]], dtype=torch.float64))
-    assert D.binarize(x, "none") is x
+    assert T.binarize(x, "none") is x
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
 def test_binarize_dynamic_out_of_range(value: float) -> None:
     x = torch.tensor([0.2, value])
-    with pytest.raises(DataError, match=r"needs values in \[0, 1\], got min .* max .*--likelihood normal"):
-        D.binarize(x, "dynamic")
+    with pytest.raises(DataError, match=r"needs values in \[0, 1\], got min .* max .*`likelihood` normal"):
+        T.binarize(x, "dynamic")
 
 
 def test_binarize_unknown_mode() -> None:
     with pytest.raises(DataError, match="unknown binarize mode 'auto'.*resolve_binarize"):
-        D.binarize(torch.zeros(2), "auto")
+        T.binarize(torch.zeros(2), "auto")
 
 
 def test_resolve_binarize() -> None:
-    assert D.resolve_binarize("auto", True) == "dynamic"
-    assert D.resolve_binarize("auto", False) == "none"
+    assert T.resolve_binarize("auto", True) == "dynamic"
+    assert T.resolve_binarize("auto", False) == "none"
     for mode in ("dynamic", "threshold", "none"):
-        assert D.resolve_binarize(mode, False) == mode
-        assert D.resolve_binarize(mode, True) == mode
+        assert T.resolve_binarize(mode, False) == mode
+        assert T.resolve_binarize(mode, True) == mode
     with pytest.raises(DataError, match="choose one of auto, dynamic, threshold, none"):
-        D.resolve_binarize("sometimes", True)
+        T.resolve_binarize("sometimes", True)
 
 
 def test_default_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:

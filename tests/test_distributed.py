@@ -24,6 +24,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from pyro_vae import distributed
+from pyro_vae.training import parallel
 from pyro_vae.model.build import build_vae
 from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.errors import ConfigError
@@ -116,7 +117,7 @@ def test_defaults_without_a_process_group():
     assert (distributed.rank(), distributed.world_size(), distributed.is_main_process()) == (0, 1, True)
     assert distributed.rank_seed(123, 0) == 123 and distributed.rank_seed(123, 1) != 123
     assert distributed.run_on_main(lambda: "x") == "x"
-    assert type(distributed.parallelism(None, None, torch.zeros(1, 1), 1)) is distributed.Parallelism
+    assert type(parallel.parallelism(None, None, torch.zeros(1, 1), 1)) is parallel.Parallelism
     distributed.barrier()  # no group: returns at once
     assert not distributed.init_from_env(5)  # not under torchrun: nothing to join
 
@@ -170,13 +171,13 @@ def test_unused_parameter_is_found_and_training_works(tmp_path, tiny_binary):
     _one_rank_group(tmp_path)
     try:
         objective = TraceELBO(1)
-        assert distributed.parallelism(vae, objective, tiny_binary[:2], 64).find_unused_parameters
+        assert parallel.parallelism(vae, objective, tiny_binary[:2], 64).find_unused_parameters
         history = fit(vae, tiny_binary, None, TrainConfig(epochs=2, batch_size=16), progress=False)
         assert len(history) == 2 and all(torch.isfinite(torch.tensor(h.train_loss)) for h in history)
         assert torch.equal(vae.decoder.spare, torch.zeros(3))
         torch.manual_seed(0)
         used = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(8,)))
-        assert not distributed.DataParallel(used, objective, tiny_binary[:2], 64).find_unused_parameters
+        assert not parallel.DataParallel(used, objective, tiny_binary[:2], 64).find_unused_parameters
     finally:
         dist.destroy_process_group()
 
@@ -184,7 +185,7 @@ def test_unused_parameter_is_found_and_training_works(tmp_path, tiny_binary):
 def test_data_parallel_needs_a_group(tiny_binary):
     vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(8,)))
     with pytest.raises(ConfigError, match="torchrun"):
-        distributed.DataParallel(vae, TraceELBO(1), tiny_binary[:2], 64)
+        parallel.DataParallel(vae, TraceELBO(1), tiny_binary[:2], 64)
 
 
 # ------------------------------------------------------------------ two-process tests
@@ -334,11 +335,12 @@ class _Failing(Objective):
 def _component_runs(rank: int) -> list[dict]:
     """Train every prior, guide, likelihood and objective (one at a time, the others at
     their defaults) for one short epoch; compare the parameters across ranks."""
+    from pyro_vae.inference import objectives
     from pyro_vae.model import build
 
     x = _halves_data()
     runs = []
-    for field, table in (("prior", build.PRIORS), ("guide", build.GUIDES), ("likelihood", build.LIKELIHOODS), ("elbo", build.OBJECTIVES)):
+    for field, table in (("prior", build.PRIORS), ("guide", build.GUIDES), ("likelihood", build.LIKELIHOODS), ("elbo", objectives.OBJECTIVES)):
         for name in sorted(table):
             model = ModelConfig(x_dim=8, z_dim=2, hidden=(6,), prior_components=3)
             train = TrainConfig(epochs=1, batch_size=4, particles=2, seed=1)
@@ -349,7 +351,7 @@ def _component_runs(rank: int) -> list[dict]:
             torch.manual_seed(rank)  # different on purpose: DDP must broadcast rank 0's weights
             vae = build_vae(model)
             vae.likelihood.check_support(x)
-            history = fit(vae, x, x[:8], train, objective=build.build_objective(train), progress=False)
+            history = fit(vae, x, x[:8], train, objective=objectives.build_objective(train), progress=False)
             hashes = [None, None]
             dist.all_gather_object(hashes, _param_hash(vae))
             finite = all(torch.isfinite(torch.tensor([h.train_loss, h.val_elbo])).all() for h in history)
@@ -359,16 +361,16 @@ def _component_runs(rank: int) -> list[dict]:
 
 def _worker_main(out: Path) -> None:
     from pyro_vae import cli
-    from pyro_vae.model import build
-    from pyro_vae.runs import runner
+    from pyro_vae.inference import objectives
+    from pyro_vae.runs import train as runner
 
     distributed.init_from_env(60)
     rank = distributed.rank()
     run_dir = out / "run"
     writes: list[str] = []
     _record_writes_under(out / "run", writes)
-    make_trace = build.OBJECTIVES["trace"]
-    build.OBJECTIVES["trace"] = lambda t: _Recording(make_trace(t))
+    make_trace = objectives.OBJECTIVES["trace"]
+    objectives.OBJECTIVES["trace"] = lambda t: _Recording(make_trace(t))
     after_fit = []
     plain_fit = runner.fit
 
@@ -382,7 +384,7 @@ def _worker_main(out: Path) -> None:
     status = [cli.main(["train", "--epochs", "2", "--out", str(run_dir), *flags])]
     status.append(cli.main(["train", "--resume", str(run_dir), "--epochs", "3", "--no-progress"]))
     status.append(cli.main(["train", "--epochs", "1", "--out", str(run_dir), *flags]))  # not empty: refused
-    build.OBJECTIVES["trace"] = make_trace
+    objectives.OBJECTIVES["trace"] = make_trace
     runner.fit = plain_fit
     # The same three epochs without the interruption, for comparison with the resumed run.
     status.append(cli.main(["train", "--epochs", "3", "--out", str(out / "straight"), *flags]))
@@ -399,10 +401,10 @@ def _worker_main(out: Path) -> None:
 
 def _worker_failure(out: Path, how: str, timeout: str) -> int:
     from pyro_vae import cli
-    from pyro_vae.model import build
+    from pyro_vae.inference import objectives
 
-    make_trace = build.OBJECTIVES["trace"]
-    build.OBJECTIVES["trace"] = lambda t: _Failing(make_trace(t), how)
+    make_trace = objectives.OBJECTIVES["trace"]
+    objectives.OBJECTIVES["trace"] = lambda t: _Failing(make_trace(t), how)
     argv = ["train", "--hidden", "8", "--epochs", "3", "--batch-size", "32", "--out", str(out / "run")]
     return cli.main([*argv, "--no-progress", "--dist-timeout", timeout])
 

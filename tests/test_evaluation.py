@@ -285,7 +285,7 @@ def test_posterior_means_of_a_flow_guide_are_sample_means():
 
 def test_bad_arguments_are_refused(ppca):
     vae, x = ppca.vae(), ppca.sample(3)
-    with pytest.raises(ConfigError, match="--iw-samples must be >= 1"):
+    with pytest.raises(ConfigError, match="`iw_samples` must be >= 1"):
         evaluate(vae, x, iw_samples=0)
     with pytest.raises(ConfigError, match="max_elements"):
         evaluate(vae, x, max_elements=0)

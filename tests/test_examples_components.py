@@ -28,7 +28,7 @@ def test_custom_prior_example_trains_the_laplace_prior():
     assert "learned Laplace scales b_d:" in out
     # The analytic-KL check is asked of torch: it knows KL(Normal || Laplace), not the full-covariance one.
     assert "--guide diagonal: accepted (closed-form KL)" in out
-    assert "--guide fullcov: refused:" in out and "use --elbo trace" in out
+    assert "--guide fullcov: refused:" in out and "use `elbo` trace" in out
 
 
 def test_custom_guide_example_trains_the_student_t_guide():

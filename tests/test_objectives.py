@@ -15,7 +15,9 @@ from torch.distributions import kl_divergence
 
 import pyro_vae
 from pyro_vae.inference.bounds import elbo_per_datum, iwae_per_datum, log_weights
-from pyro_vae.model.build import GUIDES, PRIORS, build_objective, build_vae, check_compatible
+from pyro_vae.runs.train import train_run
+from pyro_vae.inference.objectives import build_objective, check_compatible
+from pyro_vae.model.build import GUIDES, PRIORS, build_vae
 from pyro_vae.cli import main
 from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
 from pyro_vae.errors import ConfigError
@@ -98,7 +100,7 @@ def test_iwae_refuses_a_kl_weight():
     with pytest.raises(ConfigError, match="no KL weight, got beta 0.5"):
         IWAE(3).loss(small(), binary_data(4), num_data=4, beta=0.5)
     for bad in (TrainConfig(elbo="iwae", beta=4.0), TrainConfig(elbo="iwae", kl_warmup=10)):
-        with pytest.raises(ConfigError, match="--elbo iwae takes no KL weight"):
+        with pytest.raises(ConfigError, match="`elbo` iwae takes no KL weight"):
             build_objective(bad)
 
 
@@ -147,7 +149,7 @@ def test_meanfield_is_refused_exactly_where_torch_has_no_kl(prior, guide):
     if (prior, guide) in ANALYTIC:
         check_compatible(model, TrainConfig(elbo="meanfield"))
     else:
-        with pytest.raises(ConfigError, match=r"^--elbo meanfield with --prior .* no analytic KL .*; use --elbo trace$"):
+        with pytest.raises(ConfigError, match=r"^`elbo` meanfield with `prior` .* no analytic KL .*; use `elbo` trace$"):
             check_compatible(model, TrainConfig(elbo="meanfield"))
     assert torch.equal(torch.get_rng_state(), state), "the probe model must not consume the global random stream"
     check_compatible(model, TrainConfig(elbo="trace"))  # the Monte Carlo ELBO trains everything
@@ -158,10 +160,12 @@ def test_meanfield_objective_refuses_in_the_training_loop_too():
         fit(small("mixture"), binary_data(8), config=TrainConfig(epochs=1, elbo="meanfield"), progress=False)
 
 
-def test_run_config_validation_checks_the_combination():
+def test_a_run_checks_the_combination_before_it_writes(tmp_path):
     config = RunConfig(model=ModelConfig(prior="vamp"), train=TrainConfig(elbo="meanfield"))
-    with pytest.raises(ConfigError, match="--prior vamp and --guide diagonal"):
-        config.validate()
+    config.validate()  # every section is in range: the combination is the run's to check
+    with pytest.raises(ConfigError, match="`prior` vamp and `guide` diagonal"):
+        train_run(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -229,7 +233,7 @@ def test_cli_help_lists_every_choice(capsys):
 
 
 def test_unknown_names_in_python_fail_with_the_choices():
-    with pytest.raises(ConfigError, match=r"unknown prior 'gamma' for --prior; choose one of flow, learned, mixture"):
+    with pytest.raises(ConfigError, match=r"unknown `prior` 'gamma'; choose one of flow, learned, mixture"):
         build_vae(ModelConfig(x_dim=6, prior="gamma"))
-    with pytest.raises(ConfigError, match=r"unknown objective 'renyi' for --elbo; choose one of"):
+    with pytest.raises(ConfigError, match=r"unknown `elbo` 'renyi'; choose one of"):
         build_objective(TrainConfig(elbo="renyi"))

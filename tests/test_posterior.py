@@ -29,17 +29,14 @@ from pyro_vae.config import ModelConfig, RunConfig
 from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.inference.gaps import fit_local_gaussians, inference_gaps, log_joint, log_marginal
 from pyro_vae.model.nn import SCALE_FLOOR
+from pyro_vae.posterior.compare import compare_posteriors, gaussian_kl
+from pyro_vae.posterior.plots import plot_forest, plot_latent_ellipses, plot_marginals
 from pyro_vae.posterior.samplers import (
     ImportanceSamplingWarning,
     _RecordingNUTS,
-    compare_posteriors,
     exact_posterior,
-    gaussian_kl,
     guide_posterior,
     importance_posterior,
-    plot_forest,
-    plot_latent_ellipses,
-    plot_marginals,
 )
 
 with warnings.catch_warnings():
@@ -606,7 +603,7 @@ def test_figures_are_written(corr_guide, corr_nuts, tmp_path):
 # ------------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory) -> Path:
-    from pyro_vae.runs.runner import train_run
+    from pyro_vae.runs.train import train_run
 
     config = RunConfig(model=ModelConfig(z_dim=2, hidden=(16,)), train=TrainConfig(epochs=2))
     return train_run(config, tmp_path_factory.mktemp("runs") / "run", progress=False).run_dir

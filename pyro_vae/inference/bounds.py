@@ -34,13 +34,13 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..data.transforms import BatchTransform
 from ..errors import ConfigError
 from ..model.vae import LATENT_SITE, VAE, local_params
 
 __all__ = [
     "PARTICLE_PLATE",
     "DEFAULT_MAX_ELEMENTS",
-    "BatchTransform",
     "WeightedDraws",
     "LogWeightTerms",
     "Pass",
@@ -65,9 +65,6 @@ __all__ = [
 PARTICLE_PLATE = "particles"
 #: Numbers per intermediate tensor in one vectorized pass (2**23 floats = 32 MiB).
 DEFAULT_MAX_ELEMENTS = 2**23
-
-#: Maps a raw minibatch to the observations the model sees (e.g. binarization).
-BatchTransform = Callable[[torch.Tensor], torch.Tensor]
 
 
 class LogWeightTerms(NamedTuple):

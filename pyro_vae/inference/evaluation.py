@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .bounds import DEFAULT_MAX_ELEMENTS, BatchTransform, pass_plan, weighted_passes
+from ..data.transforms import BatchTransform
+from .bounds import DEFAULT_MAX_ELEMENTS, pass_plan, weighted_passes
 from ..errors import ConfigError
 from ..model.vae import VAE
 
@@ -43,6 +44,7 @@ __all__ = [
     "ACTIVE_UNIT_THRESHOLD",
     "Evaluation",
     "evaluate",
+    "evaluate_elbo",
     "posterior_means",
     "unit_activity",
 ]
@@ -116,6 +118,48 @@ class Evaluation:
                 "reconstruction": self.reconstruction.tolist(),
             },
         }
+
+
+@torch.no_grad()
+def evaluate_elbo(
+    vae: VAE,
+    x: torch.Tensor,
+    *,
+    particles: int = 1,
+    seed: int = 0,
+    transform: BatchTransform | None = None,
+    max_elements: int = DEFAULT_MAX_ELEMENTS,
+) -> float:
+    """ELBO per data point of ``x``, averaged over the rows.
+
+    Computed by :func:`pyro_vae.inference.bounds.weighted_passes` (Pyro traces of the VAE's
+    model and guide, masks and scales honoured), in passes of bounded memory. The
+    draws come from a forked RNG seeded with ``seed``, so the result is the same on
+    every call and the caller's random stream is left untouched.
+
+    Args:
+        vae: The model.
+        x: Data ``(N, x_dim)``.
+        particles: Draws of z per data point.
+        seed: Seed of the draws (and of ``transform``'s randomness).
+        transform: Applied to each block of rows first (e.g. binarization).
+        max_elements: Memory budget of one pass (numbers per intermediate tensor).
+
+    Returns:
+        The mean ELBO per data point, in nats.
+    """
+    was_training = vae.training
+    vae.eval()
+    devices = [x.device] if x.device.type == "cuda" else []
+    total = 0.0
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for step in weighted_passes(vae, x, particles, transform=transform, max_elements=max_elements):
+                total += float(step.draws.log_weights.double().sum())  # sum over draws and rows
+    finally:
+        vae.train(was_training)
+    return total / (x.shape[0] * particles)
 
 
 @torch.no_grad()
@@ -263,7 +307,7 @@ def evaluate(
         ((5,), True)
     """
     if iw_samples < 1:
-        raise ConfigError(f"--iw-samples must be >= 1, got {iw_samples}; 5000 is the published standard")
+        raise ConfigError(f"`iw_samples` must be >= 1, got {iw_samples}; 5000 is the published standard")
     if max_elements < 1:
         raise ConfigError(f"max_elements must be >= 1, got {max_elements}")
     if x.shape[0] < 1:

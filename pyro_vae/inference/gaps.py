@@ -22,7 +22,7 @@ one of the two misses part of the posterior.
 Every density here comes from the package's one trace-based path
 (:mod:`pyro_vae.inference.bounds`: :func:`~pyro_vae.inference.bounds.log_joint` and
 :func:`~pyro_vae.inference.bounds.collect_log_weights`, masks and scales honoured); no ArviZ.
-:mod:`pyro_vae.posterior.samplers` turns the same quantities into ArviZ data.
+:mod:`pyro_vae.posterior` turns the same quantities into ArviZ data.
 """
 
 from __future__ import annotations

@@ -6,12 +6,9 @@ compares component names.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
-import torch
-
-from ..config import ModelConfig, TrainConfig
+from ..config import ModelConfig, choose
 from ..errors import ConfigError
 from .guides import DiagonalNormalGuide, FlowGuide, FullCovarianceGuide, Guide, LowRankGuide
 from .likelihoods import (
@@ -23,7 +20,6 @@ from .likelihoods import (
     PoissonLikelihood,
 )
 from .nn import MLP
-from ..inference.objectives import IWAE, Objective, TraceELBO, TraceMeanFieldELBO
 from .priors import FlowPrior, LearnedNormalPrior, MixturePrior, Prior, StandardNormalPrior, VampPrior
 from .vae import VAE
 
@@ -31,10 +27,7 @@ __all__ = [
     "PRIORS",
     "GUIDES",
     "LIKELIHOODS",
-    "OBJECTIVES",
     "build_vae",
-    "build_objective",
-    "check_compatible",
 ]
 
 #: Prior factories: ``(config, encoder, guide) -> Prior``. The encoder and guide head
@@ -64,23 +57,6 @@ LIKELIHOODS: dict[str, Callable[[ModelConfig, int], Likelihood]] = {
     "negbin": lambda c, h: NegativeBinomialLikelihood(h, c.x_dim),
 }
 
-#: Objective factories: ``(train config) -> Objective``.
-OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {
-    # Pyro's Trace_ELBO run as a graph traced once per batch shape: the same draws and
-    # gradients as "trace-eager", without Pyro's per-step Python (see TracedLoss).
-    "trace": lambda t: TraceELBO(t.particles),
-    "trace-eager": lambda t: TraceELBO(t.particles, jit=False),
-    "meanfield": lambda t: TraceMeanFieldELBO(t.particles),
-    "iwae": lambda t: IWAE(t.particles),
-}
-
-
-def _pick(table: dict, name: str, what: str, flag: str):
-    if name not in table:
-        raise ConfigError(f"unknown {what} {name!r} for {flag}; choose one of {', '.join(sorted(table))}")
-    return table[name]
-
-
 def build_vae(config: ModelConfig) -> VAE:
     """Build a fresh, randomly initialised VAE from a :class:`ModelConfig`.
 
@@ -88,6 +64,7 @@ def build_vae(config: ModelConfig) -> VAE:
         ConfigError: A name is unknown or a value is out of range.
 
     Example:
+        >>> import torch
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> vae.encode(torch.zeros(1, 6))[0].shape
         torch.Size([1, 2])
@@ -95,9 +72,9 @@ def build_vae(config: ModelConfig) -> VAE:
     config.validate()
     if config.x_dim < 1:
         raise ConfigError(f"x_dim must be >= 1 to build a model, got {config.x_dim}: set it to the data's number of features")
-    make_prior = _pick(PRIORS, config.prior, "prior", "--prior")
-    make_guide = _pick(GUIDES, config.guide, "guide", "--guide")
-    make_likelihood = _pick(LIKELIHOODS, config.likelihood, "likelihood", "--likelihood")
+    make_prior = choose(PRIORS, config.prior, "prior")
+    make_guide = choose(GUIDES, config.guide, "guide")
+    make_likelihood = choose(LIKELIHOODS, config.likelihood, "likelihood")
     encoder = MLP(config.x_dim, config.hidden, config.activation)
     decoder = MLP(config.z_dim, tuple(reversed(config.hidden)), config.activation)
     # Likelihood, guide, prior: the prior comes last because the VampPrior reuses the
@@ -106,45 +83,3 @@ def build_vae(config: ModelConfig) -> VAE:
     guide = make_guide(config, encoder.out_features)
     prior = make_prior(config, encoder, guide)
     return VAE(encoder, decoder, likelihood, prior=prior, guide=guide, z_dim=config.z_dim)
-
-
-def build_objective(config: TrainConfig) -> Objective:
-    """The training objective named by ``config.elbo``.
-
-    Raises:
-        ConfigError: The name is unknown, or the objective takes no KL weight and
-            ``beta != 1`` or a KL warm-up was asked for.
-    """
-    objective = _pick(OBJECTIVES, config.elbo, "objective", "--elbo")(config)
-    if not objective.supports_beta and (config.beta != 1.0 or config.kl_warmup > 0):
-        raise ConfigError(
-            f"--elbo {config.elbo} takes no KL weight, got --beta {config.beta} and --kl-warmup "
-            f"{config.kl_warmup}; use --beta 1 --kl-warmup 0, or --elbo trace for a beta-VAE"
-        )
-    return objective
-
-
-def check_compatible(model: ModelConfig, train: TrainConfig) -> None:
-    """Raise :class:`ConfigError` if the objective ``train.elbo`` cannot train the model ``model``.
-
-    Builds the objective and a throw-away model (``x_dim`` 1 if not yet known; the
-    global random state is left untouched) and asks the objective (its ``check``),
-    so that e.g. ``--elbo meanfield`` with a prior that has no analytic KL fails
-    before training, whatever the components are called.
-
-    Raises:
-        ConfigError: A name is unknown, a value out of range, or the combination invalid.
-
-    Example:
-        >>> check_compatible(ModelConfig(prior="mixture"), TrainConfig(elbo="meanfield"))
-        Traceback (most recent call last):
-        ...
-        pyro_vae.errors.ConfigError: --elbo meanfield with --prior mixture and --guide diagonal: the guide's Independent(Normal) and the prior's MixtureSameFamily have no analytic KL divergence, which the mean-field ELBO needs; use --elbo trace
-    """
-    objective = build_objective(train)
-    with torch.random.fork_rng(devices=[]):
-        probe = build_vae(dataclasses.replace(model, x_dim=model.x_dim or 1))
-    try:
-        objective.check(probe)
-    except ConfigError as err:
-        raise ConfigError(f"--elbo {train.elbo} with --prior {model.prior} and --guide {model.guide}: {err}") from None

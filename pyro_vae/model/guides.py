@@ -154,7 +154,7 @@ class LowRankGuide(Guide):
     def __init__(self, in_features: int, z_dim: int, rank: int = 1) -> None:
         super().__init__(in_features, z_dim)
         if not 1 <= rank <= z_dim:
-            raise ConfigError(f"--guide-rank must be between 1 and --z-dim {z_dim}, got {rank}")
+            raise ConfigError(f"`guide_rank` must be between 1 and `z_dim` {z_dim}, got {rank}")
         self.rank = rank
         self.loc = nn.Linear(in_features, z_dim)
         self.cov_factor = nn.Linear(in_features, z_dim * rank)
@@ -224,9 +224,9 @@ class FlowGuide(Guide):
         super().__init__(in_features, z_dim)
         hidden = 10 * z_dim if hidden is None else hidden
         if z_dim < 2:
-            raise ConfigError(f"a flow guide needs --z-dim >= 2 (an autoregressive flow in 1-D is affine), got {z_dim}")
+            raise ConfigError(f"a flow guide needs `z_dim` >= 2 (an autoregressive flow in 1-D is affine), got {z_dim}")
         if num_layers < 1:
-            raise ConfigError(f"--flow-layers must be >= 1, got {num_layers}")
+            raise ConfigError(f"`flow_layers` must be >= 1, got {num_layers}")
         if hidden < z_dim:
             raise ConfigError(f"the flow's hidden width must be >= z_dim {z_dim}, got {hidden}")
         self.base = DiagonalNormalGuide(in_features, z_dim)

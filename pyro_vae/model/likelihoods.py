@@ -92,7 +92,7 @@ class _UnitIntervalLikelihood(Likelihood):
         if bad.any():
             raise DataError(
                 f"the {self._label} likelihood needs data in [0, 1], but {_describe_bad(x, bad)}; "
-                "rescale the data to [0, 1] or use --likelihood normal for real-valued data"
+                "rescale the data to [0, 1] or use `likelihood` normal for real-valued data"
             )
 
 
@@ -173,7 +173,7 @@ class _CountLikelihood(Likelihood):
         if bad.any():
             raise DataError(
                 f"the {self._name} likelihood needs counts (non-negative integers), but {_describe_bad(x, bad)}; "
-                "pass raw counts, or use --likelihood normal for real-valued data"
+                "pass raw counts, or use `likelihood` normal for real-valued data"
             )
 
 

@@ -16,7 +16,7 @@ The priors here:
   autoregressive transforms (Papamakarios et al., 2017).
 
 Only the first two have a closed-form KL divergence to a Gaussian guide, which is
-what ``--elbo meanfield`` needs; :func:`pyro_vae.model.build.check_compatible` finds that
+what ``--elbo meanfield`` needs; :func:`pyro_vae.inference.objectives.check_compatible` finds that
 out by asking ``torch.distributions.kl_divergence``, not by name.
 """
 
@@ -125,7 +125,7 @@ class MixturePrior(Prior):
     def __init__(self, z_dim: int, num_components: int = 10) -> None:
         super().__init__(z_dim)
         if num_components < 1:
-            raise ConfigError(f"--prior-components must be >= 1, got {num_components}")
+            raise ConfigError(f"`prior_components` must be >= 1, got {num_components}")
         self.num_components = num_components
         self.logits = nn.Parameter(torch.zeros(num_components))
         self.locs = nn.Parameter(torch.randn(num_components, z_dim))  # (K, z_dim)
@@ -173,7 +173,7 @@ class VampPrior(Prior):
     def __init__(self, z_dim: int, num_components: int, encoder: nn.Module, guide: Guide) -> None:
         super().__init__(z_dim)
         if num_components < 1:
-            raise ConfigError(f"--prior-components must be >= 1, got {num_components}")
+            raise ConfigError(f"`prior_components` must be >= 1, got {num_components}")
         if guide.z_dim != z_dim:
             raise ConfigError(f"the VampPrior needs a guide with z_dim {z_dim}, got {guide.z_dim}")
         self.num_components = num_components
@@ -246,9 +246,9 @@ class FlowPrior(Prior):
         super().__init__(z_dim)
         hidden = 10 * z_dim if hidden is None else hidden
         if z_dim < 2:
-            raise ConfigError(f"a flow prior needs --z-dim >= 2 (an autoregressive flow in 1-D is affine), got {z_dim}")
+            raise ConfigError(f"a flow prior needs `z_dim` >= 2 (an autoregressive flow in 1-D is affine), got {z_dim}")
         if num_layers < 1:
-            raise ConfigError(f"--flow-layers must be >= 1, got {num_layers}")
+            raise ConfigError(f"`flow_layers` must be >= 1, got {num_layers}")
         if hidden < z_dim:
             raise ConfigError(f"the flow's hidden width must be >= z_dim {z_dim}, got {hidden}")
         self.register_buffer("loc", torch.zeros(z_dim))

@@ -25,7 +25,7 @@ from matplotlib.patches import Ellipse
 from torch import distributions as tdist
 
 from ..errors import ConfigError
-from ..runs.figures import save_png, subplots
+from ..plotting import save_png, subplots
 from ..model.vae import VAE
 
 __all__ = ["PointClouds", "point_clouds", "draw_point_clouds", "plot_point_clouds", "sigma_ellipse", "colours"]
@@ -141,7 +141,7 @@ def point_clouds(
     if vae.z_dim != 2:
         raise ConfigError(
             f"point clouds are drawn in a 2-D latent plane, but this model has z_dim={vae.z_dim}; "
-            "train a model with --z-dim 2 to draw them"
+            "train a model with `z_dim` 2 to draw them"
         )
     if num_draws < 2:
         raise ConfigError(f"num_draws must be >= 2 (a standard deviation needs two draws), got {num_draws}")

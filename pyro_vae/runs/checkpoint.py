@@ -2,33 +2,32 @@
 
 Nothing here unpickles arbitrary objects: weights are read with ``safetensors`` and the
 training state with ``torch.load(weights_only=True)``, so a run directory from an
-untrusted source cannot execute code. Every file is written to a temporary name in the
-same folder, flushed to disk and renamed over the old one, so a kill mid-write leaves
-the previous version intact.
+untrusted source cannot execute code. Every file is written atomically
+(:func:`pyro_vae.files.atomic_write`), so a kill mid-write leaves the previous version
+intact.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import safetensors.torch
 import torch
 from safetensors import SafetensorError
 
-from ..model.build import build_vae
 from ..config import RunConfig
 from ..errors import CheckpointError, ConfigError
+from ..files import atomic_write
+from ..model.build import build_vae
 from ..model.vae import VAE
 
 __all__ = [
     "CONFIG_FILE",
     "WEIGHTS_FILE",
     "STATE_FILE",
-    "atomic_write",
     "save_config",
     "load_config",
     "save_weights",
@@ -41,54 +40,6 @@ __all__ = [
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None] | bytes | str) -> None:
-    """Write a file so that readers see the old or the new content, never a mix.
-
-    Args:
-        path: Destination.
-        write: The bytes or text to write, or a function that writes to a binary file.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        # mkstemp creates the file 0600; give it the permissions a plain open() would.
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(write, str):
-                f.write(write.encode())
-            elif isinstance(write, bytes):
-                f.write(write)
-            else:
-                write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_config(run_dir: str | os.PathLike, config: RunConfig) -> None:
@@ -161,7 +112,7 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     config = load_config(run_dir)
     path = Path(run_dir) / WEIGHTS_FILE
     if not path.is_file():
-        raise CheckpointError(f"{str(path)!r} is missing: the run saved no weights yet; train it (or --resume it) first")
+        raise CheckpointError(f"{str(path)!r} is missing: the run saved no weights yet; train it (or `resume` it) first")
     try:
         state = safetensors.torch.load(path.read_bytes())
     except (SafetensorError, ValueError, OSError) as err:

@@ -1,47 +1,22 @@
 """PNG figures of a run: loss curve, reconstructions, prior samples, latent means.
 
-Figures are ``matplotlib.figure.Figure`` objects made without pyplot, so they need no
-display, select no backend and leave pyplot's state (and the user's open figures)
-alone. Every function takes arrays, draws, writes one PNG atomically and returns
-nothing; none of them touches the model.
+Figures are made with :mod:`pyro_vae.plotting` (no pyplot, no global state). Every
+function takes arrays, draws, writes one PNG atomically and returns nothing; none of
+them touches the model.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
-from .checkpoint import atomic_write
+from ..plotting import save_png, subplots
 
-__all__ = ["new_figure", "subplots", "save_png", "plot_history", "plot_reconstructions", "plot_samples", "plot_latent"]
-
-
-def new_figure(**kwargs: Any) -> Figure:
-    """A figure outside pyplot (``Figure(**kwargs)``): no backend, no global state."""
-    return Figure(**kwargs)
-
-
-def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
-    """``plt.subplots`` without pyplot: a :func:`new_figure` and its axes.
-
-    ``layout`` goes to the figure, everything else (``squeeze``, ``sharex``, ...) to
-    ``Figure.subplots``.
-    """
-    fig = new_figure(figsize=figsize, layout=kwargs.pop("layout", None))
-    return fig, fig.subplots(nrows, ncols, **kwargs)
-
-
-def save_png(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> None:
-    """Write ``fig`` as a PNG atomically; ``dpi`` sets the pixels per inch."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    atomic_write(path, buffer.getvalue())
+__all__ = ["plot_history", "plot_reconstructions", "plot_samples", "plot_latent"]
 
 
 def plot_history(history: Sequence[dict[str, float]], path: str | os.PathLike) -> None:

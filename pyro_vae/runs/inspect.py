@@ -24,19 +24,10 @@ import torch
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..inference.gaps import InferenceGaps, inference_gaps
-from ..posterior.samplers import (
-    LATENT_DIM,
-    ArvizData,
-    compare_posteriors,
-    exact_posterior,
-    gaussian_kl,
-    guide_posterior,
-    importance_posterior,
-    plot_forest,
-    plot_latent_ellipses,
-    plot_marginals,
-    write_netcdf,
-)
+from ..posterior.compare import compare_posteriors, gaussian_kl
+from ..posterior.plots import plot_forest, plot_latent_ellipses, plot_marginals
+from ..posterior.samplers import exact_posterior, guide_posterior, importance_posterior
+from ..posterior.schema import LATENT_DIM, ArvizData, write_netcdf
 from ..model.vae import VAE
 
 __all__ = ["Inspection", "INSPECT_FILES", "inspect_points", "load_points", "check_outputs", "write_inspection"]
@@ -56,7 +47,7 @@ class Inspection:
         reference: Draws from p(z|x): NUTS or importance resampling.
         reference_name: ``"nuts"`` or ``"sir"``; the prefix of its columns and its file name.
         table: Mean and sd per ``z[point, latent]``, guide beside reference
-            (:func:`pyro_vae.posterior.samplers.compare_posteriors`).
+            (:func:`pyro_vae.posterior.compare.compare_posteriors`).
         points: One row per point: Gaussian KL, log p(x), the ELBOs, the gaps and the
             reference's diagnostics (divergences and worst R-hat for NUTS; the
             importance weights' effective sample size and Pareto k for importance
@@ -178,7 +169,8 @@ def load_points(
         ConfigError: The split does not exist or an index is out of range or repeated.
     """
     from .checkpoint import load_run
-    from .runner import held_out, load_data, make_transform
+    from .evaluate import held_out
+    from .train import load_data, make_transform
 
     config, vae = load_run(run_dir)
     data = load_data(config)
@@ -188,18 +180,18 @@ def load_points(
     else:
         splits = {"train": data.train, "val": data.val, "test": data.test}
         if split not in splits:
-            raise ConfigError(f"--split must be one of {', '.join(splits)}, got {split!r}")
+            raise ConfigError(f"`split` must be one of {', '.join(splits)}, got {split!r}")
         rows = splits[split]
         if rows is None:
-            raise ConfigError(f"the data {config.data.data!r} has no {split} split; choose --split train or val")
+            raise ConfigError(f"the data {config.data.data!r} has no {split} split; choose `split` train or val")
     bad = [i for i in index if not 0 <= i < len(rows)]
     if bad:
         raise ConfigError(
-            f"--index {' '.join(map(str, bad))} out of range: the {split} split of {config.data.data!r} has "
+            f"`index` {' '.join(map(str, bad))} out of range: the {split} split of {config.data.data!r} has "
             f"{len(rows)} rows; pass indices from 0 to {len(rows) - 1}"
         )
     if len(set(index)) != len(index):
-        raise ConfigError(f"--index repeats a row ({' '.join(map(str, index))}); pass each row once")
+        raise ConfigError(f"`index` repeats a row ({' '.join(map(str, index))}); pass each row once")
     x = torch.from_numpy(rows)
     vae.likelihood.check_support(x)
     transform = make_transform(config, vae)
@@ -219,11 +211,11 @@ def check_outputs(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Pat
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file, not a directory; choose another --out")
+        raise ConfigError(f"`out` {str(out)!r} is a file, not a directory; choose another `out`")
     existing = [name for name in INSPECT_FILES if (out / name).exists()]
     if existing and not overwrite:
         raise ConfigError(
-            f"{str(out)!r} already holds {', '.join(existing)}; pass --overwrite to replace them or choose another --out"
+            f"{str(out)!r} already holds {', '.join(existing)}; pass `overwrite` to replace them or choose another `out`"
         )
     return out
 
@@ -253,7 +245,7 @@ def write_inspection(found: Inspection, out_dir: str | os.PathLike, *, overwrite
     out.mkdir(parents=True, exist_ok=True)
     for name in INSPECT_FILES:  # no stale file of an earlier inspection is left beside the new ones
         (out / name).unlink(missing_ok=True)
-    from .checkpoint import atomic_write
+    from ..files import atomic_write
 
     written = [out / "guide.nc", out / f"{found.reference_name}.nc", out / "summary.csv", out / "points.csv"]
     _write_netcdf(found.guide, written[0])

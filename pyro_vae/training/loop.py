@@ -19,14 +19,15 @@ from typing import Callable, Optional
 import torch
 from tqdm.auto import tqdm
 
-from ..inference.bounds import DEFAULT_MAX_ELEMENTS, BatchTransform, weighted_passes
 from ..config import TrainConfig
-from .distributed import parallelism
-from ..errors import DataError, TrainingDivergedError
-from ..inference.objectives import Objective
+from ..data.transforms import BatchTransform
+from ..errors import TrainingDivergedError
+from ..inference.evaluation import evaluate_elbo
+from ..inference.objectives import Objective, build_objective
 from ..model.vae import VAE, local_params
+from .parallel import parallelism
 
-__all__ = ["EpochRecord", "fit", "evaluate_elbo", "epoch_seed", "BatchTransform"]
+__all__ = ["EpochRecord", "fit", "epoch_seed"]
 
 @dataclass
 class EpochRecord:
@@ -51,48 +52,6 @@ class EpochRecord:
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch`` (0-based) of a run seeded with ``seed``."""
     return (seed * 1_000_003 + epoch * 7_919) % (2**63 - 1)
-
-
-@torch.no_grad()
-def evaluate_elbo(
-    vae: VAE,
-    x: torch.Tensor,
-    *,
-    particles: int = 1,
-    seed: int = 0,
-    transform: BatchTransform | None = None,
-    max_elements: int = DEFAULT_MAX_ELEMENTS,
-) -> float:
-    """ELBO per data point of ``x``, averaged over the rows.
-
-    Computed by :func:`pyro_vae.inference.bounds.weighted_passes` (Pyro traces of the VAE's
-    model and guide, masks and scales honoured), in passes of bounded memory. The
-    draws come from a forked RNG seeded with ``seed``, so the result is the same on
-    every call and the caller's random stream is left untouched.
-
-    Args:
-        vae: The model.
-        x: Data ``(N, x_dim)``.
-        particles: Draws of z per data point.
-        seed: Seed of the draws (and of ``transform``'s randomness).
-        transform: Applied to each block of rows first (e.g. binarization).
-        max_elements: Memory budget of one pass (numbers per intermediate tensor).
-
-    Returns:
-        The mean ELBO per data point, in nats.
-    """
-    was_training = vae.training
-    vae.eval()
-    devices = [x.device] if x.device.type == "cuda" else []
-    total = 0.0
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            for step in weighted_passes(vae, x, particles, transform=transform, max_elements=max_elements):
-                total += float(step.draws.log_weights.double().sum())  # sum over draws and rows
-    finally:
-        vae.train(was_training)
-    return total / (x.shape[0] * particles)
 
 
 def fit(
@@ -145,7 +104,6 @@ def fit(
     if val is not None:
         vae.check_x(val[:1])
     if objective is None:
-        from ..model.build import build_objective  # build imports the components; keep train light
 
         objective = build_objective(config)
     optimizer = optimizer or torch.optim.Adam(vae.parameters(), lr=config.lr)
@@ -179,7 +137,7 @@ def fit(
                     if not math.isfinite(mean_loss):
                         raise TrainingDivergedError(
                             f"the loss became {mean_loss} at epoch {epoch + 1}, step {step + 1}; "
-                            f"the last good checkpoint (epoch {epoch}) was kept: lower --lr "
+                            f"the last good checkpoint (epoch {epoch}) was kept: lower `lr` "
                             "or check the data for extreme values"
                         )
                     optimizer.zero_grad(set_to_none=True)

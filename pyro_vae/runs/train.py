@@ -10,8 +10,9 @@ run, :func:`resume_run` goes on from the last checkpoint. A run directory holds
 - ``summary.json``: the final held-out ELBO and wall time;
 - figures: ``loss.png``, ``reconstructions.png``, ``samples.png`` and, for a 2-D
   latent, ``latent.png``;
-- ``evaluation.json``, once ``pyro-vae evaluate`` has run (:func:`evaluate_run`): held-out
-  ELBO, importance-sampled log p(x), KL and reconstruction terms, active units.
+- ``evaluation.json``, once ``pyro-vae evaluate`` has run
+  (:func:`pyro_vae.runs.evaluate.evaluate_run`): held-out ELBO, importance-sampled
+  log p(x), KL and reconstruction terms, active units.
 
 The data is loaded and the model built before anything is written, so a bad option
 leaves the disk untouched; an existing non-empty directory is only reused with
@@ -26,7 +27,6 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -36,7 +36,6 @@ from .checkpoint import (
     CONFIG_FILE,
     STATE_FILE,
     WEIGHTS_FILE,
-    atomic_write,
     load_config,
     load_training_state,
     save_config,
@@ -44,12 +43,14 @@ from .checkpoint import (
     save_weights,
 )
 from ..config import RunConfig
-from ..data.datasets import Dataset, binarize, load_dataset, resolve_binarize
+from ..data.datasets import Dataset, load_dataset
+from ..data.transforms import BatchTransform, binarize, resolve_binarize
 from ..training.distributed import barrier, is_initialized, is_main_process, local_rank, run_on_main
 from ..errors import CheckpointError, ConfigError, DataError
-from ..inference.evaluation import DEFAULT_IW_SAMPLES, DEFAULT_MAX_ELEMENTS, evaluate
+from ..files import atomic_write
+from ..inference.objectives import check_compatible
 from .figures import plot_history, plot_latent, plot_reconstructions, plot_samples
-from ..training.loop import BatchTransform, EpochRecord, fit
+from ..training.loop import EpochRecord, fit
 from ..model.vae import VAE
 
 __all__ = ["RunResult", "train_run", "resume_run", "load_data", "make_transform", "resolve_device"]
@@ -93,9 +94,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a device; use cpu or cuda") from None
+        raise ConfigError(f"`device` {name!r} is not a device; use cpu or cuda") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name} was asked for but no CUDA GPU is available here; use --device cpu")
+        raise ConfigError(f"`device` {name} was asked for but no CUDA GPU is available here; use `device` cpu")
     if device.type == "cuda" and device.index is None and is_initialized():
         # One GPU per process under torchrun: LOCAL_RANK picks it.
         if local_rank() >= torch.cuda.device_count():
@@ -137,8 +138,8 @@ def _check_data(config: RunConfig, vae: VAE, data: Dataset) -> None:
     needs_binary = vae.likelihood.needs_binary
     if needs_binary and config.data.binarize == "none" and not np.isin(data.train, (0.0, 1.0)).all():
         raise ConfigError(
-            f"--likelihood {config.model.likelihood} needs 0/1 data but {config.data.data!r} has values "
-            "between 0 and 1 and --binarize none was given; use --binarize dynamic or threshold, "
+            f"`likelihood` {config.model.likelihood} needs 0/1 data but {config.data.data!r} has values "
+            "between 0 and 1 and `binarize` none was given; use `binarize` dynamic or threshold, "
             "or a likelihood for [0, 1] data"
         )
 
@@ -155,12 +156,12 @@ def _fresh_run_dir(config: RunConfig) -> Path:
 
 def _claim_run_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} is a file, not a directory; choose another --out")
+        raise ConfigError(f"`out` {str(out)!r} is a file, not a directory; choose another `out`")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise ConfigError(
-                f"output directory {str(out)!r} exists and is not empty; pass --overwrite to replace its "
-                "run files, --resume to continue it, or choose another --out"
+                f"output directory {str(out)!r} exists and is not empty; pass `overwrite` to replace its "
+                "run files, `resume` to continue it, or choose another `out`"
             )
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
@@ -265,6 +266,7 @@ def train_run(
     """
     config = dataclasses.replace(config) if config is not None else RunConfig()
     config.validate()
+    check_compatible(config.model, config.train)
     device = resolve_device(config.train.device)
     data = load_data(config)
     config.model = dataclasses.replace(config.model, x_dim=data.x_dim)
@@ -284,11 +286,14 @@ def train_run(
     return _run(config, run_dir, vae, data, _optimizer(vae, config), [], progress)
 
 
-def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool = True) -> RunResult:
+def resume_run(
+    run_dir: str | Path, *, epochs: int | None = None, device: str | None = None, progress: bool = True
+) -> RunResult:
     """Continue a run from its last checkpoint, up to ``epochs`` in all.
 
     The resumed run draws the same random numbers an uninterrupted run would, so its
-    history continues the same curve.
+    history continues the same curve. ``epochs`` and ``device`` may change; the new
+    values are saved in ``config.json``.
 
     Raises:
         CheckpointError: The run directory is missing, damaged or inconsistent.
@@ -299,6 +304,8 @@ def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool
     if epochs is not None:
         config.train = dataclasses.replace(config.train, epochs=epochs)
         config.train.validate()
+    if device is not None:  # a property of this call, not of the model: it may change
+        config.train = dataclasses.replace(config.train, device=device)
     device = resolve_device(config.train.device)
     data = load_data(config)
     if data.x_dim != config.model.x_dim:
@@ -321,71 +328,7 @@ def resume_run(run_dir: str | Path, *, epochs: int | None = None, progress: bool
     if len(history) >= config.train.epochs:
         raise ConfigError(
             f"the run already has {len(history)} epochs and asks for {config.train.epochs}; "
-            f"pass --epochs N with N > {len(history)} to train longer"
+            f"pass `epochs` N with N > {len(history)} to train longer"
         )
     run_on_main(lambda: save_config(run_dir, config))
     return _run(config, run_dir, vae, data, optimizer, history, progress)
-
-
-def held_out(data: Dataset) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """The held-out split used for evaluation: the test set if the data has one, else validation."""
-    if data.test is not None:
-        return data.test, data.test_labels, "test"
-    return data.val, data.val_labels, "validation"
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    *,
-    iw_samples: int = DEFAULT_IW_SAMPLES,
-    device: str | None = None,
-    max_elements: int = DEFAULT_MAX_ELEMENTS,
-    progress: bool = False,
-    write: bool = True,
-) -> dict[str, Any]:
-    """Evaluate a trained run on its held-out data and write ``RUN_DIR/evaluation.json``.
-
-    Per data point and averaged: the ELBO, the importance-sampled estimate of log p(x)
-    with ``iw_samples`` draws, the KL and reconstruction terms; and the active units
-    (see :func:`pyro_vae.inference.evaluation.evaluate`). The draws and the binarization use the
-    run's seed, so repeated calls agree.
-
-    Args:
-        run_dir: The run directory.
-        iw_samples: K, draws of z per data point (5000 is the published standard).
-        device: ``cpu`` or ``cuda``; default the run's.
-        max_elements: Memory budget of one vectorized pass (numbers per tensor).
-        progress: Show a progress bar.
-        write: Write ``evaluation.json`` (replacing an earlier one atomically).
-
-    Returns:
-        The JSON's content: the averages (``elbo_per_datum``, ``log_px_per_datum``,
-        ``kl_per_datum``, ``reconstruction_per_datum``, ``active_units``, ...), the
-        ``split`` evaluated, ``unit_activity`` and the ``per_datum`` lists.
-
-    Raises:
-        CheckpointError: The run directory is missing or damaged.
-        ConfigError: ``iw_samples < 1`` or the device is unavailable.
-    """
-    from .checkpoint import load_run
-
-    config = load_config(run_dir)
-    dev = resolve_device(device or config.train.device)
-    config, vae = load_run(run_dir, dev)
-    data = load_data(config)
-    x, _, split = held_out(data)
-    xt = torch.from_numpy(x).to(dev)
-    vae.likelihood.check_support(xt)
-    result = evaluate(
-        vae,
-        xt,
-        iw_samples=iw_samples,
-        max_elements=max_elements,
-        seed=config.train.seed,
-        transform=make_transform(config, vae),
-        progress=progress,
-    )
-    report = {"split": split, **result.to_dict()}
-    if write:
-        atomic_write(Path(run_dir) / EVALUATION_FILE, json.dumps(report, indent=1) + "\n")
-    return report
