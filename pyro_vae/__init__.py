@@ -13,8 +13,8 @@ Importing the package changes no Pyro setting and no other global state. Pyro's 
 from __future__ import annotations
 
 from .inference.bounds import elbo_per_datum, iwae_per_datum, log_weight_terms, log_weights
-from .inference.amortization import PerPointFit, refine_per_point
-from .inference.gaps import InferenceGaps, LogMarginal, fit_local_gaussians, inference_gaps, log_marginal
+
+from .inference.gaps import InferenceGaps, LogMarginal, PerPointFit, fit_local_gaussians, inference_gaps, log_marginal, refine_per_point
 from .model.build import GUIDES, LIKELIHOODS, PRIORS, build_vae
 from .runs.checkpoint import load, load_run
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig

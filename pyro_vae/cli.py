@@ -192,10 +192,6 @@ def _cmd_train(args: argparse.Namespace, say: Callable[[str], None]) -> None:
 def _cmd_evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     from .runs.evaluate import evaluate_run
 
-    if args.iw_samples < 1:
-        raise ConfigError(f"--iw-samples must be >= 1, got {args.iw_samples}; 5000 is the published standard")
-    if args.max_elements < 1:
-        raise ConfigError(f"--max-elements must be >= 1, got {args.max_elements}")
     report = evaluate_run(
         args.run_dir, iw_samples=args.iw_samples, device=args.device, max_elements=args.max_elements,
         progress=not args.no_progress,
@@ -309,7 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 #: Library arguments whose command-line flag is not ``--`` plus the name with dashes.
-_FLAG_NAMES = {"out": "--out", "num": "-n", "index": "--index"}
+_FLAG_NAMES = {"num": "-n", "num_samples": "--samples", "num_chains": "--chains", "warmup_steps": "--warmup"}
 
 
 def _as_flags(message: str) -> str:

@@ -68,7 +68,7 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` if a value is out of range."""
         if self.x_dim < 0:
-            raise ConfigError(f"x_dim must be >= 0 (0: set from the data), got {self.x_dim}")
+            raise ConfigError(f"`x_dim` must be >= 0 (0: set from the data), got {self.x_dim}")
         if self.z_dim < 1:
             raise ConfigError(f"`z_dim` must be >= 1, got {self.z_dim}")
         if any(h < 1 for h in self.hidden):
@@ -92,7 +92,8 @@ class DataConfig:
             ``dynamic`` (a fresh Bernoulli draw of every pixel each epoch), ``threshold``
             (fixed: ``x > threshold``) or ``none`` (keep values as they are).
         threshold: Cut-off for ``binarize="threshold"``.
-        val_fraction: Fraction of the training rows held out for validation.
+        val_fraction: Fraction of the training rows held out for validation, in (0, 1)
+            (checked where the data is split, :func:`pyro_vae.data.datasets.split_train_val`).
         image_shape: ``(height, width)`` of image data (filled in from the data; empty
             for plain feature vectors), used to draw figures.
     """
@@ -112,8 +113,6 @@ class DataConfig:
             )
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"`threshold` must be in (0, 1), got {self.threshold}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigError(f"`val_fraction` must be in (0, 1), got {self.val_fraction}")
 
 
 @dataclass

@@ -70,8 +70,8 @@ def test_refinement_works_for_any_guide_family():
 
 def test_refinement_rejects_bad_arguments():
     vae, x = trained_vae()
-    with pytest.raises(ConfigError, match="eval_particles must be >= 1"):
+    with pytest.raises(ConfigError, match="`eval_particles` must be >= 1"):
         refine_per_point(vae, x, eval_particles=0)
-    with pytest.raises(ConfigError, match="steps must be > 0"):
+    with pytest.raises(ConfigError, match="`steps` must be > 0"):
         refine_per_point(vae, x, steps=0)
     assert math.isfinite(float(refine_per_point(vae, x[:2], steps=1, eval_particles=2).elbo.sum()))

@@ -104,7 +104,7 @@ def test_rejects_bad_rows(tmp_path, tiny_binary, index, message):
 
 
 def test_rejects_too_few_draws_and_wrong_labels(tiny_binary):
-    with pytest.raises(ConfigError, match="num_draws must be >= 2"):
+    with pytest.raises(ConfigError, match="`num_draws` must be >= 2"):
         point_clouds(_vae(), tiny_binary, [0], num_draws=1)
     with pytest.raises(ConfigError, match=r"one label per row \(2\), got 1"):
         point_clouds(_vae(), tiny_binary, [0, 1], labels=["only one"])

@@ -34,6 +34,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..seeding import forked_rng
 from ..data.transforms import BatchTransform
 from ..errors import ConfigError
 from ..model.vae import LATENT_SITE, VAE, local_params
@@ -180,7 +181,7 @@ def _sum_log_probs(
 
 def _check_samples(num_samples: int) -> None:
     if num_samples < 1:
-        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
+        raise ConfigError(f"`num_samples` must be >= 1, got {num_samples}")
 
 
 def weighted_draws(
@@ -460,8 +461,7 @@ def draw_width(
     if proposal is not None:
         # The probe takes every row's proposal at once: its width per row is the same.
         row, probe_samples = x, max(1, probe_samples // x.shape[0])
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), recorder:
+    with forked_rng(x.device), recorder:
         weighted_draws(vae, row, probe_samples, proposal=proposal)
     return max(vae.x_dim, math.ceil(recorder.largest / (probe_samples * row.shape[0])))
 
@@ -539,13 +539,12 @@ def pass_plan(
     """
     _check_samples(num_samples)
     if max_elements < 1:
-        raise ConfigError(f"max_elements must be >= 1, got {max_elements}")
+        raise ConfigError(f"`max_elements` must be >= 1, got {max_elements}")
     num_points = x.shape[0]
     if num_points < 1:
         raise ConfigError("got no data points; pass at least one row")
     vae.check_x(x)
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with forked_rng(x.device):
         probe = x[:1] if proposal is None else x  # a proposal covers every row
         if transform is not None:
             probe = transform(probe)  # rows the likelihood accepts

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..seeding import forked_rng
 from ..data.transforms import BatchTransform
 from .bounds import DEFAULT_MAX_ELEMENTS, pass_plan, weighted_passes
 from ..errors import ConfigError
@@ -150,11 +151,9 @@ def evaluate_elbo(
     """
     was_training = vae.training
     vae.eval()
-    devices = [x.device] if x.device.type == "cuda" else []
     total = 0.0
     try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with forked_rng(x.device, seed=seed):
             for step in weighted_passes(vae, x, particles, transform=transform, max_elements=max_elements):
                 total += float(step.draws.log_weights.double().sum())  # sum over draws and rows
     finally:
@@ -242,12 +241,11 @@ def unit_activity(
         >>> unit_activity(vae, torch.rand(20, 6)).shape
         torch.Size([2])
     """
-    devices = [x.device] if x.device.type == "cuda" else []
     moments = _Moments()
     was_training = vae.training
     vae.eval()
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with forked_rng(x.device), torch.no_grad():
             torch.manual_seed(seed)
             for start in range(0, x.shape[0], batch_size):
                 xb = x[start : start + batch_size]
@@ -309,13 +307,12 @@ def evaluate(
     if iw_samples < 1:
         raise ConfigError(f"`iw_samples` must be >= 1, got {iw_samples}; 5000 is the published standard")
     if max_elements < 1:
-        raise ConfigError(f"max_elements must be >= 1, got {max_elements}")
+        raise ConfigError(f"`max_elements` must be >= 1, got {max_elements}")
     if x.shape[0] < 1:
         raise ConfigError("evaluate got no data points; pass at least one row")
     vae.check_x(x)
     start_time = time.perf_counter()
     num_points = x.shape[0]
-    devices = [x.device] if x.device.type == "cuda" else []
     results = {name: np.empty(num_points) for name in ("elbo", "log_px", "kl", "reconstruction")}
     moments = _Moments()
     was_training = vae.training
@@ -324,7 +321,7 @@ def evaluate(
     total = math.ceil(num_points / plan[0]) * math.ceil(iw_samples / plan[1])
     bar = tqdm(total=total, disable=not progress, unit="pass", desc=f"log p(x), K={iw_samples}", dynamic_ncols=True)
     try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+        with forked_rng(x.device), torch.no_grad():
             torch.manual_seed(seed)
             passes = weighted_passes(vae, x, iw_samples, transform=transform, plan=plan)
             for step in passes:

@@ -37,15 +37,19 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from .bounds import collect_log_weights, log_joint
+from ..seeding import forked_rng
+from .bounds import collect_log_weights, elbo_per_datum, log_joint
 from ..errors import ConfigError
 from ..model.vae import VAE
 
 __all__ = [
     "InferenceGaps",
+    "PerPointFit",
+    "refine_per_point",
     "LogMarginal",
     "EvenMixture",
     "frozen",
+    "point_index",
     "log_joint",
     "gaussian_log_weights",
     "fit_local_gaussians",
@@ -83,6 +87,30 @@ def frozen(vae: VAE) -> Iterator[VAE]:
         for p, flag in flags:
             p.requires_grad_(flag)
         vae.train(was_training)
+
+
+def point_index(index: Sequence[int] | np.ndarray | torch.Tensor | None, num_points: int) -> np.ndarray:
+    """The label of each of ``num_points`` data points (its row in its data set): checked.
+
+    Args:
+        index: One distinct label per point; default ``0..num_points-1``.
+        num_points: The number of points.
+
+    Raises:
+        ConfigError: ``index`` has the wrong length or repeats a label.
+
+    Example:
+        >>> point_index([3, 7], 2).tolist(), point_index(None, 2).tolist()
+        ([3, 7], [0, 1])
+    """
+    if index is None:
+        return np.arange(num_points)
+    index = np.asarray(index)
+    if index.shape != (num_points,):
+        raise ConfigError(f"`index` must have one entry per row of x ({num_points}), got shape {index.shape}")
+    if len(np.unique(index)) != num_points:
+        raise ConfigError(f"`index` must not repeat a row, got {index.tolist()}; pass each row once")
+    return index
 
 
 def gaussian_log_weights(
@@ -156,7 +184,7 @@ class EvenMixture(dist.TorchDistribution):
 def _check_positive(**values: int | float) -> None:
     for name, value in values.items():
         if not value > 0:
-            raise ConfigError(f"{name} must be > 0, got {value}")
+            raise ConfigError(f"`{name}` must be > 0, got {value}")
 
 
 def fit_local_gaussians(
@@ -208,9 +236,7 @@ def fit_local_gaussians(
     log_scale = scale0.detach().log().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: 0.5 * (1 + math.cos(math.pi * t / steps)))
-    devices = [x.device] if x.device.type == "cuda" else []
-    with frozen(vae), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with frozen(vae), forked_rng(x.device, seed=seed):
         for _ in range(steps):
             q = dist.Normal(loc, log_scale.exp()).to_event(1)
             z = q.rsample((particles,))  # (P, B, z_dim)
@@ -300,11 +326,9 @@ def log_marginal(
     vae.check_x(x)
     proposals = list(proposals) if proposals is not None else []
     if num_samples < 2:
-        raise ConfigError(f"num_samples must be at least 2, got {num_samples}")
+        raise ConfigError(f"`num_samples` must be at least 2, got {num_samples}")
     proposal = None if not proposals else proposals[0] if len(proposals) == 1 else EvenMixture(proposals)
-    devices = [x.device] if x.device.type == "cuda" else []
-    with frozen(vae), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with frozen(vae), forked_rng(x.device, seed=seed):
         log_w = collect_log_weights(vae, x, num_samples, proposal=proposal)  # (K, B)
     return LogMarginal.from_log_weights(log_w)
 
@@ -395,6 +419,17 @@ class InferenceGaps:
         return out
 
 
+def _per_point_fit(
+    vae: VAE, x: torch.Tensor, steps: int, particles: int, lr: float, elbo_samples: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The per-point Gaussians and the ``(K, B)`` log-weights of the amortized guide and of them."""
+    loc, scale = fit_local_gaussians(vae, x, steps=steps, particles=particles, lr=lr, seed=seed)
+    with torch.no_grad(), frozen(vae), forked_rng(x.device, seed=seed + 1):
+        amortized = collect_log_weights(vae, x, elbo_samples)  # (K, B)
+        local = gaussian_log_weights(vae, x, loc, scale, elbo_samples)  # (K, B)
+    return loc, scale, amortized, local
+
+
 def inference_gaps(
     vae: VAE,
     x: torch.Tensor,
@@ -440,16 +475,10 @@ def inference_gaps(
     vae.check_x(x)
     vae.likelihood.check_support(x)
     _check_positive(num_samples=num_samples, elbo_samples=elbo_samples)
-    index = np.arange(x.shape[0]) if index is None else np.asarray(index)
-    if index.shape != (x.shape[0],):
-        raise ConfigError(f"index must have one entry per row of x ({x.shape[0]}), got shape {index.shape}")
-    loc, scale = fit_local_gaussians(vae, x, steps=steps, particles=particles, lr=lr, seed=seed)
-    devices = [x.device] if x.device.type == "cuda" else []
+    index = point_index(index, x.shape[0])
+    loc, scale, amortized_lw, local_lw = _per_point_fit(vae, x, steps, particles, lr, elbo_samples, seed)
+    amortized, local = _mean_se(amortized_lw), _mean_se(local_lw)
     with torch.no_grad(), frozen(vae):
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed + 1)
-            amortized = _mean_se(collect_log_weights(vae, x, elbo_samples))
-            local = _mean_se(gaussian_log_weights(vae, x, loc, scale, elbo_samples))
         local_q = dist.Normal(loc, scale).to_event(1)
         marginal = log_marginal(vae, x, num_samples, proposals=[vae.posterior(x), local_q], seed=seed + 2)
     return InferenceGaps(
@@ -462,3 +491,80 @@ def inference_gaps(
         elbo_local=local[0],
         elbo_local_se=local[1],
     )
+
+
+@dataclass(frozen=True)
+class PerPointFit:
+    """What :func:`refine_per_point` returns; every tensor has one row per data point.
+
+    Attributes:
+        loc: Refined mu_i, shape ``(B, z_dim)``.
+        scale: Refined sigma_i, shape ``(B, z_dim)``.
+        elbo: ELBO of each point under its refined Gaussian, ``(B,)``, nats.
+        amortized_elbo: ELBO of each point under the VAE's own guide, from as many
+            draws, ``(B,)``, nats.
+    """
+
+    loc: torch.Tensor
+    scale: torch.Tensor
+    elbo: torch.Tensor
+    amortized_elbo: torch.Tensor
+
+    @property
+    def gap(self) -> torch.Tensor:
+        """The amortization gap per data point, ``elbo - amortized_elbo``, ``(B,)``."""
+        return self.elbo - self.amortized_elbo
+
+
+def refine_per_point(
+    vae: VAE,
+    x: torch.Tensor,
+    steps: int = 500,
+    lr: float = 0.05,
+    num_particles: int = 16,
+    *,
+    eval_particles: int = 1000,
+    seed: int = 0,
+) -> PerPointFit:
+    """Fit a free diagonal Gaussian to each data point of a trained VAE, model held fixed.
+
+    Every point starts at the guide's ``vae.encode(x)`` and its own ELBO is maximized
+    with Adam (:func:`pyro_vae.inference.gaps.fit_local_gaussians`); only the per-point means and
+    scales change: the VAE's weights get neither an update nor a ``.grad``. Both ELBOs
+    returned are then estimated with ``eval_particles`` draws per point (the same
+    computation as :func:`inference_gaps`, without log p(x)). Every draw
+    comes from a forked generator seeded with ``seed``, so the caller's random stream
+    is untouched and repeated calls agree.
+
+    Args:
+        vae: A trained model; left unchanged (train/eval mode restored).
+        x: Data ``(B, x_dim)`` as the model sees it: binarize it first for a
+            likelihood that needs 0/1 data.
+        steps: Adam steps.
+        lr: Initial Adam learning rate (cosine decay to 0).
+        num_particles: Draws per data point in each step's ELBO estimate.
+        eval_particles: Draws per data point for the returned ELBOs.
+        seed: Seed of every draw.
+
+    Returns:
+        A :class:`PerPointFit`: ``loc`` and ``scale`` ``(B, z_dim)``, ``elbo`` and
+        ``amortized_elbo`` ``(B,)``; ``fit.gap`` is the amortization gap per point.
+
+    Raises:
+        ConfigError: ``steps``, ``lr`` or a particle count is not positive.
+        DataError: ``x`` has the wrong shape or is outside the likelihood's support.
+
+    Example:
+        >>> from pyro_vae.model.build import build_vae
+        >>> from pyro_vae.config import ModelConfig
+        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+        >>> fit = refine_per_point(vae, torch.ones(3, 6), steps=5, eval_particles=10)
+        >>> fit.loc.shape, fit.elbo.shape, fit.gap.shape
+        (torch.Size([3, 2]), torch.Size([3]), torch.Size([3]))
+    """
+    if eval_particles < 1:
+        raise ConfigError(f"`eval_particles` must be >= 1, got {eval_particles}")
+    vae.check_x(x)
+    vae.likelihood.check_support(x)
+    loc, scale, amortized, local = _per_point_fit(vae, x, steps, num_particles, lr, eval_particles, seed)
+    return PerPointFit(loc, scale, elbo_per_datum(local), elbo_per_datum(amortized))

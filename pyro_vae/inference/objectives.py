@@ -31,6 +31,7 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 from torch.distributions import Distribution, Independent, kl_divergence
 
+from ..seeding import forked_rng
 from ..config import ModelConfig, TrainConfig, choose
 from ..errors import ConfigError
 from ..model.build import build_vae
@@ -294,7 +295,7 @@ def check_compatible(model: ModelConfig, train: TrainConfig) -> None:
         pyro_vae.errors.ConfigError: `elbo` meanfield with `prior` mixture and `guide` diagonal: the guide's Independent(Normal) and the prior's MixtureSameFamily have no analytic KL divergence, which the mean-field ELBO needs; use `elbo` trace
     """
     objective = build_objective(train)
-    with torch.random.fork_rng(devices=[]):
+    with forked_rng():
         probe = build_vae(dataclasses.replace(model, x_dim=model.x_dim or 1))
     try:
         objective.check(probe)

@@ -19,6 +19,7 @@ import pyro
 import torch
 from pyro.infer.util import is_identically_zero
 
+from ..seeding import forked_rng
 from ..errors import PyroVAEError
 from ..model.vae import VAE, local_params
 
@@ -157,8 +158,7 @@ class TracedLoss:
         if isinstance(graph, _Graph):
             if graph.checked:
                 return self._run(graph, x, inputs)
-            devices = [x.device] if x.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
+            with forked_rng(x.device):
                 with torch.no_grad():
                     expected = self.objective.eager_loss(vae, x, num_data, beta)  # Pyro's own value (and checks)
             # (fork_rng restored the random state: the graph draws what Pyro just drew.)
@@ -230,12 +230,10 @@ class TracedLoss:
             # The tensors are the model's own parameters and buffers: the tracer sees the
             # model use them and makes them inputs of the graph.
             return owner()._loss_and_surrogate(model(), x, num_data, beta)
-
-        devices = [x.device] if x.device.type == "cuda" else []
         # Pyro's validation branches on tensor values, so the trace runs without it (the
         # check in loss() runs it). The tracer's warnings flag shape checks too, which the
         # signature makes safe; the check in loss() is what catches a frozen value.
-        with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False), warnings.catch_warnings(), local_params():
+        with forked_rng(x.device), pyro.validation_enabled(False), warnings.catch_warnings(), local_params():
             warnings.simplefilter("ignore")
             torch.manual_seed(torch.initial_seed() + 1)  # other draws than the checked step's
             try:

@@ -71,7 +71,7 @@ def build_vae(config: ModelConfig) -> VAE:
     """
     config.validate()
     if config.x_dim < 1:
-        raise ConfigError(f"x_dim must be >= 1 to build a model, got {config.x_dim}: set it to the data's number of features")
+        raise ConfigError(f"`x_dim` must be >= 1 to build a model, got {config.x_dim}: set it to the data's number of features")
     make_prior = choose(PRIORS, config.prior, "prior")
     make_guide = choose(GUIDES, config.guide, "guide")
     make_likelihood = choose(LIKELIHOODS, config.likelihood, "likelihood")

@@ -21,14 +21,13 @@ The likelihoods here, by the data they model:
 
 from __future__ import annotations
 
-import math
 
 import pyro.distributions as dist
 import torch
 from torch import nn
 
 from ..errors import DataError
-from .nn import SCALE_FLOOR, softplus_scale
+from .nn import inverse_softplus_scale, softplus_scale
 
 __all__ = [
     "Likelihood",
@@ -133,9 +132,8 @@ class NormalLikelihood(Likelihood):
     def __init__(self, in_features: int, x_dim: int, init_scale: float = 1.0) -> None:
         super().__init__(in_features, x_dim)
         self.loc = nn.Linear(in_features, x_dim)
-        # Inverse of softplus_scale, so that the initial scale is exactly init_scale.
-        raw = math.log(math.expm1(init_scale - SCALE_FLOOR))
-        self.raw_scale = nn.Parameter(torch.full((x_dim,), raw))
+        # The initial scale is exactly init_scale.
+        self.raw_scale = nn.Parameter(torch.full((x_dim,), inverse_softplus_scale(init_scale)))
 
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
         loc = self.loc(h)  # (..., x_dim)
@@ -225,7 +223,7 @@ class NegativeBinomialLikelihood(_CountLikelihood):
     def __init__(self, in_features: int, x_dim: int, init_theta: float = 1.0) -> None:
         super().__init__(in_features, x_dim)
         self.raw_mean = nn.Linear(in_features, x_dim)
-        self.raw_theta = nn.Parameter(torch.full((x_dim,), math.log(math.expm1(init_theta - SCALE_FLOOR))))
+        self.raw_theta = nn.Parameter(torch.full((x_dim,), inverse_softplus_scale(init_theta)))
 
     @property
     def theta(self) -> torch.Tensor:

@@ -7,6 +7,8 @@ any guide or likelihood.
 
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import torch
@@ -14,7 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "MLP", "softplus_scale"]
+__all__ = ["ACTIVATIONS", "MLP", "SCALE_FLOOR", "softplus_scale", "inverse_softplus_scale"]
 
 #: Hidden-layer non-linearities by name (the one table the CLI and the config use).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -31,6 +33,16 @@ SCALE_FLOOR = 1e-4
 def softplus_scale(raw: torch.Tensor) -> torch.Tensor:
     """Map an unconstrained tensor to a standard deviation: softplus plus a small floor."""
     return nn.functional.softplus(raw) + SCALE_FLOOR
+
+
+def inverse_softplus_scale(scale: float) -> float:
+    """The raw value that :func:`softplus_scale` maps to ``scale`` (``scale > SCALE_FLOOR``).
+
+    Example:
+        >>> float(softplus_scale(torch.tensor(inverse_softplus_scale(1.0))))
+        1.0
+    """
+    return math.log(math.expm1(scale - SCALE_FLOOR))
 
 
 class MLP(nn.Module):

@@ -22,7 +22,6 @@ out by asking ``torch.distributions.kl_divergence``, not by name.
 
 from __future__ import annotations
 
-import math
 
 import pyro.distributions as dist
 import torch
@@ -32,14 +31,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from .guides import Guide
-from .nn import SCALE_FLOOR, softplus_scale
+from .nn import inverse_softplus_scale, softplus_scale
 
 __all__ = ["Prior", "StandardNormalPrior", "LearnedNormalPrior", "MixturePrior", "VampPrior", "FlowPrior"]
-
-
-def _inverse_softplus_scale(scale: float) -> float:
-    """The raw value that :func:`softplus_scale` maps to ``scale``."""
-    return math.log(math.expm1(scale - SCALE_FLOOR))
 
 
 class Prior(nn.Module):
@@ -96,7 +90,7 @@ class LearnedNormalPrior(Prior):
     def __init__(self, z_dim: int) -> None:
         super().__init__(z_dim)
         self.loc = nn.Parameter(torch.zeros(z_dim))
-        self.raw_scale = nn.Parameter(torch.full((z_dim,), _inverse_softplus_scale(1.0)))
+        self.raw_scale = nn.Parameter(torch.full((z_dim,), inverse_softplus_scale(1.0)))
 
     def forward(self) -> dist.TorchDistribution:
         return dist.Normal(self.loc, softplus_scale(self.raw_scale)).to_event(1)
@@ -129,7 +123,7 @@ class MixturePrior(Prior):
         self.num_components = num_components
         self.logits = nn.Parameter(torch.zeros(num_components))
         self.locs = nn.Parameter(torch.randn(num_components, z_dim))  # (K, z_dim)
-        self.raw_scales = nn.Parameter(torch.full((num_components, z_dim), _inverse_softplus_scale(1.0)))
+        self.raw_scales = nn.Parameter(torch.full((num_components, z_dim), inverse_softplus_scale(1.0)))
 
     def forward(self) -> dist.TorchDistribution:
         components = dist.Normal(self.locs, softplus_scale(self.raw_scales)).to_event(1)  # batch (K,)

@@ -24,6 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.patches import Ellipse
 from torch import distributions as tdist
 
+from ..seeding import forked_rng
 from ..errors import ConfigError
 from ..plotting import save_png, subplots
 from ..model.vae import VAE
@@ -144,7 +145,7 @@ def point_clouds(
             "train a model with `z_dim` 2 to draw them"
         )
     if num_draws < 2:
-        raise ConfigError(f"num_draws must be >= 2 (a standard deviation needs two draws), got {num_draws}")
+        raise ConfigError(f"`num_draws` must be >= 2 (a standard deviation needs two draws), got {num_draws}")
     vae.check_x(x)
     rows = _rows(index, x.shape[0])
     if labels is None:
@@ -154,8 +155,7 @@ def point_clouds(
     x_rows = x[torch.as_tensor(rows, device=x.device)]  # (K, x_dim)
     loc, scale = vae.encode(x_rows)  # (K, 2) each
     q = vae.posterior(x_rows)  # batch (K,), event (2,)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with forked_rng(seed=seed):
         draws = q.rsample((num_draws,))  # (N, K, 2)
     draws_np = draws.detach().cpu().double().numpy()
     covariance = _gaussian_covariance(q)

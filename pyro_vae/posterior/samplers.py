@@ -20,6 +20,7 @@ import torch
 from pyro.infer import MCMC, NUTS
 from tqdm.auto import tqdm
 
+from ..seeding import forked_rng
 from ..errors import ConfigError
 from ..inference.bounds import collect_weighted, model_densities
 from ..inference.gaps import LogMarginal, frozen
@@ -85,9 +86,7 @@ def guide_posterior(
     vae.likelihood.check_support(x)
     _check_counts(num_samples=num_samples, num_chains=num_chains)
     index = _index(index, x.shape[0])
-    devices = [x.device] if x.device.type == "cuda" else []
-    with torch.no_grad(), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with torch.no_grad(), forked_rng(x.device, seed=seed):
         z = vae.posterior(x).sample((num_chains * num_samples,))  # (C*S, B, z_dim)
     z = z.reshape(num_chains, num_samples, *z.shape[1:])  # (C, S, B, z_dim)
     attrs = _attrs("amortized guide q(z|x) = Normal(mu(x), sigma(x))")
@@ -172,9 +171,9 @@ def exact_posterior(
     warmup_steps = num_samples if warmup_steps is None else warmup_steps
     _check_counts(num_samples=num_samples, num_chains=num_chains, max_tree_depth=max_tree_depth)
     if warmup_steps < 0:
-        raise ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
+        raise ConfigError(f"`warmup_steps` must be >= 0, got {warmup_steps}")
     if not 0 < target_accept_prob < 1:
-        raise ConfigError(f"target_accept_prob must be in (0, 1), got {target_accept_prob}")
+        raise ConfigError(f"`target_accept_prob` must be in (0, 1), got {target_accept_prob}")
     index = _index(index, x.shape[0])
     num_points = x.shape[0]
     with torch.no_grad():
@@ -184,7 +183,6 @@ def exact_posterior(
     stats = {name: np.zeros(shape, dtype=dtype) for name, dtype in _NUTS_STATS.items()}
     total = num_points * num_chains * (warmup_steps + num_samples)
     bar = tqdm(total=total, disable=not progress, desc="NUTS", unit="step", dynamic_ncols=True, mininterval=0.5)
-    devices = [x.device] if x.device.type == "cuda" else []
     start = time.perf_counter()
     try:
         # Parameters stay in the module while NUTS traces the model: nothing enters
@@ -194,8 +192,7 @@ def exact_posterior(
                 row = int(index[b])
                 for c in range(num_chains):
                     bar.set_postfix(point=f"{b + 1}/{num_points} (row {row})", chain=f"{c + 1}/{num_chains}")
-                    with torch.random.fork_rng(devices=devices):
-                        torch.manual_seed(_point_seed(seed, row, c))
+                    with forked_rng(x.device, seed=_point_seed(seed, row, c)):
                         init = loc[b : b + 1] + init_spread * scale[b : b + 1] * torch.randn_like(loc[b : b + 1])
                         kernel = _RecordingNUTS(
                             vae.model,
@@ -400,11 +397,9 @@ def importance_posterior(
     vae.likelihood.check_support(x)
     _check_counts(num_samples=num_samples, num_chains=num_chains)
     if num_proposals < 2:
-        raise ConfigError(f"num_proposals must be >= 2, got {num_proposals}")
+        raise ConfigError(f"`num_proposals` must be >= 2, got {num_proposals}")
     index = _index(index, x.shape[0])
-    devices = [x.device] if x.device.type == "cuda" else []
-    with frozen(vae), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with frozen(vae), forked_rng(x.device, seed=seed):
         z, lw = collect_weighted(vae, x, num_proposals)  # (K, B, z_dim), (K, B)
         marginal = LogMarginal.from_log_weights(lw)
         smoothed, pareto_k = _psis(lw.T.double().cpu().numpy())  # (B, K), (B,)
@@ -468,7 +463,7 @@ def _warn_if_unreliable(index: np.ndarray, ess: np.ndarray, pareto_k: np.ndarray
     warnings.warn(
         f"importance resampling from the guide is unreliable for {details} of {num_proposals} proposals: "
         f"a Pareto k above {k_max:.2f} or an ESS below {_MIN_IMPORTANCE_ESS:.0f} means the guide misses part "
-        "of the posterior; use exact_posterior (NUTS; pyro-vae inspect `mcmc`) for these points",
+        "of the posterior; use exact_posterior (NUTS; `mcmc` in pyro-vae inspect) for these points",
         ImportanceSamplingWarning,
         stacklevel=4,  # the caller of importance_posterior (through torch.no_grad's wrapper)
     )

@@ -71,9 +71,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az  # noqa: E402
 
+from ..seeding import forked_rng
 from ..errors import ConfigError, DataError  # noqa: E402
 from ..inference.bounds import model_densities  # noqa: E402
-from ..inference.gaps import frozen  # noqa: E402
+from ..inference.gaps import point_index, frozen  # noqa: E402
 from ..model.vae import LATENT_SITE, OBS_SITE, VAE  # noqa: E402
 
 
@@ -159,14 +160,7 @@ def _attrs(inference: str, **extra: Any) -> dict[str, Any]:
 
 
 def _index(index: Sequence[int] | np.ndarray | torch.Tensor | None, num_points: int) -> np.ndarray:
-    if index is None:
-        return np.arange(num_points)
-    index = np.asarray(index)
-    if index.shape != (num_points,):
-        raise ConfigError(f"index must have one entry per row of x ({num_points}), got shape {index.shape}")
-    if len(np.unique(index)) != num_points:
-        raise ConfigError(f"index must not repeat a row, got {index.tolist()}; pass each row once")
-    return index
+    return point_index(index, num_points)
 
 
 def _coords(index: np.ndarray, vae: VAE) -> dict[str, np.ndarray]:
@@ -224,9 +218,7 @@ def _build(
     """
     coords = _coords(index, vae)
     draws = (*SAMPLE_DIMS, POINT_DIM)
-    devices = [x.device] if x.device.type == "cuda" else []
-    with frozen(vae), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(_stream_seed(seed, 1))
+    with frozen(vae), forked_rng(x.device, seed=_stream_seed(seed, 1)):
         x_post = vae.decode(z).sample()  # (C, S, B, x_dim)
         log_lik = model_densities(vae, z, x).log_likelihood  # (C, S, B), from the model's trace
         z_prior = vae.prior().sample(z.shape[:-1])  # (C, S, B, z_dim)
@@ -251,7 +243,7 @@ def _build(
 def _check_counts(**counts: int) -> None:
     for name, value in counts.items():
         if value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
+            raise ConfigError(f"`{name}` must be >= 1, got {value}")
 
 
 def _draws(data: ArvizData) -> np.ndarray:

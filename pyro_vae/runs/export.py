@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..seeding import forked_rng
 from ..data.datasets import load_dataset
 from ..data.formats import ARRAY_SUFFIXES, load_array
 from ..errors import ConfigError
@@ -95,8 +96,7 @@ def sample_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, num: int, 
     if num < 1:
         raise ConfigError(f"the number of samples must be >= 1, got {num}")
     config, vae = load_run(run_dir)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with forked_rng(seed=seed):
         z = vae.prior().sample((num,))  # (n, z_dim)
     means = vae.decode(z).mean.numpy()  # (n, x_dim)
     if out.suffix == ".npy":

@@ -21,8 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..seeding import forked_rng
 from ..config import RunConfig
 from ..errors import ConfigError
+from .outputs import check_output_dir
 from ..inference.gaps import InferenceGaps, inference_gaps
 from ..posterior.compare import compare_posteriors, gaussian_kl
 from ..posterior.plots import plot_forest, plot_latent_ellipses, plot_marginals
@@ -196,8 +198,7 @@ def load_points(
     vae.likelihood.check_support(x)
     transform = make_transform(config, vae)
     if transform is not None:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.train.seed if seed is None else seed)
+        with forked_rng(seed=config.train.seed if seed is None else seed):
             x = transform(x)
     return config, vae, x[list(index)], split
 
@@ -209,15 +210,7 @@ def check_outputs(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Pat
         ConfigError: ``out_dir`` is a file, or holds files of an earlier inspection and
             ``overwrite`` is off.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"`out` {str(out)!r} is a file, not a directory; choose another `out`")
-    existing = [name for name in INSPECT_FILES if (out / name).exists()]
-    if existing and not overwrite:
-        raise ConfigError(
-            f"{str(out)!r} already holds {', '.join(existing)}; pass `overwrite` to replace them or choose another `out`"
-        )
-    return out
+    return check_output_dir(out_dir, INSPECT_FILES, overwrite=overwrite)
 
 
 def _write_netcdf(data: ArvizData, path: Path) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..seeding import forked_rng
 from ..model.build import build_vae
 from .checkpoint import (
     CONFIG_FILE,
@@ -179,8 +180,7 @@ def _write_figures(run_dir: Path, config: RunConfig, vae: VAE, data: Dataset, hi
     device = next(vae.parameters()).device
     plot_history([h.to_dict() for h in history], run_dir / "loss.png")
     image_shape = config.data.image_shape
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.train.seed)
+    with forked_rng(device, seed=config.train.seed):
         x = torch.from_numpy(data.val[:12]).to(device)
         z = vae.posterior(x).sample()
         recon = vae.decode(z).mean

@@ -42,6 +42,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
+from ..seeding import forked_rng
 from ..data.transforms import BatchTransform
 from ..errors import ConfigError, DataError
 from ..inference.objectives import Objective
@@ -217,7 +218,7 @@ def _unused_parameters(
     """Names of trainable parameters that get no gradient from one loss on ``probe``."""
     named = [(name, p) for name, p in vae.named_parameters() if p.requires_grad]
     device = next(vae.parameters()).device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(device):
         x = transform(probe) if transform is not None else probe
         loss = objective.loss(vae, x, num_data, 1.0)
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
