@@ -11,8 +11,8 @@ and writes, and ``--dist-timeout`` bounds how long a rank waits for the others.
 from __future__ import annotations
 
 import argparse
-import functools
 import dataclasses
+import functools
 import json
 import re
 import sys
@@ -22,15 +22,15 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .inference.objectives import OBJECTIVES
-from .model.build import GUIDES, LIKELIHOODS, PRIORS
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
-from .training import distributed
 from .data.transforms import BINARIZE_MODES
 from .errors import ConfigError, PyroVAEError
 from .inference.bounds import DEFAULT_MAX_ELEMENTS
 from .inference.evaluation import DEFAULT_IW_SAMPLES
+from .inference.objectives import OBJECTIVES
+from .model.build import GUIDES, LIKELIHOODS, PRIORS
 from .model.nn import ACTIVATIONS
+from .training import distributed
 
 __all__ = ["main", "build_parser"]
 
@@ -226,8 +226,13 @@ def _cmd_sample(args: argparse.Namespace, say: Callable[[str], None]) -> None:
 def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     import pandas as pd
 
-    from .runs.inspect import check_outputs, inspect_points, load_points, write_inspection
     from .posterior.samplers import ImportanceSamplingWarning
+    from .runs.inspect import (
+        check_outputs,
+        inspect_points,
+        load_points,
+        write_inspection,
+    )
 
     for flag, value, least in (("--samples", args.samples, 4), ("--chains", args.chains, 1), ("--warmup", args.warmup, 0)):
         if value is not None and value < least:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyro_vae.model.build import build_vae
 from pyro_vae.config import ModelConfig
 from pyro_vae.inference.objectives import TraceELBO
+from pyro_vae.model.build import build_vae
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))

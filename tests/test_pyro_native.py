@@ -52,7 +52,13 @@ from pyro_vae import (
     evaluate,
     fit,
 )
-from pyro_vae.inference.bounds import elbo_per_datum, iwae_per_datum, log_weights, model_densities, weighted_draws
+from pyro_vae.inference.bounds import (
+    elbo_per_datum,
+    iwae_per_datum,
+    log_weights,
+    model_densities,
+    weighted_draws,
+)
 from pyro_vae.model.vae import local_params, program
 
 pytestmark = pytest.mark.uses_param_store  # these tests run Pyro's own SVI in its default mode

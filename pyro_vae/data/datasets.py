@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .formats import _MNIST_LISTING, ARRAY_SUFFIXES, MNIST_FILES, _load_array_with_shape, check_finite, read_idx
+from .formats import (
+    _MNIST_LISTING,
+    ARRAY_SUFFIXES,
+    MNIST_FILES,
+    _load_array_with_shape,
+    check_finite,
+    read_idx,
+)
 
 __all__ = [
     "Dataset",

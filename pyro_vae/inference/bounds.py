@@ -34,10 +34,10 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..seeding import forked_rng
 from ..data.transforms import BatchTransform
 from ..errors import ConfigError
 from ..model.vae import LATENT_SITE, VAE, local_params
+from ..seeding import forked_rng
 
 __all__ = [
     "PARTICLE_PLATE",

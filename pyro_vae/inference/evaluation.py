@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..seeding import forked_rng
 from ..data.transforms import BatchTransform
-from .bounds import DEFAULT_MAX_ELEMENTS, pass_plan, weighted_passes
 from ..errors import ConfigError
 from ..model.vae import VAE
+from ..seeding import forked_rng
+from .bounds import DEFAULT_MAX_ELEMENTS, pass_plan, weighted_passes
 
 __all__ = [
     "DEFAULT_IW_SAMPLES",

@@ -37,10 +37,10 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints
 
-from ..seeding import forked_rng
-from .bounds import collect_log_weights, elbo_per_datum, log_joint
 from ..errors import ConfigError
 from ..model.vae import VAE
+from ..seeding import forked_rng
+from .bounds import collect_log_weights, elbo_per_datum, log_joint
 
 __all__ = [
     "InferenceGaps",

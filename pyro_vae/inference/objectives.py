@@ -31,11 +31,11 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch import nn
 from torch.distributions import Distribution, Independent, kl_divergence
 
-from ..seeding import forked_rng
 from ..config import ModelConfig, TrainConfig, choose
 from ..errors import ConfigError
 from ..model.build import build_vae
 from ..model.vae import VAE, local_params
+from ..seeding import forked_rng
 from .bounds import iwae_per_datum, log_weights
 from .traced import TracedLoss
 

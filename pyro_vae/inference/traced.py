@@ -13,20 +13,27 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import pyro
 import torch
+from pyro.infer import Trace_ELBO
 from pyro.infer.util import is_identically_zero
 
-from ..seeding import forked_rng
 from ..errors import PyroVAEError
 from ..model.vae import VAE, local_params
+from ..seeding import forked_rng
 
-if TYPE_CHECKING:  # the objective imports this module
-    from .objectives import TraceELBO
+__all__ = ["TracedLoss", "EagerTraceELBO", "JIT_CACHE_SIZE"]
 
-__all__ = ["TracedLoss", "JIT_CACHE_SIZE"]
+
+class EagerTraceELBO(Protocol):
+    """What :class:`TracedLoss` needs of the objective it speeds up (``TraceELBO``)."""
+
+    particles: int
+    _elbo: Trace_ELBO
+
+    def eager_loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0) -> torch.Tensor: ...
 
 
 #: Traced graphs kept per model by :class:`TracedLoss` (least recently used dropped first).
@@ -124,7 +131,7 @@ class TracedLoss:
             is the reference and the fallback).
     """
 
-    def __init__(self, objective: TraceELBO) -> None:
+    def __init__(self, objective: EagerTraceELBO) -> None:
         self.objective = objective
         self._graphs: weakref.WeakKeyDictionary[VAE, OrderedDict[tuple, _Graph | _EagerOnly]] = (
             weakref.WeakKeyDictionary()

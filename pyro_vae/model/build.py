@@ -10,7 +10,13 @@ from typing import Callable
 
 from ..config import ModelConfig, choose
 from ..errors import ConfigError
-from .guides import DiagonalNormalGuide, FlowGuide, FullCovarianceGuide, Guide, LowRankGuide
+from .guides import (
+    DiagonalNormalGuide,
+    FlowGuide,
+    FullCovarianceGuide,
+    Guide,
+    LowRankGuide,
+)
 from .likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
@@ -20,7 +26,14 @@ from .likelihoods import (
     PoissonLikelihood,
 )
 from .nn import MLP
-from .priors import FlowPrior, LearnedNormalPrior, MixturePrior, Prior, StandardNormalPrior, VampPrior
+from .priors import (
+    FlowPrior,
+    LearnedNormalPrior,
+    MixturePrior,
+    Prior,
+    StandardNormalPrior,
+    VampPrior,
+)
 from .vae import VAE
 
 __all__ = [

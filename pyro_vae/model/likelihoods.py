@@ -21,7 +21,6 @@ The likelihoods here, by the data they model:
 
 from __future__ import annotations
 
-
 import pyro.distributions as dist
 import torch
 from torch import nn

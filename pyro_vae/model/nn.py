@@ -8,7 +8,6 @@ any guide or likelihood.
 from __future__ import annotations
 
 import math
-
 from typing import Sequence
 
 import torch

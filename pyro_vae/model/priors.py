@@ -22,7 +22,6 @@ out by asking ``torch.distributions.kl_divergence``, not by name.
 
 from __future__ import annotations
 
-
 import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import AffineAutoregressive

@@ -7,7 +7,12 @@ package imports ArviZ (a second or two); ``import pyro_vae`` does not.
 """
 
 from .compare import compare_posteriors, gaussian_kl
-from .samplers import ImportanceSamplingWarning, exact_posterior, guide_posterior, importance_posterior
+from .samplers import (
+    ImportanceSamplingWarning,
+    exact_posterior,
+    guide_posterior,
+    importance_posterior,
+)
 from .schema import to_arviz, write_netcdf
 
 __all__ = [

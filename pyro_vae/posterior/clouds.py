@@ -24,10 +24,10 @@ from matplotlib.axes import Axes
 from matplotlib.patches import Ellipse
 from torch import distributions as tdist
 
-from ..seeding import forked_rng
 from ..errors import ConfigError
-from ..plotting import save_png, subplots
 from ..model.vae import VAE
+from ..plotting import save_png, subplots
+from ..seeding import forked_rng
 
 __all__ = ["PointClouds", "point_clouds", "draw_point_clouds", "plot_point_clouds", "sigma_ellipse", "colours"]
 

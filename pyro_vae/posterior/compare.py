@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from ..errors import DataError
-
-from .schema import az, ArvizData, LATENT_DIM, LATENT_VAR, POINT_DIM, _draws, _check_same_points, _points_of
+from .schema import (
+    LATENT_DIM,
+    LATENT_VAR,
+    POINT_DIM,
+    ArvizData,
+    _check_same_points,
+    _draws,
+    _points_of,
+    az,
+)
 
 __all__ = ["compare_posteriors", "gaussian_kl"]
 

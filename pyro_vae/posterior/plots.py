@@ -15,7 +15,15 @@ import numpy as np
 
 from ..errors import DataError
 from ..plotting import save_png, subplots
-from .schema import ArvizData, LATENT_DIM, LATENT_VAR, POINT_DIM, _draws, _check_same_points, _points_of
+from .schema import (
+    LATENT_DIM,
+    LATENT_VAR,
+    POINT_DIM,
+    ArvizData,
+    _check_same_points,
+    _draws,
+    _points_of,
+)
 
 __all__ = ["plot_marginals", "plot_forest", "plot_latent_ellipses"]
 

@@ -20,13 +20,26 @@ import torch
 from pyro.infer import MCMC, NUTS
 from tqdm.auto import tqdm
 
-from ..seeding import forked_rng
 from ..errors import ConfigError
 from ..inference.bounds import collect_weighted, model_densities
 from ..inference.gaps import LogMarginal, frozen
 from ..model.vae import VAE, local_params
-
-from .schema import az, ArvizData, LATENT_VAR, POINT_DIM, SAMPLE_DIMS, _DATATREE_NATIVE, _attrs, _build, _check_counts, _coords, _dataset, _index, _point_seed
+from ..seeding import forked_rng
+from .schema import (
+    _DATATREE_NATIVE,
+    LATENT_VAR,
+    POINT_DIM,
+    SAMPLE_DIMS,
+    ArvizData,
+    _attrs,
+    _build,
+    _check_counts,
+    _coords,
+    _dataset,
+    _index,
+    _point_seed,
+    az,
+)
 
 __all__ = ["ImportanceSamplingWarning", "guide_posterior", "exact_posterior", "importance_posterior"]
 

@@ -71,12 +71,11 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
     import arviz as az  # noqa: E402
 
-from ..seeding import forked_rng
 from ..errors import ConfigError, DataError  # noqa: E402
 from ..inference.bounds import model_densities  # noqa: E402
-from ..inference.gaps import point_index, frozen  # noqa: E402
+from ..inference.gaps import frozen, point_index  # noqa: E402
 from ..model.vae import LATENT_SITE, OBS_SITE, VAE  # noqa: E402
-
+from ..seeding import forked_rng
 
 __all__ = ["POINT_DIM", "LATENT_DIM", "FEATURE_DIM", "SAMPLE_DIMS", "LATENT_VAR", "OBSERVED_VAR", "az",
     "ArvizData", "to_arviz", "write_netcdf"]

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..seeding import forked_rng
 from ..data.datasets import load_dataset
 from ..data.formats import ARRAY_SUFFIXES, load_array
 from ..errors import ConfigError
 from ..files import atomic_write
+from ..seeding import forked_rng
 from .checkpoint import load_run
 from .figures import plot_samples
 from .outputs import check_output_file

@@ -21,16 +21,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..seeding import forked_rng
 from ..config import RunConfig
 from ..errors import ConfigError
-from .outputs import check_output_dir
 from ..inference.gaps import InferenceGaps, inference_gaps
+from ..model.vae import VAE
 from ..posterior.compare import compare_posteriors, gaussian_kl
 from ..posterior.plots import plot_forest, plot_latent_ellipses, plot_marginals
 from ..posterior.samplers import exact_posterior, guide_posterior, importance_posterior
 from ..posterior.schema import LATENT_DIM, ArvizData, write_netcdf
-from ..model.vae import VAE
+from ..seeding import forked_rng
+from .outputs import check_output_dir
 
 __all__ = ["Inspection", "INSPECT_FILES", "inspect_points", "load_points", "check_outputs", "write_inspection"]
 

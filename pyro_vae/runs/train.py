@@ -31,8 +31,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..seeding import forked_rng
+from ..config import RunConfig
+from ..data.datasets import Dataset, load_dataset
+from ..data.transforms import BatchTransform, binarize, resolve_binarize
+from ..errors import CheckpointError, ConfigError, DataError
+from ..files import atomic_write
+from ..inference.objectives import check_compatible
 from ..model.build import build_vae
+from ..model.vae import VAE
+from ..seeding import forked_rng
+from ..training.distributed import (
+    barrier,
+    is_initialized,
+    is_main_process,
+    local_rank,
+    run_on_main,
+)
+from ..training.loop import EpochRecord, fit
 from .checkpoint import (
     CONFIG_FILE,
     STATE_FILE,
@@ -43,16 +58,7 @@ from .checkpoint import (
     save_training_state,
     save_weights,
 )
-from ..config import RunConfig
-from ..data.datasets import Dataset, load_dataset
-from ..data.transforms import BatchTransform, binarize, resolve_binarize
-from ..training.distributed import barrier, is_initialized, is_main_process, local_rank, run_on_main
-from ..errors import CheckpointError, ConfigError, DataError
-from ..files import atomic_write
-from ..inference.objectives import check_compatible
 from .figures import plot_history, plot_latent, plot_reconstructions, plot_samples
-from ..training.loop import EpochRecord, fit
-from ..model.vae import VAE
 
 __all__ = ["RunResult", "train_run", "resume_run", "load_data", "make_transform", "resolve_device"]
 

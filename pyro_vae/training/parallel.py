@@ -42,11 +42,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
-from ..seeding import forked_rng
 from ..data.transforms import BatchTransform
 from ..errors import ConfigError, DataError
 from ..inference.objectives import Objective
 from ..model.vae import VAE
+from ..seeding import forked_rng
 from .distributed import is_initialized, rank_seed
 
 __all__ = ["Parallelism", "DataParallel", "parallelism"]

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import MLP, VAE, BernoulliLikelihood, ConfigError, FlowGuide, FullCovarianceGuide
+from pyro_vae import (
+    MLP,
+    VAE,
+    BernoulliLikelihood,
+    ConfigError,
+    FlowGuide,
+    FullCovarianceGuide,
+)
 from pyro_vae.posterior.clouds import plot_point_clouds, point_clouds, sigma_ellipse
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

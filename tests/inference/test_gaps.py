@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from pyro_vae import ConfigError, ModelConfig, TrainConfig, build_vae, fit, refine_per_point
+from pyro_vae import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    build_vae,
+    fit,
+    refine_per_point,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -27,7 +27,12 @@ from pyro_vae import MLP, VAE, NormalLikelihood, TrainConfig, fit
 from pyro_vae.cli import main
 from pyro_vae.config import ModelConfig, RunConfig
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.inference.gaps import fit_local_gaussians, inference_gaps, log_joint, log_marginal
+from pyro_vae.inference.gaps import (
+    fit_local_gaussians,
+    inference_gaps,
+    log_joint,
+    log_marginal,
+)
 from pyro_vae.model.nn import SCALE_FLOOR
 from pyro_vae.posterior.compare import compare_posteriors, gaussian_kl
 from pyro_vae.posterior.plots import plot_forest, plot_latent_ellipses, plot_marginals
@@ -43,7 +48,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # ArviZ 0.x's note about its 1.x refactor
     import arviz as az
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG"
 #: ArviZ 1.x (Python >= 3.12): xarray.DataTree and arviz-base/-stats/-plots; else 0.x.
 ARVIZ_1 = int(az.__version__.split(".")[0]) >= 1

@@ -14,14 +14,18 @@ from pyro.infer import RenyiELBO
 from torch.distributions import kl_divergence
 
 import pyro_vae
-from pyro_vae.inference.bounds import elbo_per_datum, iwae_per_datum, log_weights
-from pyro_vae.runs.train import train_run
-from pyro_vae.inference.objectives import build_objective, check_compatible
-from pyro_vae.model.build import GUIDES, PRIORS, build_vae
 from pyro_vae.cli import main
 from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
 from pyro_vae.errors import ConfigError
-from pyro_vae.inference.objectives import IWAE, TraceMeanFieldELBO
+from pyro_vae.inference.bounds import elbo_per_datum, iwae_per_datum, log_weights
+from pyro_vae.inference.objectives import (
+    IWAE,
+    TraceMeanFieldELBO,
+    build_objective,
+    check_compatible,
+)
+from pyro_vae.model.build import GUIDES, PRIORS, build_vae
+from pyro_vae.runs.train import train_run
 from pyro_vae.training.loop import fit
 
 

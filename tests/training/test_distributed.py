@@ -24,14 +24,14 @@ import torch.distributed as dist
 from safetensors.torch import load_file
 
 from pyro_vae import distributed
-from pyro_vae.training import parallel
-from pyro_vae.model.build import build_vae
 from pyro_vae.config import ModelConfig, TrainConfig
 from pyro_vae.errors import ConfigError
 from pyro_vae.inference.objectives import Objective, TraceELBO
+from pyro_vae.model.build import build_vae
+from pyro_vae.training import parallel
 from pyro_vae.training.loop import fit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: Generous bound on a job's start-up (torch + pyro imports on two busy shared cores).
 STARTUP_S = 60.0
 

@@ -22,12 +22,11 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
+from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
+from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.inference.bounds import log_weights
 from pyro_vae.inference.objectives import build_objective
 from pyro_vae.model.build import GUIDES, LIKELIHOODS, PRIORS, build_vae
-from pyro_vae.runs.checkpoint import load_run, save_config, save_weights
-from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
-from pyro_vae.errors import ConfigError, DataError
 from pyro_vae.model.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
@@ -36,8 +35,9 @@ from pyro_vae.model.likelihoods import (
     PoissonLikelihood,
 )
 from pyro_vae.model.priors import LearnedNormalPrior, MixturePrior
-from pyro_vae.runs.train import make_transform
 from pyro_vae.model.vae import LATENT_SITE, OBS_SITE
+from pyro_vae.runs.checkpoint import load_run, save_config, save_weights
+from pyro_vae.runs.train import make_transform
 
 X_DIM, Z_DIM, BATCH = 6, 2, 16
 

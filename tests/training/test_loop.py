@@ -21,8 +21,8 @@ from pyro_vae import (
     resume_run,
     train_run,
 )
-from pyro_vae.runs.checkpoint import WEIGHTS_FILE, load_training_state
 from pyro_vae.data.datasets import load_digits
+from pyro_vae.runs.checkpoint import WEIGHTS_FILE, load_training_state
 
 
 @pytest.fixture

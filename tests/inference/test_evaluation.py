@@ -22,22 +22,23 @@ import pytest
 import torch
 from pyro.infer import RenyiELBO
 
+from pyro_vae.cli import main
+from pyro_vae.config import ModelConfig
+from pyro_vae.errors import ConfigError
 from pyro_vae.inference.bounds import (
+    chunk_plan,
+    draw_width,
     elbo_per_datum,
     iwae_per_datum,
     log_weight_terms,
     log_weights,
     logmeanexp_chunks,
 )
-from pyro_vae.model.build import GUIDES, LIKELIHOODS, PRIORS, build_vae
-from pyro_vae.cli import main
-from pyro_vae.config import ModelConfig
-from pyro_vae.errors import ConfigError
-from pyro_vae.inference.bounds import chunk_plan, draw_width
 from pyro_vae.inference.evaluation import evaluate, posterior_means, unit_activity
+from pyro_vae.inference.objectives import TraceELBO
+from pyro_vae.model.build import GUIDES, LIKELIHOODS, PRIORS, build_vae
 from pyro_vae.model.likelihoods import NormalLikelihood
 from pyro_vae.model.nn import MLP, SCALE_FLOOR
-from pyro_vae.inference.objectives import TraceELBO
 from pyro_vae.model.vae import VAE
 
 X_DIM, Z_DIM, NOISE = 5, 2, 0.5

@@ -10,7 +10,17 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
-from pyro_vae import MLP, VAE, BernoulliLikelihood, DataError, ModelConfig, NormalLikelihood, TrainConfig, build_vae, fit
+from pyro_vae import (
+    MLP,
+    VAE,
+    BernoulliLikelihood,
+    DataError,
+    ModelConfig,
+    NormalLikelihood,
+    TrainConfig,
+    build_vae,
+    fit,
+)
 from pyro_vae.model.vae import DATA_PLATE, LATENT_SITE, OBS_SITE
 
 
