@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument(
-        "--iw-samples", "--particles", dest="iw_samples", type=int, default=DEFAULT_IW_SAMPLES, metavar="K",
+        "--iw-samples", dest="iw_samples", type=int, default=DEFAULT_IW_SAMPLES, metavar="K",
         help=f"draws of z per data point; the published standard is 5000 (default: {DEFAULT_IW_SAMPLES})",
     )
     evaluate.add_argument(

@@ -53,7 +53,7 @@ def test_train_prints_the_elbo_and_the_run_directory(tmp_path, data_dir, capsys)
 
 
 def test_evaluate_encode_sample(trained, tmp_path, data_dir, capsys):
-    assert main(["evaluate", str(trained), "--particles", "2"]) == 0
+    assert main(["evaluate", str(trained), "--iw-samples", "2"]) == 0
     assert "validation ELBO per data point" in capsys.readouterr().out
 
     assert main(["encode", str(trained), "--data", str(data_dir / "digits.npy"), "--out", str(tmp_path / "e.npz")]) == 0

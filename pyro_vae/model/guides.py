@@ -28,7 +28,7 @@ from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
 from ..errors import ConfigError
-from .nn import softplus_scale
+from .nn import flow_hidden, softplus_scale
 
 __all__ = ["Guide", "DiagonalNormalGuide", "FullCovarianceGuide", "LowRankGuide", "FlowGuide"]
 
@@ -222,13 +222,7 @@ class FlowGuide(Guide):
 
     def __init__(self, in_features: int, z_dim: int, num_layers: int = 2, hidden: int | None = None) -> None:
         super().__init__(in_features, z_dim)
-        hidden = 10 * z_dim if hidden is None else hidden
-        if z_dim < 2:
-            raise ConfigError(f"a flow guide needs `z_dim` >= 2 (an autoregressive flow in 1-D is affine), got {z_dim}")
-        if num_layers < 1:
-            raise ConfigError(f"`flow_layers` must be >= 1, got {num_layers}")
-        if hidden < z_dim:
-            raise ConfigError(f"the flow's hidden width must be >= z_dim {z_dim}, got {hidden}")
+        hidden = flow_hidden("guide", z_dim, num_layers, hidden)
         self.base = DiagonalNormalGuide(in_features, z_dim)
         self.layers = nn.ModuleList(
             ConditionalAffineAutoregressive(ConditionalAutoRegressiveNN(z_dim, in_features, [hidden]))

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "MLP", "SCALE_FLOOR", "softplus_scale", "inverse_softplus_scale"]
+__all__ = ["ACTIVATIONS", "MLP", "SCALE_FLOOR", "softplus_scale", "inverse_softplus_scale", "flow_hidden"]
 
 #: Hidden-layer non-linearities by name (the one table the CLI and the config use).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -42,6 +42,28 @@ def inverse_softplus_scale(scale: float) -> float:
         1.0
     """
     return math.log(math.expm1(scale - SCALE_FLOOR))
+
+
+def flow_hidden(kind: str, z_dim: int, num_layers: int, hidden: int | None) -> int:
+    """Check the sizes of an autoregressive flow and return its hidden width.
+
+    Args:
+        kind: ``"prior"`` or ``"guide"``, for the message.
+        z_dim: Size of the latent vector (>= 2).
+        num_layers: Number of autoregressive layers (>= 1).
+        hidden: Width of each layer's MADE network; default ``10 * z_dim`` (>= ``z_dim``).
+
+    Raises:
+        ConfigError: A size is out of range.
+    """
+    hidden = 10 * z_dim if hidden is None else hidden
+    if z_dim < 2:
+        raise ConfigError(f"a flow {kind} needs `z_dim` >= 2 (an autoregressive flow in 1-D is affine), got {z_dim}")
+    if num_layers < 1:
+        raise ConfigError(f"`flow_layers` must be >= 1, got {num_layers}")
+    if hidden < z_dim:
+        raise ConfigError(f"the flow's hidden width must be >= z_dim {z_dim}, got {hidden}")
+    return hidden
 
 
 class MLP(nn.Module):

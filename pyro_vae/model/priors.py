@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .guides import Guide
-from .nn import inverse_softplus_scale, softplus_scale
+from .nn import flow_hidden, inverse_softplus_scale, softplus_scale
 
 __all__ = ["Prior", "StandardNormalPrior", "LearnedNormalPrior", "MixturePrior", "VampPrior", "FlowPrior"]
 
@@ -237,13 +237,7 @@ class FlowPrior(Prior):
 
     def __init__(self, z_dim: int, num_layers: int = 2, hidden: int | None = None) -> None:
         super().__init__(z_dim)
-        hidden = 10 * z_dim if hidden is None else hidden
-        if z_dim < 2:
-            raise ConfigError(f"a flow prior needs `z_dim` >= 2 (an autoregressive flow in 1-D is affine), got {z_dim}")
-        if num_layers < 1:
-            raise ConfigError(f"`flow_layers` must be >= 1, got {num_layers}")
-        if hidden < z_dim:
-            raise ConfigError(f"the flow's hidden width must be >= z_dim {z_dim}, got {hidden}")
+        hidden = flow_hidden("prior", z_dim, num_layers, hidden)
         self.register_buffer("loc", torch.zeros(z_dim))
         self.register_buffer("scale", torch.ones(z_dim))
         self.layers = nn.ModuleList(AutoRegressiveNN(z_dim, [hidden]) for _ in range(num_layers))

@@ -29,7 +29,7 @@ from ..model.vae import VAE
 from ..plotting import save_png, subplots
 from ..seeding import forked_rng
 
-__all__ = ["PointClouds", "point_clouds", "draw_point_clouds", "plot_point_clouds", "sigma_ellipse", "colours"]
+__all__ = ["PointClouds", "point_clouds", "draw_point_clouds", "plot_point_clouds", "plot_clouds", "sigma_ellipse", "colours"]
 
 
 @dataclass(frozen=True)
@@ -266,8 +266,15 @@ def plot_point_clouds(
         True
     """
     clouds = point_clouds(vae, x, index, num_draws=num_draws, seed=seed, labels=labels)
+    plot_clouds(clouds, path)
+    return clouds
+
+
+def plot_clouds(clouds: PointClouds, path: str | os.PathLike, *, title: str | None = None) -> None:
+    """Write one PNG of clouds already drawn (:func:`point_clouds`), atomically."""
     fig, ax = subplots(figsize=(6.5, 6), layout="constrained")
     draw_point_clouds(ax, clouds)
     ax.legend(fontsize=8, loc="best", framealpha=0.85)
+    if title:
+        ax.set_title(title, fontsize=10)
     save_png(fig, path)
-    return clouds

@@ -25,6 +25,7 @@ from ..config import RunConfig
 from ..errors import ConfigError
 from ..inference.gaps import InferenceGaps, inference_gaps
 from ..model.vae import VAE
+from ..posterior.clouds import PointClouds, plot_clouds, point_clouds
 from ..posterior.compare import compare_posteriors, gaussian_kl
 from ..posterior.plots import plot_forest, plot_latent_ellipses, plot_marginals
 from ..posterior.samplers import exact_posterior, guide_posterior, importance_posterior
@@ -37,6 +38,7 @@ __all__ = ["Inspection", "INSPECT_FILES", "inspect_points", "load_points", "chec
 #: Every file :func:`write_inspection` may write; ``overwrite=True`` replaces exactly these.
 INSPECT_FILES = (
     "guide.nc", "nuts.nc", "sir.nc", "summary.csv", "points.csv", "marginals.png", "forest.png", "latent.png",
+    "clouds.png",
 )
 
 
@@ -55,6 +57,8 @@ class Inspection:
             importance weights' effective sample size and Pareto k for importance
             resampling).
         gaps: The per-point gaps with their Monte Carlo errors.
+        clouds: For a 2-D latent, each point's cloud of z ~ q(z|x) with mu(x) and
+            sigma(x) (:func:`pyro_vae.posterior.clouds.point_clouds`); else None.
     """
 
     guide: ArvizData
@@ -63,6 +67,7 @@ class Inspection:
     table: pd.DataFrame
     points: pd.DataFrame
     gaps: InferenceGaps
+    clouds: PointClouds | None = None
 
     def describe_reference(self) -> str:
         """One line saying what the reference is and, for NUTS, how long it took."""
@@ -144,7 +149,11 @@ def inspect_points(
     if "pareto_k" in stats:
         points[f"{name}_ess"] = stats["ess"].values
         points[f"{name}_pareto_k"] = stats["pareto_k"].values
-    return Inspection(guide, reference, name, table, points, gaps)
+    clouds = None
+    if vae.z_dim == 2:
+        labels = [f"row {i}" for i in guide.posterior.point.values]
+        clouds = point_clouds(vae, x, None, num_draws=num_chains * num_samples, seed=seed, labels=labels)
+    return Inspection(guide, reference, name, table, points, gaps, clouds)
 
 
 def load_points(
@@ -229,7 +238,8 @@ def write_inspection(found: Inspection, out_dir: str | os.PathLike, *, overwrite
     ``arviz.from_netcdf`` opens them), ``summary.csv`` (the side-by-side table),
     ``points.csv`` (per-point KL, log p(x), ELBOs and gaps), ``marginals.png``,
     ``forest.png`` and, for a 2-D latent, ``latent.png`` (the reference's draws with
-    the guide's mean and 1- and 2-sigma ellipses).
+    the guide's mean and 1- and 2-sigma ellipses) and ``clouds.png`` (each row's cloud
+    of guide draws, its mu(x) and sigma(x) ellipses, as in the seed diagram).
 
     Raises:
         ConfigError: As :func:`check_outputs`.
@@ -252,4 +262,7 @@ def write_inspection(found: Inspection, out_dir: str | os.PathLike, *, overwrite
     if found.guide.posterior.sizes[LATENT_DIM] == 2:
         plot_latent_ellipses(found.guide, found.reference, out / "latent.png", name=names[1])
         written.append(out / "latent.png")
+    if found.clouds is not None:
+        plot_clouds(found.clouds, out / "clouds.png", title="q(z|x) for each row: z = mu(x) + sigma(x) * eps")
+        written.append(out / "clouds.png")
     return written

@@ -628,6 +628,8 @@ def test_cli_inspect_writes_arviz_files_tables_and_figures(digits_run, capsys):
     folder = digits_run / "inspect"
     for name in ("guide.nc", "sir.nc", "summary.csv", "points.csv", "marginals.png", "forest.png", "latent.png"):
         assert (folder / name).is_file(), name
+    # The seed diagram's point clouds for the chosen rows (2-D latent): a PNG of real size.
+    assert (folder / "clouds.png").read_bytes()[:4] == PNG and (folder / "clouds.png").stat().st_size > 10_000
     guide = az.from_netcdf(str(folder / "guide.nc"))
     assert groups(guide) == DRAW_GROUPS | DATA_GROUPS
     assert dict(guide.posterior.z.sizes) == {"chain": 2, "draw": 40, "point": 2, "latent": 2}
