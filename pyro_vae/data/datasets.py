@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from .formats import (
     _load_array_with_shape,
     check_finite,
     read_idx,
+    read_splits,
 )
 
 __all__ = [
@@ -38,15 +40,12 @@ __all__ = [
     "load_digits",
     "load_mnist",
     "split_train_val",
+    "resolve_image_shape",
     "default_data_dir",
 ]
 
 #: Environment variable naming the folder of the MNIST IDX files.
 DATA_DIR_ENV = "PYRO_VAE_DATA_DIR"
-
-
-
-
 
 
 # Arrays make the generated __eq__ ambiguous and the generated __repr__ unreadable, so
@@ -110,8 +109,17 @@ def load_dataset(
     *,
     val_fraction: float = 0.1,
     seed: int = 0,
+    val_data: str | os.PathLike | None = None,
+    test_data: str | os.PathLike | None = None,
+    image_shape: tuple[int, int] | None = None,
 ) -> Dataset:
-    """Load a data set by name or path and hold out a validation split.
+    """Load a data set by name or path, with its validation and test splits.
+
+    The splits come, in this order of preference, from the source itself (an ``.npz``
+    archive with named splits ``train``/``valid``/``test``, see
+    :func:`~pyro_vae.data.formats.read_splits`; MNIST's ``t10k`` files are its test
+    set), from separate files (``val_data``, ``test_data``), and for validation only
+    from a reproducible random hold-out of ``val_fraction`` of the training rows.
 
     Args:
         data: ``"digits"`` (scikit-learn's 8x8 digits, offline), ``"mnist"`` (the four
@@ -119,29 +127,39 @@ def load_dataset(
             ``.npy``, ``.npz`` or ``.csv`` file (see :func:`load_array`).
         data_dir: Folder of the IDX files for ``data="mnist"``; ``None`` falls back to
             :func:`default_data_dir`. Ignored for other sources.
-        val_fraction: Fraction of the training rows held out for validation, in (0, 1).
-        seed: Seed of the validation split (see :func:`split_train_val`).
+        val_fraction: Fraction of the training rows held out for validation, in (0, 1),
+            when the source has no validation split.
+        seed: Seed of that hold-out (see :func:`split_train_val`).
+        val_data: A file of validation rows (overrides the source's).
+        test_data: A file of test rows (overrides the source's).
+        image_shape: ``(H, W)`` of image rows; default from 3-D arrays, else a square
+            when the number of features is a perfect square (784 -> 28 x 28).
 
     Returns:
-        A :class:`Dataset`. Every split has been checked for NaN and inf.
+        A :class:`Dataset`. Every split has been checked for NaN and inf and for the
+        training rows' number of features.
 
     Raises:
         DataError: The data is missing, corrupt, the wrong shape, non-finite, or ``data``
             is neither a known name nor a supported file.
-        ConfigError: ``val_fraction`` is outside (0, 1).
+        ConfigError: ``val_fraction`` is outside (0, 1), or ``image_shape`` does not
+            match the number of features.
 
     Example:
         >>> ds = load_dataset("digits", seed=1)
         >>> ds.name, ds.test is None, int(ds.train_labels.max())
         ('digits', True, 9)
     """
+    val: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
     test: np.ndarray | None = None
     test_labels: np.ndarray | None = None
+    shape_seen: tuple[int, int] | None = None
     if data == "digits":
         x, labels = load_digits()
-        name, image_shape = "digits", (8, 8)
+        name, shape_seen = "digits", (8, 8)
     elif data == "mnist":
-        x, labels, test, test_labels, image_shape = _load_mnist_with_shape(data_dir)
+        x, labels, test, test_labels, shape_seen = _load_mnist_with_shape(data_dir)
         name = "mnist"
     else:
         path = Path(data)
@@ -150,15 +168,37 @@ def load_dataset(
                 f"unknown data {data!r}: pass 'digits' (built in), 'mnist' (with `data_dir` DIR) "
                 f"or the path of a {', '.join(ARRAY_SUFFIXES)} file"
             )
-        x, labels, image_shape = _load_array_with_shape(path)
         name = str(data)
+        splits = read_splits(path)
+        if splits is None:
+            x, labels, shape_seen = _load_array_with_shape(path)
+        else:
+            x, labels, shape_seen = splits["train"]
+            if "val" in splits:
+                val, val_labels, _ = splits["val"]
+            if "test" in splits:
+                test, test_labels, _ = splits["test"]
+    if val_data is not None:
+        val, val_labels, _ = _load_array_with_shape(Path(val_data))
+    if test_data is not None:
+        test, test_labels, _ = _load_array_with_shape(Path(test_data))
 
-    # Checked on the whole source rather than per split so that the row index in the
-    # message is the row of the user's file, not of a shuffled split.
+    # Checked on each source rather than per split so that the row index in the message
+    # is the row of the user's file, not of a shuffled split.
     check_finite(x, f"data {name!r} (training rows)")
-    if test is not None:
-        check_finite(test, f"data {name!r} (test rows)")
-    train, val, train_labels, val_labels = split_train_val(x, labels, val_fraction, seed)
+    for what, rows in (("validation", val), ("test", test)):
+        if rows is None:
+            continue
+        check_finite(rows, f"data {name!r} ({what} rows)")
+        if rows.shape[1] != x.shape[1]:
+            raise DataError(
+                f"the {what} rows of {name!r} have {rows.shape[1]} features but the training rows "
+                f"{x.shape[1]}; every split needs the same features"
+            )
+    if val is None:
+        train, val, train_labels, val_labels = split_train_val(x, labels, val_fraction, seed)
+    else:
+        train, train_labels = x, labels
     return Dataset(
         name=name,
         train=train,
@@ -167,8 +207,33 @@ def load_dataset(
         train_labels=train_labels,
         val_labels=val_labels,
         test_labels=test_labels,
-        image_shape=image_shape,
+        image_shape=resolve_image_shape(x.shape[1], image_shape or shape_seen),
     )
+
+
+def resolve_image_shape(x_dim: int, image_shape: tuple[int, ...] | None) -> tuple[int, int] | None:
+    """The ``(H, W)`` in which rows of ``x_dim`` features are drawn, or ``None``.
+
+    A given shape must hold ``x_dim`` pixels; without one, a perfect square number of
+    features is a square image (784 -> 28 x 28, 64 -> 8 x 8).
+
+    Raises:
+        ConfigError: ``image_shape`` is not two positive sizes whose product is ``x_dim``.
+
+    Example:
+        >>> resolve_image_shape(784, None), resolve_image_shape(560, (28, 20)), resolve_image_shape(10, None)
+        ((28, 28), (28, 20), None)
+    """
+    if image_shape:
+        shape = tuple(int(v) for v in image_shape)
+        if len(shape) != 2 or min(shape) < 1 or shape[0] * shape[1] != x_dim:
+            raise ConfigError(
+                f"`image_shape` {list(image_shape)} does not fit rows of {x_dim} features: pass two sizes "
+                f"H W with H * W = {x_dim}"
+            )
+        return (shape[0], shape[1])
+    side = math.isqrt(x_dim)
+    return (side, side) if side > 1 and side * side == x_dim else None
 
 
 def load_digits() -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["ARRAY_SUFFIXES", "MNIST_FILES", "read_idx", "load_array", "check_finite"]
+__all__ = ["ARRAY_SUFFIXES", "MNIST_FILES", "SPLIT_NAMES", "read_idx", "load_array", "read_splits", "check_finite"]
 
 #: IDX file names of MNIST (and Fashion-MNIST, which uses the same names), each of
 #: which may also carry a ``.gz`` suffix.
@@ -403,3 +403,79 @@ def _as_labels(labels: np.ndarray, n: int, label: str) -> np.ndarray:
         f"data file {label} holds {labels.dtype} labels that are not whole numbers; "
         "save integer class labels under 'y', or drop them"
     )
+
+
+#: The split names an ``.npz`` archive may hold; ``valid``, ``val`` and ``validation``
+#: name one split.
+SPLIT_NAMES = {"train": ("train",), "val": ("valid", "val", "validation"), "test": ("test",)}
+
+#: One split of a file: rows float32 ``(N, D)``, int64 labels or None, ``(H, W)`` or None.
+Split = tuple[np.ndarray, "np.ndarray | None", "tuple[int, int] | None"]
+
+
+def read_splits(path: str | os.PathLike) -> dict[str, Split] | None:
+    """The named splits of an ``.npz`` archive, or ``None`` when it names no split.
+
+    An archive with arrays ``train`` and optionally ``valid`` (or ``val``,
+    ``validation``) and ``test``, as standard VAE benchmark sets come (static binarized
+    MNIST, Caltech 101 Silhouettes, Frey faces), with optional labels beside each as
+    ``train_labels``, ``y_train`` or ``train_y``. 3-D arrays ``(N, H, W)`` are images
+    and are flattened.
+
+    Returns:
+        ``{"train": (x, labels, image_shape), "val": ..., "test": ...}`` with the splits
+        the archive holds (``train`` always), or ``None`` for an archive with none of
+        the split names (read it with :func:`load_array`).
+
+    Raises:
+        DataError: The archive has a validation or test split but no ``train``, or a
+            split's array or labels are malformed. (An unreadable file gives ``None``:
+            :func:`load_array` says what is wrong with it.)
+
+    Example:
+        >>> import tempfile, os
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = os.path.join(tmp, "sets.npz")
+        ...     np.savez(path, train=np.zeros((8, 4)), valid=np.ones((2, 4)), test=np.ones((3, 2, 2)))
+        ...     splits = read_splits(path)
+        >>> {name: x.shape for name, (x, _, _) in splits.items()}
+        {'train': (8, 4), 'val': (2, 4), 'test': (3, 4)}
+    """
+    path = Path(path)
+    label = repr(str(path))
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            found = {split: next((k for k in names if k in keys), None) for split, names in SPLIT_NAMES.items()}
+            if not any(found.values()):
+                return None
+            if found["train"] is None:
+                present = sorted(k for k in found.values() if k)
+                raise DataError(
+                    f"data file {label} holds the split(s) {present} but no 'train' array; save the "
+                    "training rows as numpy.savez(path, train=X, valid=V, test=T)"
+                )
+            splits: dict[str, Split] = {}
+            for split, key in found.items():
+                if key is None:
+                    continue
+                where = f"{label} (array {key!r})"
+                x = _as_2d_float32(archive[key], where)
+                image_shape = None
+                if x.ndim == 3:
+                    n, h, w = x.shape
+                    image_shape = (int(h), int(w))
+                    x = x.reshape(n, h * w)  # (N, H*W)
+                label_key = next((k for k in (f"{key}_labels", f"y_{key}", f"{key}_y") if k in keys), None)
+                labels = None if label_key is None else _as_labels(archive[label_key], x.shape[0], where)
+                splits[split] = (x, labels, image_shape)
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        return None  # not a readable archive: load_array says what is wrong with it
+    dims = {split: x.shape[1] for split, (x, _, _) in splits.items()}
+    if len(set(dims.values())) > 1:
+        raise DataError(f"data file {label} has splits with different numbers of features {dims}; every split needs the same")
+    return splits
