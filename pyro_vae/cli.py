@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import re
 import sys
 import warnings
@@ -22,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from .config import KEEP_CHOICES, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data.transforms import BINARIZE_MODES
 from .errors import ConfigError, PyroVAEError
 from .inference.bounds import DEFAULT_MAX_ELEMENTS
@@ -42,7 +41,10 @@ _TRAIN_FLAGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "--data-dir": ("data", "data_dir", {"metavar": "DIR", "help": "folder of the MNIST IDX files (env PYRO_VAE_DATA_DIR)"}),
     "--binarize": ("data", "binarize", {"choices": BINARIZE_MODES, "help": "how 0/1 observations are made"}),
     "--threshold": ("data", "threshold", {"type": float, "help": "cut-off for --binarize threshold"}),
-    "--val-fraction": ("data", "val_fraction", {"type": float, "help": "share of rows held out for validation"}),
+    "--val-fraction": ("data", "val_fraction", {"type": float, "help": "share of rows held out for validation when the data has no validation split"}),
+    "--val-data": ("data", "val_data", {"metavar": "PATH", "help": "a file of validation rows"}),
+    "--test-data": ("data", "test_data", {"metavar": "PATH", "help": "a file of test rows (scored by pyro-vae evaluate)"}),
+    "--image-shape": ("data", "image_shape", {"type": int, "nargs": 2, "metavar": ("H", "W"), "help": "height and width of image rows, for figures (default: from the data)"}),
     "--z-dim": ("model", "z_dim", {"type": int, "help": "latent dimensions"}),
     "--hidden": ("model", "hidden", {"type": int, "nargs": "*", "metavar": "WIDTH", "help": "encoder layer widths (decoder: reversed)"}),
     "--activation": ("model", "activation", {"choices": sorted(ACTIVATIONS), "help": "hidden non-linearity"}),
@@ -61,9 +63,11 @@ _TRAIN_FLAGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "--beta": ("train", "beta", {"type": float, "help": "weight of the KL term (beta-VAE when > 1)"}),
     "--kl-warmup": ("train", "kl_warmup", {"type": int, "help": "epochs of linear KL warm-up (0: none)"}),
     "--eval-particles": ("train", "eval_particles", {"type": int, "help": "samples of z for the validation ELBO"}),
+    "--keep": ("train", "keep", {"choices": KEEP_CHOICES, "help": "the model a run keeps: best (by validation ELBO) or last epoch"}),
+    "--patience": ("train", "patience", {"type": int, "help": "stop after this many epochs without a better validation ELBO (0: never)"}),
     "--device": ("train", "device", {"help": "cpu or cuda"}),
 }
-_RESUMABLE = {"--epochs", "--device"}
+_RESUMABLE = {"--epochs", "--device", "--patience"}
 _SECTIONS = {"model": ModelConfig(), "data": DataConfig(), "train": TrainConfig()}
 
 
@@ -91,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, (section, name, kwargs) in _TRAIN_FLAGS.items():
         default = getattr(_SECTIONS[section], name)
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
-        train.add_argument(flag, dest=_dest(flag), default=None, **{**kwargs, "help": f"{kwargs['help']} (default: {shown})"})
+        helptext = kwargs["help"] if shown in (None, "") else f"{kwargs['help']} (default: {shown})"
+        train.add_argument(flag, dest=_dest(flag), default=None, **{**kwargs, "help": helptext})
     train.add_argument("--out", metavar="RUN_DIR", help="run directory (default: a fresh folder under runs/)")
     train.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out, replacing its run files")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
@@ -120,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"memory budget of one vectorized pass, in numbers per tensor (default: {DEFAULT_MAX_ELEMENTS})",
     )
     evaluate.add_argument("--device", default=None, help="cpu or cuda (default: the run's)")
+    evaluate.add_argument("--data", default=None, metavar="NAME|PATH", help="score this data instead of the run's")
+    evaluate.add_argument("--data-dir", default=None, metavar="DIR", help="folder of the MNIST IDX files, with --data mnist")
+    evaluate.add_argument(
+        "--split", choices=("test", "validation", "train"), default=None,
+        help="which split to score (default: test if the data has one, else validation)",
+    )
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     encode = add("encode", help="write mu(x) and sigma(x) for every row of a data set")
@@ -179,13 +190,14 @@ def _cmd_train(args: argparse.Namespace, say: Callable[[str], None]) -> None:
         if given:
             raise ConfigError(
                 f"--resume takes its settings from RUN_DIR/config.json; drop {', '.join(given)} "
-                "(only --epochs and --device can change)"
+                "(only --epochs, --device and --patience can change)"
             )
-        result = resume_run(args.resume, epochs=args.epochs, device=args.device, progress=progress)
+        result = resume_run(args.resume, epochs=args.epochs, device=args.device, patience=args.patience, progress=progress)
     else:
         result = train_run(_config_from_args(args), args.out, overwrite=args.overwrite, progress=progress)
     last = result.history[-1]
-    say(f"held-out ELBO per data point: {result.val_elbo:.4f} nats (epoch {last.epoch}, {result.seconds:.1f} s)")
+    kept = f"epoch {result.kept_epoch}, the {result.config.train.keep} of {last.epoch}"
+    say(f"held-out ELBO per data point: {result.val_elbo:.4f} nats ({kept}; {result.seconds:.1f} s)")
     say(f"run directory: {result.run_dir}")
 
 
@@ -194,17 +206,22 @@ def _cmd_evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> None:
 
     report = evaluate_run(
         args.run_dir, iw_samples=args.iw_samples, device=args.device, max_elements=args.max_elements,
-        progress=not args.no_progress,
+        data=args.data, data_dir=args.data_dir, split=args.split, progress=not args.no_progress,
     )
-    k, split = report["iw_samples"], report["split"]
-    say(
-        f"{split} ELBO per data point: {report['elbo_per_datum']:.4f} nats = reconstruction "
-        f"{report['reconstruction_per_datum']:.4f} - KL {report['kl_per_datum']:.4f} ({report['num_points']} points)"
-    )
-    say(f"{split} log p(x) per data point >= {report['log_px_per_datum']:.4f} nats (importance-weighted bound, K = {k})")
-    say(f"active units: {report['active_units']} of {report['z_dim']} (Cov_x(E_q[z_u]) > {report['active_unit_threshold']:g})")
+    k = report["iw_samples"]
+    say(f"{report['split']} split of {report['data']!r}: {report['num_points']} rows, nats per data point")
+    rows = [
+        ("ELBO", report["elbo_per_datum"]),
+        (f"log p(x) >= (importance-weighted bound, K = {k})", report["log_px_per_datum"]),
+        ("reconstruction E_q[log p(x|z)]", report["reconstruction_per_datum"]),
+        ("KL(q(z|x) || p(z))", report["kl_per_datum"]),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        say(f"  {name:<{width}}  {value:10.4f}")
+    say(f"  {'active units (Cov_x(E_q[z_u]) > ' + format(report['active_unit_threshold'], 'g') + ')':<{width}}  "
+        f"{report['active_units']:>4} of {report['z_dim']}")
     say(f"wrote {Path(args.run_dir) / 'evaluation.json'}")
-    say(json.dumps({key: value for key, value in report.items() if key not in ("per_datum", "unit_activity")}))
 
 
 def _cmd_encode(args: argparse.Namespace, say: Callable[[str], None]) -> None:

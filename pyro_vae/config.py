@@ -14,7 +14,7 @@ from typing import Any, Mapping, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "choose"]
+__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "KEEP_CHOICES", "choose"]
 
 T = TypeVar("T")
 
@@ -94,8 +94,15 @@ class DataConfig:
         threshold: Cut-off for ``binarize="threshold"``.
         val_fraction: Fraction of the training rows held out for validation, in (0, 1)
             (checked where the data is split, :func:`pyro_vae.data.datasets.split_train_val`).
-        image_shape: ``(height, width)`` of image data (filled in from the data; empty
-            for plain feature vectors), used to draw figures.
+        val_data: A file of validation rows (else the source's validation split, else
+            a random hold-out of ``val_fraction``).
+        test_data: A file of test rows (else the source's test split, if any).
+        image_shape: ``(height, width)`` of image rows, used by every figure: given, or
+            filled in from the data (3-D arrays, square images); empty for feature
+            vectors that are not images.
+
+    A run stores ``data``, ``data_dir``, ``val_data`` and ``test_data`` as absolute paths,
+    so its directory works from any working directory.
     """
 
     data: str = "digits"
@@ -103,6 +110,8 @@ class DataConfig:
     binarize: str = "auto"
     threshold: float = 0.5
     val_fraction: float = 0.1
+    val_data: str | None = None
+    test_data: str | None = None
     image_shape: tuple[int, ...] = ()
 
     def validate(self) -> None:
@@ -113,6 +122,10 @@ class DataConfig:
             )
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"`threshold` must be in (0, 1), got {self.threshold}")
+
+
+#: Which weights a run keeps (:attr:`TrainConfig.keep`).
+KEEP_CHOICES = ("best", "last")
 
 
 @dataclass
@@ -130,6 +143,12 @@ class TrainConfig:
         kl_warmup: Epochs over which the KL weight rises linearly from beta/kl_warmup
             to beta (0: no warm-up).
         eval_particles: Samples of z per data point for the validation ELBO.
+        keep: Which weights a run keeps as its model: ``best`` (the epoch with the
+            highest validation ELBO; the default, because a VAE that trains on past its
+            best epoch overfits and its last weights are worse held-out) or ``last``.
+            Training resumes from the last epoch either way.
+        patience: Stop when the validation ELBO has not improved for this many epochs
+            (0: train all ``epochs``).
         device: ``cpu`` or ``cuda`` (or ``cuda:N``).
     """
 
@@ -142,6 +161,8 @@ class TrainConfig:
     beta: float = 1.0
     kl_warmup: int = 0
     eval_particles: int = 1
+    keep: str = "best"
+    patience: int = 0
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -156,6 +177,10 @@ class TrainConfig:
             raise ConfigError(f"`beta` must be > 0, got {self.beta}")
         if self.kl_warmup < 0:
             raise ConfigError(f"`kl_warmup` must be >= 0 epochs, got {self.kl_warmup}")
+        if self.keep not in KEEP_CHOICES:
+            raise ConfigError(f"`keep` must be one of {', '.join(KEEP_CHOICES)}, got {self.keep!r}")
+        if self.patience < 0:
+            raise ConfigError(f"`patience` must be >= 0 epochs (0: no early stopping), got {self.patience}")
 
     def kl_weight(self, epoch: int) -> float:
         """The weight of the KL term in epoch ``epoch`` (0-based), warm-up included."""

@@ -48,22 +48,25 @@ def test_train_prints_the_elbo_and_the_run_directory(tmp_path, data_dir, capsys)
     assert "held-out ELBO per data point:" in out and f"run directory: {run}" in out
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["z_dim"] == 3 and config["model"]["hidden"] == [16]
-    assert config["model"]["x_dim"] == 64 and config["data"]["image_shape"] == []  # a plain 2-D array
+    assert config["model"]["x_dim"] == 64 and config["data"]["image_shape"] == [8, 8]  # 64 features: a square
     assert not (run / "latent.png").exists()  # only drawn for a 2-D latent
 
 
 def test_evaluate_encode_sample(trained, tmp_path, data_dir, capsys):
     assert main(["evaluate", str(trained), "--iw-samples", "2"]) == 0
-    assert "validation ELBO per data point" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "validation split of" in out and "24 rows" in out and "ELBO" in out and "{" not in out  # no JSON dump
 
     assert main(["encode", str(trained), "--data", str(data_dir / "digits.npy"), "--out", str(tmp_path / "e.npz")]) == 0
     enc = np.load(tmp_path / "e.npz")
     assert enc["loc"].shape == enc["scale"].shape == (240, 2) and (enc["scale"] > 0).all()
 
     assert main(["encode", str(trained), "--out", str(tmp_path / "e.csv")]) == 0
-    csv = np.loadtxt(tmp_path / "e.csv", delimiter=",", skiprows=1)
-    assert (tmp_path / "e.csv").read_text().startswith("mu_1,mu_2,sigma_1,sigma_2")
-    assert csv.shape == (240, 4)  # the run's own data (train + val)
+    csv = np.loadtxt(tmp_path / "e.csv", delimiter=",", skiprows=1, usecols=(1, 2, 3, 4, 5))
+    assert (tmp_path / "e.csv").read_text().startswith("split,row,mu_1,mu_2,sigma_1,sigma_2")
+    assert csv.shape == (240, 5)  # the run's own data (train + val): row, mu, sigma
+    splits = np.loadtxt(tmp_path / "e.csv", delimiter=",", skiprows=1, usecols=0, dtype=str)
+    assert (splits == "train").sum() == 216 and (splits == "val").sum() == 24
 
     assert main(["sample", str(trained), "-n", "5", "--out", str(tmp_path / "s.npy")]) == 0
     samples = np.load(tmp_path / "s.npy")

@@ -35,6 +35,7 @@ from .formats import (
 __all__ = [
     "Dataset",
     "DATA_DIR_ENV",
+    "BUILT_IN_DATA",
     "MNIST_FILES",
     "load_dataset",
     "load_digits",
@@ -43,6 +44,9 @@ __all__ = [
     "resolve_image_shape",
     "default_data_dir",
 ]
+
+#: Data sets named rather than read from a path.
+BUILT_IN_DATA = ("digits", "mnist")
 
 #: Environment variable naming the folder of the MNIST IDX files.
 DATA_DIR_ENV = "PYRO_VAE_DATA_DIR"

@@ -41,8 +41,8 @@ __all__ = [
 def _describe_bad(x: torch.Tensor, bad: torch.Tensor) -> str:
     rows = bad.reshape(bad.shape[0], -1).any(-1).nonzero().flatten() if bad.dim() > 1 else bad.nonzero().flatten()
     return (
-        f"{int(bad.sum())} value(s), first in row {int(rows[0])}; "
-        f"data range is [{float(x.min()):.4g}, {float(x.max()):.4g}]"
+        f"{int(bad.sum())} value(s) are not, the first in row {int(rows[0])}; "
+        f"the data range is [{float(x.min()):.4g}, {float(x.max()):.4g}]"
     )
 
 

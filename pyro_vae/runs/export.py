@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from ..data.datasets import load_dataset
-from ..data.formats import ARRAY_SUFFIXES, load_array
+from ..data.formats import ARRAY_SUFFIXES, load_array, read_splits
 from ..errors import ConfigError
 from ..files import atomic_write
 from ..seeding import forked_rng
 from .checkpoint import load_run
 from .figures import plot_samples
+from .train import load_data, resolve_paths
 from .outputs import check_output_file
 
 __all__ = ["ENCODE_SPLITS", "encode_run", "sample_run"]
@@ -24,19 +26,41 @@ __all__ = ["ENCODE_SPLITS", "encode_run", "sample_run"]
 ENCODE_SPLITS = ("train", "val", "test", "all")
 
 
-def _rows(config, data: str | None, data_dir: str | None, split: str) -> np.ndarray:  # type: ignore[no-untyped-def]
+class _Rows(NamedTuple):
+    x: np.ndarray  # (N, D)
+    split: np.ndarray  # (N,) the split each row comes from
+    row: np.ndarray  # (N,) its row in that split
+    labels: np.ndarray | None  # (N,) or None
+
+
+def _rows(config, data: str | None, data_dir: str | None, split: str) -> _Rows:  # type: ignore[no-untyped-def]
     name = data or config.data.data
-    if Path(name).suffix in ARRAY_SUFFIXES:
-        return load_array(name)[0]
-    dataset = load_dataset(name, data_dir or config.data.data_dir, val_fraction=config.data.val_fraction, seed=config.train.seed)
-    splits = {"train": [dataset.train], "val": [dataset.val], "test": [dataset.test]}
-    splits["all"] = [x for rows in splits.values() for x in rows]
-    if split not in splits:
-        raise ConfigError(f"split must be one of {', '.join(ENCODE_SPLITS)}, got {split!r}")
-    chosen = [x for x in splits[split] if x is not None]
+    if data is not None and Path(name).suffix in ARRAY_SUFFIXES and read_splits(name) is None:
+        x, labels = load_array(name)
+        return _Rows(x, np.full(len(x), "file"), np.arange(len(x)), labels)
+    if data is not None:
+        config = dataclasses.replace(
+            config, data=resolve_paths(dataclasses.replace(config.data, data=name, data_dir=data_dir, val_data=None, test_data=None))
+        )
+    dataset = load_data(config)
+    splits = {
+        "train": (dataset.train, dataset.train_labels),
+        "val": (dataset.val, dataset.val_labels),
+        "test": (dataset.test, dataset.test_labels),
+    }
+    if split not in ENCODE_SPLITS:
+        raise ConfigError(f"`split` must be one of {', '.join(ENCODE_SPLITS)}, got {split!r}")
+    chosen = [s for s in splits if (split == "all" or s == split) and splits[s][0] is not None]
     if not chosen:
-        raise ConfigError(f"the data {name!r} has no {split} split; choose split train, val or all")
-    return np.concatenate(chosen)
+        raise ConfigError(f"the data {name!r} has no {split} split; choose `split` train, val or all")
+    xs = [splits[s][0] for s in chosen]
+    has_labels = all(splits[s][1] is not None for s in chosen)
+    return _Rows(
+        np.concatenate(xs),
+        np.concatenate([np.full(len(x), s) for s, x in zip(chosen, xs, strict=True)]),
+        np.concatenate([np.arange(len(x)) for x in xs]),
+        np.concatenate([splits[s][1] for s in chosen]) if has_labels else None,
+    )
 
 
 @torch.no_grad()
@@ -51,9 +75,13 @@ def encode_run(
 ) -> tuple[int, int]:
     """Write mu(x) and sigma(x) of every row to ``out`` (``.npz`` arrays or ``.csv`` columns).
 
+    Every row carries its split (``train``, ``val``, ``test``; ``file`` for a plain
+    array file), its row number in that split and, when the data has labels, its label.
+
     Args:
         run_dir: A trained run.
-        out: ``.npz`` (arrays ``loc``, ``scale``) or ``.csv`` (columns ``mu_1..``, ``sigma_1..``).
+        out: ``.npz`` (arrays ``loc``, ``scale``, ``split``, ``row`` and ``label``) or
+            ``.csv`` (columns ``split``, ``row``, ``label``, ``mu_1..``, ``sigma_1..``).
         data: Data to encode (a name or a file); default the run's.
         data_dir: Folder of IDX files for ``mnist``.
         split: Which split of a named data set.
@@ -67,19 +95,28 @@ def encode_run(
     """
     out = check_output_file(out, (".npz", ".csv"), overwrite=overwrite)
     config, vae = load_run(run_dir)
-    x = torch.from_numpy(_rows(config, data, data_dir, split))
+    rows = _rows(config, data, data_dir, split)
+    x = torch.from_numpy(rows.x)
     vae.check_x(x)
     vae.likelihood.check_support(x)
     loc, scale = (t.numpy() for t in vae.encode(x))  # (N, z_dim) each
     if out.suffix == ".npz":
+        arrays = {"loc": loc, "scale": scale, "split": rows.split, "row": rows.row}
+        if rows.labels is not None:
+            arrays["label"] = rows.labels
         buffer = io.BytesIO()
-        np.savez(buffer, loc=loc, scale=scale)
+        np.savez(buffer, **arrays)
         atomic_write(out, buffer.getvalue())
     else:
-        header = ",".join([f"mu_{d + 1}" for d in range(vae.z_dim)] + [f"sigma_{d + 1}" for d in range(vae.z_dim)])
-        text = io.StringIO()
-        np.savetxt(text, np.concatenate([loc, scale], axis=1), delimiter=",", header=header, comments="", fmt="%.7g")
-        atomic_write(out, text.getvalue())
+        names = ["split", "row"] + ["label"] * (rows.labels is not None)
+        names += [f"mu_{d + 1}" for d in range(vae.z_dim)] + [f"sigma_{d + 1}" for d in range(vae.z_dim)]
+        lines = [",".join(names)]
+        for i in range(len(loc)):
+            ids = [str(rows.split[i]), str(int(rows.row[i]))]
+            if rows.labels is not None:
+                ids.append(str(int(rows.labels[i])))
+            lines.append(",".join(ids + [format(float(v), ".7g") for v in (*loc[i], *scale[i])]))
+        atomic_write(out, "\n".join(lines) + "\n")
     return len(loc), vae.z_dim
 
 

@@ -34,49 +34,72 @@ def plot_history(history: Sequence[dict[str, float]], path: str | os.PathLike) -
     save_png(fig, path)
 
 
+#: Background of image grids: a neutral grey, so that black and white pixels both show
+#: and empty cells read as "no image", not as a black one.
+_BACKGROUND = 0.55
+#: Pixels between tiles.
+_GAP = 1
+
+
 def _image_grid(rows: Sequence[np.ndarray], image_shape: Sequence[int]) -> np.ndarray:
+    """Images laid out in rows with a gap between tiles; missing cells (NaN) stay background."""
     h, w = image_shape
-    return np.concatenate(
-        [np.concatenate([r.reshape(h, w) for r in row], axis=1) for row in rows], axis=0
-    )
+    n_rows, n_cols = len(rows), max(len(row) for row in rows)
+    grid = np.full((n_rows * (h + _GAP) + _GAP, n_cols * (w + _GAP) + _GAP), np.nan)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            top, left = _GAP + i * (h + _GAP), _GAP + j * (w + _GAP)
+            grid[top : top + h, left : left + w] = np.asarray(image).reshape(h, w)
+    return grid
 
 
 def _show(ax: Axes, data: np.ndarray) -> None:
-    ax.imshow(data, cmap="gray", vmin=0.0, vmax=max(1.0, float(np.nanmax(data))), interpolation="nearest")
+    import matplotlib as mpl
+
+    cmap = mpl.colormaps["gray"].with_extremes(bad=str(_BACKGROUND))
+    vmax = max(1.0, float(np.nanmax(data))) if np.isfinite(data).any() else 1.0
+    ax.imshow(np.ma.masked_invalid(data), cmap=cmap, vmin=0.0, vmax=vmax, interpolation="nearest")
+    ax.set_facecolor(str(_BACKGROUND))
     ax.set_xticks([])
     ax.set_yticks([])
 
 
 def plot_reconstructions(
-    inputs: np.ndarray, reconstructions: np.ndarray, image_shape: Sequence[int], path: str | os.PathLike
+    inputs: np.ndarray,
+    reconstructions: np.ndarray,
+    image_shape: Sequence[int],
+    path: str | os.PathLike,
+    *,
+    inputs_title: str = "inputs",
 ) -> None:
-    """Inputs (top row) beside the means of p(x|z) at z drawn from q(z|x) (bottom row).
+    """Inputs (top row) beside the means of p(x|z) at one z drawn from q(z|x) (bottom row).
 
     Without an image shape each data point is drawn as one column of a heat map.
     """
-    fig, axes = subplots(2, 1, figsize=(max(4, len(inputs) * 0.6), 3))
+    n = len(inputs)
+    fig, axes = subplots(2, 1, figsize=(max(5, n * 0.7), 3.4), layout="constrained")
     if image_shape:
         _show(axes[0], _image_grid([inputs], image_shape))
         _show(axes[1], _image_grid([reconstructions], image_shape))
     else:
         _show(axes[0], inputs.T)
         _show(axes[1], reconstructions.T)
-    axes[0].set_title("inputs", fontsize=9)
-    axes[1].set_title("reconstructions", fontsize=9)
+    axes[0].set_title(inputs_title, fontsize=9)
+    axes[1].set_title("their reconstructions: the mean of p(x|z) at one z ~ q(z|x) each", fontsize=9)
     save_png(fig, path)
 
 
 def plot_samples(samples: np.ndarray, image_shape: Sequence[int], path: str | os.PathLike) -> None:
     """Means of p(x|z) for z drawn from the prior, as an image grid (or heat map)."""
     n = len(samples)
-    fig, ax = subplots(figsize=(5, 5))
+    fig, ax = subplots(figsize=(5, 5.3), layout="constrained")
     if image_shape:
         cols = math.ceil(math.sqrt(n))
-        padded = np.concatenate([samples, np.zeros((cols * cols - n, samples.shape[1]))])
+        padded = np.concatenate([samples, np.full((cols * cols - n, samples.shape[1]), np.nan)])
         _show(ax, _image_grid(padded.reshape(cols, cols, -1), image_shape))
     else:
         _show(ax, samples.T)
-    ax.set_title(f"{n} samples from the prior", fontsize=9)
+    ax.set_title(f"the mean of p(x|z) for {n} draws z ~ p(z)", fontsize=9)
     save_png(fig, path)
 
 

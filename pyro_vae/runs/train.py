@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import RunConfig
-from ..data.datasets import Dataset, load_dataset
+from ..config import DataConfig, RunConfig
+from ..data.datasets import BUILT_IN_DATA, Dataset, load_dataset
 from ..data.transforms import BatchTransform, binarize, resolve_binarize
 from ..errors import CheckpointError, ConfigError, DataError
 from ..files import atomic_write
@@ -47,12 +48,13 @@ from ..training.distributed import (
     local_rank,
     run_on_main,
 )
-from ..training.loop import EpochRecord, fit
+from ..training.loop import EpochRecord, best_epoch, fit, should_stop
 from .checkpoint import (
     CONFIG_FILE,
     STATE_FILE,
     WEIGHTS_FILE,
     load_config,
+    load_run,
     load_training_state,
     save_config,
     save_training_state,
@@ -80,8 +82,9 @@ class RunResult:
         config: The full configuration (``x_dim`` and ``image_shape`` filled in).
         vae: The trained model (eval mode).
         history: One record per epoch.
-        val_elbo: Held-out ELBO per data point after the last epoch.
+        val_elbo: Validation ELBO per data point of the kept model.
         seconds: Wall time of this call.
+        kept_epoch: The epoch whose weights are the run's model (``config.train.keep``).
     """
 
     run_dir: Path
@@ -90,6 +93,7 @@ class RunResult:
     history: list[EpochRecord]
     val_elbo: float
     seconds: float
+    kept_epoch: int | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,9 +120,52 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_data(config: RunConfig) -> Dataset:
-    """Load the data set named in ``config.data`` with its reproducible validation split."""
+    """Load the data set named in ``config.data`` with its validation (and test) split."""
     d = config.data
-    return load_dataset(d.data, d.data_dir, val_fraction=d.val_fraction, seed=config.train.seed)
+    return load_dataset(
+        d.data, d.data_dir, val_fraction=d.val_fraction, seed=config.train.seed,
+        val_data=d.val_data, test_data=d.test_data, image_shape=tuple(d.image_shape) or None,
+    )
+
+
+def resolve_paths(config: DataConfig) -> DataConfig:
+    """``config`` with every data path made absolute, so a run works from any directory.
+
+    Example:
+        >>> resolve_paths(DataConfig(data="digits")).data
+        'digits'
+    """
+    def absolute(path: str | None) -> str | None:
+        return None if path is None else str(Path(path).expanduser().resolve())
+
+    data = config.data if config.data in BUILT_IN_DATA else absolute(config.data)
+    return dataclasses.replace(
+        config, data=data, data_dir=absolute(config.data_dir),
+        val_data=absolute(config.val_data), test_data=absolute(config.test_data),
+    )
+
+
+def _warn_if_far_from_unit_scale(config: RunConfig, vae: VAE, data: Dataset) -> None:
+    """One warning when real-valued data far from unit scale meets the normal likelihood.
+
+    Its learned scales start at 1 and a standard Normal prior's decoder starts near 0,
+    so raw 0..255 grey levels (say) train very slowly; the fix is to rescale the data.
+    """
+    if config.model.likelihood != "normal":
+        return
+    sd, mean = float(data.train.std()), float(np.abs(data.train.mean()))
+    if sd > 10 or sd < 0.1 or mean > 10:
+        warnings.warn(
+            f"data {config.data.data!r} has mean {data.train.mean():.4g} and sd {sd:.4g}: far from unit scale, "
+            "where the normal likelihood's scales start; standardize it ((x - mean) / sd per feature) or "
+            "rescale it to about [0, 1] before training",
+            DataScaleWarning,
+            stacklevel=3,
+        )
+
+
+class DataScaleWarning(UserWarning):
+    """The data's scale is far from what the likelihood starts from."""
 
 
 def make_transform(config: RunConfig, vae: VAE) -> BatchTransform | None:
@@ -175,9 +222,18 @@ def _claim_run_dir(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _write_metrics(run_dir: Path, history: list[EpochRecord]) -> None:
-    lines = ["epoch,train_loss,val_elbo,seconds"]
-    lines += [f"{h.epoch},{h.train_loss:.6f},{h.val_elbo:.6f},{h.seconds:.4f}" for h in history]
+def kept_epoch(history: list[EpochRecord], keep: str) -> int | None:
+    """The epoch whose weights a run keeps as its model: the best or the last."""
+    if not history:
+        return None
+    best = best_epoch(history) if keep == "best" else None
+    return best if best is not None else history[-1].epoch
+
+
+def _write_metrics(run_dir: Path, history: list[EpochRecord], keep: str) -> None:
+    kept = kept_epoch(history, keep)
+    lines = ["epoch,train_loss,val_elbo,seconds,kept"]
+    lines += [f"{h.epoch},{h.train_loss:.6f},{h.val_elbo:.6f},{h.seconds:.4f},{int(h.epoch == kept)}" for h in history]
     atomic_write(run_dir / METRICS_FILE, "\n".join(lines) + "\n")
 
 
@@ -186,11 +242,17 @@ def _write_figures(run_dir: Path, config: RunConfig, vae: VAE, data: Dataset, hi
     device = next(vae.parameters()).device
     plot_history([h.to_dict() for h in history], run_dir / "loss.png")
     image_shape = config.data.image_shape
+    transform = make_transform(config, vae)
     with forked_rng(device, seed=config.train.seed):
         x = torch.from_numpy(data.val[:12]).to(device)
+        if transform is not None:
+            x = transform(x)  # the inputs as the model saw them (binarized)
         z = vae.posterior(x).sample()
         recon = vae.decode(z).mean
-        plot_reconstructions(x.cpu().numpy(), recon.cpu().numpy(), image_shape, run_dir / "reconstructions.png")
+        plot_reconstructions(
+            x.cpu().numpy(), recon.cpu().numpy(), image_shape, run_dir / "reconstructions.png",
+            inputs_title="validation inputs, as the model sees them" + (" (binarized)" if transform else ""),
+        )
         samples = vae.decode(vae.prior().sample((64,))).mean
         plot_samples(samples.cpu().numpy(), image_shape, run_dir / "samples.png")
     if vae.z_dim == 2:
@@ -206,6 +268,7 @@ def _run(
     optimizer: torch.optim.Optimizer,
     history: list[EpochRecord],
     progress: bool,
+    kept_state: dict[str, torch.Tensor] | None = None,
 ) -> RunResult:
     start = time.perf_counter()
     device = next(vae.parameters()).device
@@ -213,10 +276,15 @@ def _run(
     val = torch.from_numpy(data.val).to(device)
     transform = make_transform(config, vae)
 
+    keep = config.train.keep
+    kept = {"state": kept_state}  # the kept model's weights (rank 0), for the end of the run
+
     def checkpoint(records: list[EpochRecord]) -> None:
         save_training_state(run_dir, vae, optimizer, [r.to_dict() for r in records])
-        save_weights(run_dir, vae, metadata={"epoch": str(records[-1].epoch)})
-        _write_metrics(run_dir, records)
+        if kept_epoch(records, keep) == records[-1].epoch:  # this epoch is the one to keep
+            save_weights(run_dir, vae, metadata={"epoch": str(records[-1].epoch)})
+            kept["state"] = {k: v.detach().clone() for k, v in vae.state_dict().items()}
+        _write_metrics(run_dir, records, keep)
 
     history = fit(
         vae,
@@ -230,21 +298,32 @@ def _run(
         progress=progress,
     )
     vae.eval()
-    val_elbo = history[-1].val_elbo if history else float("nan")
+    # The run's model is the kept epoch's (rank 0 holds its weights; every rank gets them).
+    state = run_on_main(lambda: kept["state"])
+    if state is not None:
+        vae.load_state_dict(state)
+    epoch = kept_epoch(history, keep)
+    record = next((h for h in history if h.epoch == epoch), None)
+    val_elbo = record.val_elbo if record is not None else float("nan")
     if is_main_process():  # under torchrun only rank 0 writes (fit checkpoints on rank 0 too)
         _write_figures(run_dir, config, vae, data, history)
         seconds = time.perf_counter() - start
         summary = {
             "epochs": len(history),
+            "keep": keep,
+            "kept_epoch": epoch,
             "val_elbo_per_datum": val_elbo,
+            "last_val_elbo_per_datum": history[-1].val_elbo if history else float("nan"),
+            "stopped_early": len(history) < config.train.epochs,
             "train_seconds_this_call": seconds,
             "num_train": int(data.train.shape[0]),
             "num_val": int(data.val.shape[0]),
+            "num_test": None if data.test is None else int(data.test.shape[0]),
         }
         atomic_write(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     barrier()  # every rank returns once the run directory is complete
     seconds = time.perf_counter() - start
-    return RunResult(run_dir, config, vae, history, val_elbo, seconds)
+    return RunResult(run_dir, config, vae, history, val_elbo, seconds, epoch)
 
 
 def _optimizer(vae: VAE, config: RunConfig) -> torch.optim.Optimizer:
@@ -274,12 +353,14 @@ def train_run(
     config.validate()
     check_compatible(config.model, config.train)
     device = resolve_device(config.train.device)
+    config.data = resolve_paths(config.data)
     data = load_data(config)
     config.model = dataclasses.replace(config.model, x_dim=data.x_dim)
     config.data = dataclasses.replace(config.data, image_shape=tuple(data.image_shape or ()))
     torch.manual_seed(config.train.seed)  # the initial weights
     vae = build_vae(config.model).to(device)
     _check_data(config, vae, data)
+    _warn_if_far_from_unit_scale(config, vae, data)
 
     def claim() -> Path:
         run_dir = Path(out) if out is not None else _fresh_run_dir(config)
@@ -293,13 +374,18 @@ def train_run(
 
 
 def resume_run(
-    run_dir: str | Path, *, epochs: int | None = None, device: str | None = None, progress: bool = True
+    run_dir: str | Path,
+    *,
+    epochs: int | None = None,
+    device: str | None = None,
+    patience: int | None = None,
+    progress: bool = True,
 ) -> RunResult:
     """Continue a run from its last checkpoint, up to ``epochs`` in all.
 
     The resumed run draws the same random numbers an uninterrupted run would, so its
-    history continues the same curve. ``epochs`` and ``device`` may change; the new
-    values are saved in ``config.json``.
+    history continues the same curve. ``epochs``, ``device`` and ``patience`` may
+    change; the new values are saved in ``config.json``.
 
     Raises:
         CheckpointError: The run directory is missing, damaged or inconsistent.
@@ -312,6 +398,9 @@ def resume_run(
         config.train.validate()
     if device is not None:  # a property of this call, not of the model: it may change
         config.train = dataclasses.replace(config.train, device=device)
+    if patience is not None:
+        config.train = dataclasses.replace(config.train, patience=patience)
+        config.train.validate()
     device = resolve_device(config.train.device)
     data = load_data(config)
     if data.x_dim != config.model.x_dim:
@@ -336,5 +425,13 @@ def resume_run(
             f"the run already has {len(history)} epochs and asks for {config.train.epochs}; "
             f"pass `epochs` N with N > {len(history)} to train longer"
         )
+    if should_stop(history, config.train.patience):
+        raise ConfigError(
+            f"the run stopped early after epoch {len(history)}: its validation ELBO last improved at epoch "
+            f"{best_epoch(history)} and `patience` is {config.train.patience}; pass a larger `patience` "
+            "(or 0) to train longer"
+        )
     run_on_main(lambda: save_config(run_dir, config))
-    return _run(config, run_dir, vae, data, optimizer, history, progress)
+    # The kept model so far (model.safetensors) stays kept unless a later epoch beats it.
+    kept_state = run_on_main(lambda: load_run(run_dir)[1].state_dict())
+    return _run(config, run_dir, vae, data, optimizer, history, progress, kept_state)

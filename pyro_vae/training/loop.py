@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -27,7 +27,7 @@ from ..inference.objectives import Objective, build_objective
 from ..model.vae import VAE, local_params
 from .parallel import parallelism
 
-__all__ = ["EpochRecord", "fit", "epoch_seed"]
+__all__ = ["EpochRecord", "fit", "epoch_seed", "best_epoch", "should_stop"]
 
 @dataclass
 class EpochRecord:
@@ -47,6 +47,31 @@ class EpochRecord:
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+
+def best_epoch(history: Sequence[EpochRecord]) -> int | None:
+    """The 1-based epoch with the highest validation ELBO (the first of ties), or None.
+
+    Example:
+        >>> best_epoch([EpochRecord(1, 3.0, -5.0, 0.1), EpochRecord(2, 2.0, -4.0, 0.1), EpochRecord(3, 2.5, -4.5, 0.1)])
+        2
+    """
+    scored = [h for h in history if math.isfinite(h.val_elbo)]
+    if not scored:
+        return None
+    return max(scored, key=lambda h: (h.val_elbo, -h.epoch)).epoch
+
+
+def should_stop(history: Sequence[EpochRecord], patience: int) -> bool:
+    """Early stopping: ``patience`` epochs (> 0) have passed without a better validation ELBO.
+
+    Example:
+        >>> records = [EpochRecord(e, 1.0, v, 0.1) for e, v in enumerate([-5.0, -4.0, -4.5, -4.2], 1)]
+        >>> should_stop(records, 2), should_stop(records, 3)
+        (True, False)
+    """
+    best = best_epoch(history)
+    return patience > 0 and best is not None and history[-1].epoch - best >= patience
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -88,6 +113,11 @@ def fit(
     shard of each epoch's permutation, and ``config.batch_size`` is per process (global
     batch = world size x batch size). ``on_epoch_end`` and the progress bar run on rank
     0 only; the returned history (global loss, validation ELBO) is the same on every rank.
+
+    With ``config.patience > 0`` training stops early once that many epochs have
+    passed without a better validation ELBO (:func:`should_stop`); the decision
+    depends on the history alone, so a resumed run stops where an uninterrupted one
+    would.
 
     Returns:
         The history: one :class:`EpochRecord` per epoch, earlier ones included.
@@ -161,6 +191,8 @@ def fit(
                 bar.set_postfix(loss=f"{history[-1].train_loss:.3f}", val_elbo=f"{val_elbo:.3f}")
                 if on_epoch_end is not None and replicas.is_main:
                     on_epoch_end(history)
+                if should_stop(history, config.patience):  # the same decision on every rank
+                    break
         finally:
             bar.close()
     return history
