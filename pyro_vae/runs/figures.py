@@ -72,20 +72,25 @@ def plot_reconstructions(
     *,
     inputs_title: str = "inputs",
 ) -> None:
-    """Inputs (top row) beside the means of p(x|z) at one z drawn from q(z|x) (bottom row).
+    """Inputs (top row) above the means of p(x|z) at one z drawn from q(z|x) (bottom row).
 
     Without an image shape each data point is drawn as one column of a heat map.
     """
     n = len(inputs)
-    fig, axes = subplots(2, 1, figsize=(max(5, n * 0.7), 3.4), layout="constrained")
     if image_shape:
-        _show(axes[0], _image_grid([inputs], image_shape))
-        _show(axes[1], _image_grid([reconstructions], image_shape))
+        h, w = image_shape
+        grid = _image_grid([inputs, reconstructions], image_shape)  # two rows of tiles
+        width = max(5.0, 0.6 * n)
+        fig, ax = subplots(figsize=(width, 0.9 + width * grid.shape[0] / grid.shape[1]), layout="constrained")
+        _show(ax, grid)
+        ax.set_yticks([_GAP + h / 2 - 0.5, 2 * _GAP + 1.5 * h - 0.5], ["input", "recon."], fontsize=8)
+        ax.set_title(f"{inputs_title}; below each, its reconstruction:\nthe mean of p(x|z) at one z ~ q(z|x)", fontsize=9)
     else:
+        fig, axes = subplots(2, 1, figsize=(max(5, n * 0.6), 4), layout="constrained")
         _show(axes[0], inputs.T)
         _show(axes[1], reconstructions.T)
-    axes[0].set_title(inputs_title, fontsize=9)
-    axes[1].set_title("their reconstructions: the mean of p(x|z) at one z ~ q(z|x) each", fontsize=9)
+        axes[0].set_title(inputs_title, fontsize=9)
+        axes[1].set_title("their reconstructions: the mean of p(x|z) at one z ~ q(z|x) each", fontsize=9)
     save_png(fig, path)
 
 
