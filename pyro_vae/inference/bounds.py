@@ -431,7 +431,12 @@ class _LargestAllocation(TorchDispatchMode):
 
 @torch.no_grad()
 def draw_width(
-    vae: VAE, x: torch.Tensor, probe_samples: int = 64, *, proposal: dist.TorchDistribution | None = None
+    vae: VAE,
+    x: torch.Tensor,
+    probe_samples: int = 64,
+    *,
+    proposal: dist.TorchDistribution | None = None,
+    **program_kwargs: Any,
 ) -> int:
     """Numbers per draw of z in the largest tensor of a pass: measured, not guessed.
 
@@ -461,8 +466,9 @@ def draw_width(
     if proposal is not None:
         # The probe takes every row's proposal at once: its width per row is the same.
         row, probe_samples = x, max(1, probe_samples // x.shape[0])
+    program_kwargs = {key: _rows_of(value, slice(0, row.shape[0]), x.shape[0]) for key, value in program_kwargs.items()}
     with forked_rng(x.device), recorder:
-        weighted_draws(vae, row, probe_samples, proposal=proposal)
+        weighted_draws(vae, row, probe_samples, proposal=proposal, **program_kwargs)
     return max(vae.x_dim, math.ceil(recorder.largest / (probe_samples * row.shape[0])))
 
 
@@ -528,6 +534,7 @@ def pass_plan(
     proposal: dist.TorchDistribution | None = None,
     transform: BatchTransform | None = None,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    **program_kwargs: Any,
 ) -> tuple[int, int]:
     """``(rows, draws)`` per pass of :func:`weighted_passes` for these arguments.
 
@@ -545,11 +552,13 @@ def pass_plan(
         raise ConfigError("got no data points; pass at least one row")
     vae.check_x(x)
     with forked_rng(x.device):
-        probe = x[:1] if proposal is None else x  # a proposal covers every row
+        rows = slice(0, 1) if proposal is None else slice(0, num_points)  # a proposal covers every row
+        probe = x[rows]
         if transform is not None:
             probe = transform(probe)  # rows the likelihood accepts
+        probe_kwargs = {key: _rows_of(value, rows, num_points) for key, value in program_kwargs.items()}
         probe_samples = max(1, min(64, max_elements // vae.x_dim))  # the probe keeps to the budget too
-        width = draw_width(vae, probe, probe_samples, proposal=proposal)
+        width = draw_width(vae, probe, probe_samples, proposal=proposal, **probe_kwargs)
     if proposal is not None:
         return num_points, max(1, min(num_samples, max_elements // (width * num_points)))
     return chunk_plan(num_points, num_samples, width, max_elements)
@@ -600,7 +609,7 @@ def weighted_passes(
         [(slice(0, 1, None), torch.Size([10, 1])), (slice(1, 2, None), torch.Size([10, 1])), (slice(2, 3, None), torch.Size([10, 1]))]
     """
     batch, samples = plan or pass_plan(
-        vae, x, num_samples, proposal=proposal, transform=transform, max_elements=max_elements
+        vae, x, num_samples, proposal=proposal, transform=transform, max_elements=max_elements, **program_kwargs
     )
     num_points = x.shape[0]
     for lo in range(0, num_points, batch):

@@ -130,6 +130,7 @@ def evaluate_elbo(
     seed: int = 0,
     transform: BatchTransform | None = None,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    y: torch.Tensor | None = None,
 ) -> float:
     """ELBO per data point of ``x``, averaged over the rows.
 
@@ -154,7 +155,8 @@ def evaluate_elbo(
     total = 0.0
     try:
         with forked_rng(x.device, seed=seed):
-            for step in weighted_passes(vae, x, particles, transform=transform, max_elements=max_elements):
+            kwargs = {} if y is None else {"y": y}
+            for step in weighted_passes(vae, x, particles, transform=transform, max_elements=max_elements, **kwargs):
                 total += float(step.draws.log_weights.double().sum())  # sum over draws and rows
     finally:
         vae.train(was_training)
@@ -163,7 +165,7 @@ def evaluate_elbo(
 
 @torch.no_grad()
 def posterior_means(
-    vae: VAE, x: torch.Tensor, *, num_samples: int = DEFAULT_MEAN_SAMPLES
+    vae: VAE, x: torch.Tensor, *, num_samples: int = DEFAULT_MEAN_SAMPLES, y: torch.Tensor | None = None
 ) -> torch.Tensor:
     """E_q[z | x] for every row of ``x``: the guide's mean, or a sample mean where it has none.
 
@@ -179,7 +181,7 @@ def posterior_means(
     Returns:
         Tensor ``(B, z_dim)``.
     """
-    q = vae.posterior(x)  # batch (B,), event (z_dim,)
+    q = vae.posterior(x, y)  # batch (B,), event (z_dim,)
     try:
         return q.mean
     except NotImplementedError:
@@ -267,6 +269,7 @@ def evaluate(
     transform: BatchTransform | None = None,
     mean_samples: int = DEFAULT_MEAN_SAMPLES,
     progress: bool = False,
+    y: torch.Tensor | None = None,
 ) -> Evaluation:
     """ELBO, importance-sampled log p(x), KL and reconstruction terms per row, and active units.
 
@@ -288,6 +291,8 @@ def evaluate(
         mean_samples: Draws per row for E_q[z] when the guide has no closed-form mean
             (active units).
         progress: Show a progress bar over the passes.
+        y: For a conditional VAE, the condition of each row: the bounds are then of
+            log p(x | y).
 
     Returns:
         An :class:`Evaluation`.
@@ -317,13 +322,14 @@ def evaluate(
     moments = _Moments()
     was_training = vae.training
     vae.eval()
-    plan = pass_plan(vae, x, iw_samples, transform=transform, max_elements=max_elements)
+    kwargs = {} if y is None else {"y": y}
+    plan = pass_plan(vae, x, iw_samples, transform=transform, max_elements=max_elements, **kwargs)
     total = math.ceil(num_points / plan[0]) * math.ceil(iw_samples / plan[1])
     bar = tqdm(total=total, disable=not progress, unit="pass", desc=f"log p(x), K={iw_samples}", dynamic_ncols=True)
     try:
         with forked_rng(x.device), torch.no_grad():
             torch.manual_seed(seed)
-            passes = weighted_passes(vae, x, iw_samples, transform=transform, plan=plan)
+            passes = weighted_passes(vae, x, iw_samples, transform=transform, plan=plan, **kwargs)
             for step in passes:
                 if step.first:
                     lse: torch.Tensor | None = None  # running log-sum-exp of the weights, (B,)
@@ -344,7 +350,7 @@ def evaluate(
                 results["kl"][step.rows] = -mean_latent
                 results["elbo"][step.rows] = mean_reconstruction + mean_latent
                 results["log_px"][step.rows] = (lse - math.log(iw_samples)).cpu().numpy()
-                moments.add(posterior_means(vae, step.x, num_samples=mean_samples))
+                moments.add(posterior_means(vae, step.x, num_samples=mean_samples, y=None if y is None else y[step.rows]))
     finally:
         bar.close()
         vae.train(was_training)

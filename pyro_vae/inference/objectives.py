@@ -128,9 +128,9 @@ class TraceELBO(Objective):
     def loss(
         self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any
     ) -> torch.Tensor:
-        # The traced graph takes x alone; further program arguments run eagerly.
-        if self._traced is not None and not program_kwargs:
-            return self._traced.loss(vae, x, num_data, beta)
+        # The traced graph takes x and a conditional VAE's y; other program arguments run eagerly.
+        if self._traced is not None and set(program_kwargs) <= {"y"}:
+            return self._traced.loss(vae, x, num_data, beta, program_kwargs.get("y"))
         return self.eager_loss(vae, x, num_data, beta, **program_kwargs)
 
     def eager_loss(
@@ -138,7 +138,9 @@ class TraceELBO(Objective):
     ) -> torch.Tensor:
         """Pyro's ``Trace_ELBO.differentiable_loss``, run as a Python program."""
         with local_params():
-            return self._elbo.differentiable_loss(vae.model, vae.guide, x, num_data, beta, **program_kwargs)
+            return self._elbo.differentiable_loss(
+                vae.model, vae.guide, x, num_data=num_data, beta=beta, **program_kwargs
+            )
 
 
 def _describe(d: Distribution) -> str:
@@ -203,7 +205,9 @@ class TraceMeanFieldELBO(Objective):
         if vae not in self._checked:
             self.check(vae)
         with local_params():
-            return self._elbo.differentiable_loss(vae.model, vae.guide, x, num_data, beta, **program_kwargs)
+            return self._elbo.differentiable_loss(
+                vae.model, vae.guide, x, num_data=num_data, beta=beta, **program_kwargs
+            )
 
 
 class IWAE(Objective):

@@ -33,7 +33,9 @@ class EagerTraceELBO(Protocol):
     particles: int
     _elbo: Trace_ELBO
 
-    def eager_loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0) -> torch.Tensor: ...
+    def eager_loss(
+        self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: torch.Tensor
+    ) -> torch.Tensor: ...
 
 
 #: Traced graphs kept per model by :class:`TracedLoss` (least recently used dropped first).
@@ -140,15 +142,20 @@ class TracedLoss:
         self._slots: weakref.WeakKeyDictionary[VAE, list[tuple[dict, str]]] = weakref.WeakKeyDictionary()
         self._warned: set[str] = set()
 
-    def loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0) -> torch.Tensor:
-        """The loss of ``objective`` for the minibatch ``x``, from the traced graph when it can."""
+    def loss(
+        self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The loss of ``objective`` for the minibatch ``x`` (and its conditions ``y``), from
+        the traced graph when it can."""
         slots = self._slots.get(vae)
         if slots is None:
             slots = self._slots[vae] = _tensor_slots(vae)
         # Read from the modules on every call: a parameter replaced by a new tensor (e.g. by
         # .to(device)) changes the key and gets its own graph.
         inputs = tuple(table[name] for table, name in slots)
-        key = (tuple(x.shape), x.dtype, x.device, int(num_data), float(beta), vae.training, tuple(map(id, inputs)))
+        given = () if y is None else (y,)  # the graph's data inputs after x
+        shapes = tuple((tuple(t.shape), t.dtype) for t in given)
+        key = (tuple(x.shape), x.dtype, x.device, shapes, int(num_data), float(beta), vae.training, tuple(map(id, inputs)))
         graphs = self._graphs.setdefault(vae, OrderedDict())
         graph = graphs.get(key)
         if graph is None:
@@ -156,7 +163,7 @@ class TracedLoss:
             slots = self._slots[vae] = _tensor_slots(vae)
             inputs = tuple(table[name] for table, name in slots)
             key = key[:-1] + (tuple(map(id, inputs)),)
-            graph = graphs.get(key) or self._trace(vae, x, num_data, beta, inputs)
+            graph = graphs.get(key) or self._trace(vae, x, given, num_data, beta, inputs)
             graphs[key] = graph
             while len(graphs) > JIT_CACHE_SIZE:
                 graphs.popitem(last=False)
@@ -164,12 +171,13 @@ class TracedLoss:
             graphs.move_to_end(key)
         if isinstance(graph, _Graph):
             if graph.checked:
-                return self._run(graph, x, inputs)
+                return self._run(graph, x, given, inputs)
+            kwargs = {} if y is None else {"y": y}
             with forked_rng(x.device):
                 with torch.no_grad():
-                    expected = self.objective.eager_loss(vae, x, num_data, beta)  # Pyro's own value (and checks)
+                    expected = self.objective.eager_loss(vae, x, num_data, beta, **kwargs)  # Pyro's own value (and checks)
             # (fork_rng restored the random state: the graph draws what Pyro just drew.)
-            result = self._run(graph, x, inputs)
+            result = self._run(graph, x, given, inputs)
             if torch.allclose(result.detach(), expected, rtol=_JIT_CHECK_RTOL, atol=_JIT_CHECK_RTOL):
                 graph.checked = True
                 return result
@@ -181,16 +189,20 @@ class TracedLoss:
         if graph.reason not in self._warned:
             self._warned.add(graph.reason)
             warnings.warn(f"`elbo` trace runs without a traced graph for this model: {graph.reason}", stacklevel=2)
-        return self.objective.eager_loss(vae, x, num_data, beta)
+        return self.objective.eager_loss(vae, x, num_data, beta, **({} if y is None else {"y": y}))
 
     @staticmethod
-    def _run(graph: _Graph, x: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _run(
+        graph: _Graph, x: torch.Tensor, given: tuple[torch.Tensor, ...], inputs: tuple[torch.Tensor, ...]
+    ) -> torch.Tensor:
         with torch.jit.optimized_execution(False):
-            loss, surrogate = graph.fn(x, *inputs)
+            loss, surrogate = graph.fn(x, *given, *inputs)
         # Trace_ELBO's value with its gradient (the surrogate's), without a device sync.
         return loss + (surrogate - surrogate.detach())
 
-    def _loss_and_surrogate(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss_and_surrogate(
+        self, vae: VAE, x: torch.Tensor, y: torch.Tensor | None, num_data: int, beta: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # Trace_ELBO.differentiable_loss with tensors where it takes Python floats (a trace
         # would freeze those): the loop of Pyro's JitTrace_ELBO, for reparameterized sites.
         # Sums start from their first term (no adds of 0, no division by 1 particle): fewer
@@ -198,7 +210,8 @@ class TracedLoss:
         particles = self.objective.particles
         loss: torch.Tensor | None = None
         surrogate_loss: torch.Tensor | None = None
-        for model_trace, guide_trace in self.objective._elbo._get_traces(vae.model, vae.guide, (x, num_data, beta), {}):
+        kwargs = {"y": y, "num_data": num_data, "beta": beta}
+        for model_trace, guide_trace in self.objective._elbo._get_traces(vae.model, vae.guide, (x,), kwargs):
             elbo_particle: torch.Tensor | None = None
             surrogate_elbo_particle: torch.Tensor | None = None
             for site in model_trace.nodes.values():
@@ -224,7 +237,13 @@ class TracedLoss:
         return loss, surrogate_loss
 
     def _trace(
-        self, vae: VAE, x: torch.Tensor, num_data: int, beta: float, inputs: tuple[torch.Tensor, ...]
+        self,
+        vae: VAE,
+        x: torch.Tensor,
+        given: tuple[torch.Tensor, ...],
+        num_data: int,
+        beta: float,
+        inputs: tuple[torch.Tensor, ...],
     ) -> _Graph | _EagerOnly:
         if not hasattr(torch.jit, "trace"):
             return _EagerOnly("this torch has no torch.jit.trace")
@@ -234,9 +253,10 @@ class TracedLoss:
         owner, model = weakref.ref(self), weakref.ref(vae)
 
         def fn(x: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            # The tensors are the model's own parameters and buffers: the tracer sees the
-            # model use them and makes them inputs of the graph.
-            return owner()._loss_and_surrogate(model(), x, num_data, beta)
+            # The tensors are the conditions (if any), then the model's own parameters and
+            # buffers: the tracer sees the model use them and makes them graph inputs.
+            y = tensors[0] if given else None
+            return owner()._loss_and_surrogate(model(), x, y, num_data, beta)
         # Pyro's validation branches on tensor values, so the trace runs without it (the
         # check in loss() runs it). The tracer's warnings flag shape checks too, which the
         # signature makes safe; the check in loss() is what catches a frozen value.
@@ -244,7 +264,8 @@ class TracedLoss:
             warnings.simplefilter("ignore")
             torch.manual_seed(torch.initial_seed() + 1)  # other draws than the checked step's
             try:
-                traced = torch.jit.trace(fn, (x.flip(0), *inputs), check_trace=False)
+                # The rows reversed (x and its conditions alike): other values than the checked step's.
+                traced = torch.jit.trace(fn, (x.flip(0), *(t.flip(0) for t in given), *inputs), check_trace=False)
                 _fold_constants(traced.graph)
                 return _Graph(traced)
             except _NotTraceable as err:

@@ -181,6 +181,15 @@ class VAE(PyroModule):
         z_dim: Size of the latent vector (default: the prior's).
         name: Prefix of the VAE's entries in Pyro's global param store (default
             ``vae``, then ``vae_1``, ``vae_2``, ... in the order VAEs are built).
+        condition: For a conditional VAE, what y is
+            (:class:`~pyro_vae.model.conditions.Condition`): its features are appended to
+            the encoder's output (q(z|x, y)) and to z at the decoder's input
+            (p(x|z, y)), so the guide head takes ``encoder.out_features +
+            condition.out_features`` inputs and the decoder ``z_dim +
+            condition.out_features``.
+
+    x may also come image-shaped, ``(B, H, W)`` or ``(B, C, H, W)`` with ``x_dim``
+    values per row: it is flattened to ``(B, x_dim)``.
 
     Example:
         >>> from pyro_vae.model.nn import MLP
@@ -201,6 +210,7 @@ class VAE(PyroModule):
         *,
         z_dim: int | None = None,
         name: str | None = None,
+        condition: nn.Module | None = None,
     ) -> None:
         super().__init__(name=_next_name() if name is None else name)
         # A PyroModule built in Pyro's default mode has no local parameter state, which
@@ -218,11 +228,19 @@ class VAE(PyroModule):
         self.decoder = decoder
         self.likelihood = likelihood
         self.prior = prior if prior is not None else StandardNormalPrior(z_dim)
-        self.variational = guide if guide is not None else DiagonalNormalGuide(encoder.out_features, z_dim)
+        self.condition = condition
+        c_dim = 0 if condition is None else condition.out_features
+        self.variational = guide if guide is not None else DiagonalNormalGuide(encoder.out_features + c_dim, z_dim)
         if self.prior.z_dim != z_dim or self.variational.z_dim != z_dim:
             raise ValueError(
                 f"prior z_dim {self.prior.z_dim} and guide z_dim {self.variational.z_dim} must both be {z_dim}"
             )
+        # Sizes that do not fit fail here, not at the first step. (A subclass with programs
+        # of its own wires its parts its own way.)
+        if type(self).model is VAE.__dict__["model"]:
+            _check_sizes("the guide head", self.variational, encoder.out_features + c_dim)
+            _check_sizes("the likelihood head", likelihood, getattr(decoder, "out_features", None))
+            _check_sizes("the decoder", decoder, z_dim + c_dim, attribute="in_features")
 
     @property
     def name(self) -> str:
@@ -234,17 +252,19 @@ class VAE(PyroModule):
     def model(
         self,
         x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
         num_data: int | None = None,
         beta: float = 1.0,
         *,
         num_points: int | None = None,
     ) -> torch.Tensor:
-        """The generative model p(z) p(x|z) for a batch ``x`` of shape ``(B, x_dim)``.
+        """The generative model p(z) p(x|z) (p(x|z, y) when conditional) for a batch ``x``.
 
         Args:
-            x: Observed data, one row per data point; ``None`` draws x from p(x|z)
-                (prior predictive, e.g. ``Predictive(vae.model, num_samples=N)(None,
-                num_points=B)``).
+            x: Observed data ``(B, x_dim)``, one row per data point; ``None`` draws x
+                from p(x|z) (prior predictive, e.g. ``Predictive(vae.model,
+                num_samples=N)(None, num_points=B)``).
+            y: The condition of each row, for a conditional VAE (else ``None``).
             num_data: Size of the full data set; the plate scales the log-density by
                 ``num_data / B`` so that a minibatch estimates the full-data objective.
             beta: Weight of the latent site (``beta != 1`` gives a beta-VAE).
@@ -254,17 +274,20 @@ class VAE(PyroModule):
             The sampled latent ``z`` of shape ``(B, z_dim)`` (``(K, B, z_dim)`` under a
             vectorized particle plate).
         """
+        x = self._flat(x)
+        features = self._features(y, x.shape[0] if x is not None else num_points or 1)
         pz = self.prior()
         with self._data_plate(x, num_data, num_points):
             with poutine.scale(scale=beta):
                 z = pyro.sample(LATENT_SITE, pz)
-            pyro.sample(OBS_SITE, self.likelihood(self.decoder(z)), obs=x)
+            pyro.sample(OBS_SITE, self.likelihood(self.decoder(_join(z, features))), obs=x)
         return z
 
     @program
     def guide(
         self,
         x: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
         num_data: int | None = None,
         beta: float = 1.0,
         *,
@@ -279,7 +302,8 @@ class VAE(PyroModule):
         """
         if x is None:
             raise DataError("the guide q(z|x) needs data x; pass the batch the model observes")
-        qz = self.posterior(x)
+        x = self._flat(x)
+        qz = self.posterior(x, y)
         with self._data_plate(x, num_data, num_points):
             with poutine.scale(scale=beta):
                 return pyro.sample(LATENT_SITE, qz)
@@ -297,29 +321,60 @@ class VAE(PyroModule):
         return pyro.plate(DATA_PLATE, num_data, subsample=torch.arange(batch, device=x.device), dim=-1)
 
     # ------------------------------------------------------------- the components
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """mu(x) and sigma(x): the exact parameters the guide uses, one row per input.
 
         Args:
-            x: Data of shape ``(B, x_dim)``.
+            x: Data of shape ``(B, x_dim)`` (or image-shaped).
+            y: The condition of each row, for a conditional VAE.
 
         Returns:
             ``(loc, scale)``, each of shape ``(B, z_dim)``.
         """
-        self.check_x(x)
-        return self.variational.encode(self.encoder(x))
+        return self.variational.encode(self._guide_features(x, y))
 
-    def posterior(self, x: torch.Tensor) -> dist.TorchDistribution:
-        """q(z|x): batch shape ``(B,)``, event shape ``(z_dim,)``."""
-        self.check_x(x)
-        return self.variational(self.encoder(x))
+    def posterior(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dist.TorchDistribution:
+        """q(z|x) (q(z|x, y) when conditional): batch shape ``(B,)``, event shape ``(z_dim,)``."""
+        return self.variational(self._guide_features(x, y))
 
-    def decode(self, z: torch.Tensor) -> dist.TorchDistribution:
-        """p(x|z): batch shape ``z.shape[:-1]``, event shape ``(x_dim,)``; ``.mean`` gives
-        the expected reconstruction."""
-        if z.shape[-1] != self.z_dim:
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> dist.TorchDistribution:
+        """p(x|z) (p(x|z, y) when conditional): batch shape ``z.shape[:-1]``, event shape
+        ``(x_dim,)``; ``.mean`` gives the expected reconstruction.
+
+        ``y`` has one condition per row of the last batch dimension of ``z`` (the data
+        points); leading dimensions of ``z`` (draws) share it.
+        """
+        if z.dim() < 1 or z.shape[-1] != self.z_dim:
             raise DataError(f"expected z with {self.z_dim} latent dimensions, got shape {tuple(z.shape)}")
-        return self.likelihood(self.decoder(z))
+        rows = z.shape[-2] if z.dim() > 1 else 1
+        return self.likelihood(self.decoder(_join(z, self._features(y, rows))))
+
+    def _guide_features(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        x = self._flat(x)
+        self.check_x(x)
+        h = self.encoder(x)  # (B, features)
+        features = self._features(y, x.shape[0])
+        return h if features is None else torch.cat([h, features], -1)
+
+    def _features(self, y: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+        """The condition's features ``(rows, c_dim)``, or None for an unconditional VAE."""
+        if self.condition is None:
+            if y is not None:
+                raise DataError("this VAE is not conditional: it takes no `y`; train one with a condition")
+            return None
+        if y is None:
+            raise DataError("this VAE is conditional: pass `y`, the condition of each row (e.g. its label)")
+        if not torch.jit.is_tracing():
+            self.condition.check(y, rows)
+        return self.condition(y)
+
+    def _flat(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        """Image-shaped rows ``(B, ...)`` of ``x_dim`` values, flattened to ``(B, x_dim)``."""
+        if x is None or not isinstance(x, torch.Tensor) or x.dim() <= 2:
+            return x
+        if x[0].numel() == self.x_dim:
+            return x.reshape(x.shape[0], self.x_dim)
+        return x
 
     def check_x(self, x: torch.Tensor) -> None:
         """Raise :class:`DataError` if ``x`` has the wrong shape for this model."""
@@ -332,3 +387,23 @@ class VAE(PyroModule):
                 f"expected x of shape (batch, {self.x_dim}), got {tuple(x.shape)}: this model has "
                 f"{self.x_dim} input features; pass data with that many columns or train a new model"
             )
+
+
+def _join(z: torch.Tensor, features: torch.Tensor | None) -> torch.Tensor:
+    """z with the condition's features appended: ``(..., B, z_dim + c_dim)``."""
+    if features is None:
+        return z
+    return torch.cat([z, features.expand(z.shape[:-1] + features.shape[-1:])], -1)
+
+
+def _check_sizes(what: str, part: nn.Module, expected: int | None, *, attribute: str = "in_features") -> None:
+    """Refuse parts whose sizes do not fit together, when they say their sizes."""
+    got = getattr(part, attribute, None)
+    if expected is not None and got is not None and got != expected:
+        raise ConfigError(
+            f"{what} takes {got} {attribute.replace('_', ' ')} but gets {expected}: build it for {expected} "
+            "(the encoder's output, plus the condition's features for a conditional VAE)"
+            if what != "the decoder"
+            else f"the decoder takes {got} inputs but gets {expected} (z_dim plus the condition's features); "
+            f"build it for {expected}"
+        )

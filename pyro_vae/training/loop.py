@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data.transforms import BatchTransform
-from ..errors import TrainingDivergedError
+from ..errors import DataError, TrainingDivergedError
 from ..inference.evaluation import evaluate_elbo
 from ..inference.objectives import Objective, build_objective
 from ..model.vae import VAE, local_params
@@ -74,6 +74,13 @@ def should_stop(history: Sequence[EpochRecord], patience: int) -> bool:
     return patience > 0 and best is not None and history[-1].epoch - best >= patience
 
 
+def _check_rows(y: torch.Tensor | None, x: torch.Tensor | None, name: str, rows_name: str) -> None:
+    if y is not None and (x is None or not isinstance(y, torch.Tensor) or y.shape[0] != x.shape[0]):
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        expected = "no rows" if x is None else f"{x.shape[0]} rows"
+        raise DataError(f"`{name}` must hold one condition per row of `{rows_name}` ({expected}), got {got}")
+
+
 def epoch_seed(seed: int, epoch: int) -> int:
     """The seed of epoch ``epoch`` (0-based) of a run seeded with ``seed``."""
     return (seed * 1_000_003 + epoch * 7_919) % (2**63 - 1)
@@ -91,6 +98,8 @@ def fit(
     history: list[EpochRecord] | None = None,
     on_epoch_end: Optional[Callable[[list[EpochRecord]], None]] = None,
     progress: bool = True,
+    y: torch.Tensor | None = None,
+    val_y: torch.Tensor | None = None,
 ) -> list[EpochRecord]:
     """Train ``vae`` by stochastic variational inference.
 
@@ -106,6 +115,9 @@ def fit(
         history: Records of earlier epochs; training goes on after the last of them.
         on_epoch_end: Called with the history after each epoch (e.g. to checkpoint).
         progress: Show a progress bar with the running loss.
+        y: For a conditional VAE, the condition of each training row (e.g. its label),
+            on the model's device; the minibatches take theirs.
+        val_y: The same for the validation rows.
 
     Under an initialized ``torch.distributed`` process group (e.g. launched with
     ``torchrun``), ``fit`` trains data-parallel with DDP (see
@@ -133,6 +145,8 @@ def fit(
     vae.check_x(train[:1])
     if val is not None:
         vae.check_x(val[:1])
+    _check_rows(y, train, "y", "train")
+    _check_rows(val_y, val, "val_y", "val")
     if objective is None:
 
         objective = build_objective(config)
@@ -144,7 +158,8 @@ def fit(
     # own tensors and writes nothing to the global param store.
     with local_params():
         # This process alone, or one replica of a torch.distributed job (DDP).
-        replicas = parallelism(vae, objective, train[:2], num_data, transform)
+        probe = {} if y is None else {"y": y[:2]}
+        replicas = parallelism(vae, objective, train[:2], num_data, transform, **probe)
         bar = tqdm(
             total=config.epochs, initial=first_epoch, disable=not (progress and replicas.is_main), unit="epoch", dynamic_ncols=True
         )
@@ -158,10 +173,11 @@ def fit(
                 total, seen = 0.0, 0
                 beta = config.kl_weight(epoch)
                 for step, lo in enumerate(range(0, order.shape[0], config.batch_size)):
-                    xb = train[order[lo : lo + config.batch_size]]
+                    rows = order[lo : lo + config.batch_size]
+                    xb = train[rows]
                     if transform is not None:
                         xb = transform(xb)
-                    loss = replicas.loss(xb, num_data, beta)
+                    loss = replicas.loss(xb, num_data, beta, **({} if y is None else {"y": y[rows]}))
                     # Averaged over processes, so that every rank takes the same decision.
                     mean_loss = float(replicas.mean(loss.detach()))  # one device sync per step
                     if not math.isfinite(mean_loss):
@@ -180,10 +196,12 @@ def fit(
                 val_elbo = math.nan
                 if val is not None:
                     val_elbo = replicas.shard_mean(
-                        lambda x, seed: evaluate_elbo(
-                            vae, x, particles=config.eval_particles, seed=seed, transform=transform
+                        lambda x, x_y, seed: evaluate_elbo(
+                            vae, x, particles=config.eval_particles, seed=seed, transform=transform,
+                            **({} if x_y is None else {"y": x_y}),
                         ),
                         val,
+                        val_y,
                         config.seed,
                     )
                 history.append(EpochRecord(epoch + 1, total / seen, val_elbo, time.perf_counter() - start))

@@ -35,7 +35,7 @@ The process group itself (joining, timeouts, rank-0 work) is
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -90,18 +90,20 @@ class Parallelism:
         """This process's rows of the epoch's permutation ``order`` ``(N,)``."""
         return order
 
-    def loss(self, x: torch.Tensor, num_data: int, beta: float) -> torch.Tensor:
-        """The differentiable loss of this process's minibatch ``x``."""
-        return self.objective.loss(self.vae, x, num_data, beta)
+    def loss(self, x: torch.Tensor, num_data: int, beta: float, **program_kwargs: Any) -> torch.Tensor:
+        """The differentiable loss of this process's minibatch ``x`` (and e.g. its ``y``)."""
+        return self.objective.loss(self.vae, x, num_data, beta, **program_kwargs)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The mean of ``value`` over processes (the same tensor on every rank)."""
         return value
 
-    def shard_mean(self, fn: Callable[[torch.Tensor, int], float], x: torch.Tensor, seed: int) -> float:
-        """Mean of the per-row statistic ``fn(rows, seed)`` over all rows of ``x``, each
-        process evaluating its own contiguous slice."""
-        return fn(x, self.seed(seed))
+    def shard_mean(
+        self, fn: Callable[[torch.Tensor, torch.Tensor | None, int], float], x: torch.Tensor, y: torch.Tensor | None, seed: int
+    ) -> float:
+        """Mean of the per-row statistic ``fn(rows, their y, seed)`` over all rows of ``x``,
+        each process evaluating its own contiguous slice."""
+        return fn(x, y, self.seed(seed))
 
 
 class DataParallel(Parallelism):
@@ -137,6 +139,7 @@ class DataParallel(Parallelism):
         probe: torch.Tensor,
         num_data: int,
         transform: BatchTransform | None = None,
+        **probe_kwargs: Any,
     ) -> None:
         super().__init__(vae, objective)
         if not is_initialized():
@@ -155,7 +158,7 @@ class DataParallel(Parallelism):
                 f"{int(-low_high[0])} and {int(low_high[1])}; every process must load the same training "
                 "data (same `data`, `data_dir`, `val_fraction` and `seed`)"
             )
-        names = _unused_parameters(vae, objective, probe, num_data, transform)
+        names = _unused_parameters(vae, objective, probe, num_data, transform, **probe_kwargs)
         unused = torch.tensor([float(bool(names))], device=self.device)
         dist.all_reduce(unused, op=dist.ReduceOp.MAX)  # one answer for all ranks
         self.find_unused_parameters = bool(unused.item())
@@ -181,18 +184,21 @@ class DataParallel(Parallelism):
         sampler = DistributedSampler(range(order.shape[0]), num_replicas=self.world_size, rank=self.rank, shuffle=False)
         return order[torch.tensor(list(sampler), dtype=torch.long, device=order.device)]
 
-    def loss(self, x: torch.Tensor, num_data: int, beta: float) -> torch.Tensor:
-        return self.ddp(x, num_data, beta)
+    def loss(self, x: torch.Tensor, num_data: int, beta: float, **program_kwargs: Any) -> torch.Tensor:
+        return self.ddp(x, num_data, beta, **program_kwargs)
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         total = value.detach().clone()
         dist.all_reduce(total)
         return total / self.world_size
 
-    def shard_mean(self, fn: Callable[[torch.Tensor, int], float], x: torch.Tensor, seed: int) -> float:
+    def shard_mean(
+        self, fn: Callable[[torch.Tensor, torch.Tensor | None, int], float], x: torch.Tensor, y: torch.Tensor | None, seed: int
+    ) -> float:
         part = torch.tensor_split(x, self.world_size)[self.rank]
+        part_y = None if y is None else torch.tensor_split(y, self.world_size)[self.rank]
         n = part.shape[0]
-        value = fn(part, self.seed(seed)) if n else 0.0
+        value = fn(part, part_y, self.seed(seed)) if n else 0.0
         stats = torch.tensor([value * n, n], dtype=torch.float64, device=self.device)
         dist.all_reduce(stats)
         return float(stats[0] / stats[1])
@@ -214,13 +220,14 @@ def _unused_parameters(
     probe: torch.Tensor,
     num_data: int,
     transform: BatchTransform | None,
+    **probe_kwargs: Any,
 ) -> list[str]:
     """Names of trainable parameters that get no gradient from one loss on ``probe``."""
     named = [(name, p) for name, p in vae.named_parameters() if p.requires_grad]
     device = next(vae.parameters()).device
     with forked_rng(device):
         x = transform(probe) if transform is not None else probe
-        loss = objective.loss(vae, x, num_data, 1.0)
+        loss = objective.loss(vae, x, num_data, 1.0, **probe_kwargs)
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
     return [name for (name, _), g in zip(named, grads) if g is None]
 
@@ -231,6 +238,7 @@ def parallelism(
     probe: torch.Tensor,
     num_data: int,
     transform: BatchTransform | None = None,
+    **probe_kwargs: Any,
 ) -> Parallelism:
     """:class:`DataParallel` when a process group is initialized, else the single process.
 
@@ -240,4 +248,4 @@ def parallelism(
     """
     if not is_initialized():
         return Parallelism(vae, objective)
-    return DataParallel(vae, objective, probe, num_data, transform)
+    return DataParallel(vae, objective, probe, num_data, transform, **probe_kwargs)
