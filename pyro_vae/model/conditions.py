@@ -41,6 +41,10 @@ class Condition(nn.Module):
         """Features of shape ``y.shape[:1] + (out_features,)``."""
         raise NotImplementedError
 
+    def example(self, rows: int) -> torch.Tensor:  # pragma: no cover - abstract
+        """A valid ``y`` for ``rows`` rows (for probing shapes and supports)."""
+        raise NotImplementedError
+
 
 class OneHot(Condition):
     """A class label ``y`` in ``0..num_classes-1`` as a one-hot vector.
@@ -72,6 +76,9 @@ class OneHot(Condition):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return F.one_hot(y.long(), self.num_classes).float()  # (B, C)
 
+    def example(self, rows: int) -> torch.Tensor:
+        return torch.zeros(rows, dtype=torch.long)
+
 
 class Covariates(Condition):
     """Real-valued covariates ``y`` of shape ``(B, dim)``, used as they are.
@@ -90,3 +97,6 @@ class Covariates(Condition):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return y.float()
+
+    def example(self, rows: int) -> torch.Tensor:
+        return torch.zeros(rows, self.out_features)

@@ -25,7 +25,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .nn import inverse_softplus_scale, softplus_scale
 
 __all__ = [
@@ -52,15 +52,28 @@ class Likelihood(nn.Module):
     Args:
         in_features: Size of the decoder's output.
         x_dim: Number of features of one data point.
+        identity_head: The decoder's output already is the per-feature parameter (a
+            convolutional decoder with one output per pixel): no linear map in between.
+            Needs ``in_features == x_dim``.
     """
 
     #: Observations must be exactly 0 or 1 (the data pipeline binarizes them).
     needs_binary: bool = False
 
-    def __init__(self, in_features: int, x_dim: int) -> None:
+    def __init__(self, in_features: int, x_dim: int, *, identity_head: bool = False) -> None:
         super().__init__()
+        if identity_head and in_features != x_dim:
+            raise ConfigError(
+                f"an identity likelihood head needs the decoder to output one value per feature ({x_dim}), "
+                f"got {in_features}; use a linear head or a decoder with {x_dim} outputs"
+            )
         self.in_features = in_features
         self.x_dim = x_dim
+        self.identity_head = identity_head
+
+    def _head(self) -> nn.Module:
+        """The map from decoder features to one parameter per feature."""
+        return nn.Identity() if self.identity_head else nn.Linear(self.in_features, self.x_dim)
 
     def check_support(self, x: torch.Tensor) -> None:
         """Raise :class:`DataError` if ``x`` is outside this likelihood's support."""
@@ -80,9 +93,9 @@ class _UnitIntervalLikelihood(Likelihood):
 
     _label = "[0, 1]"
 
-    def __init__(self, in_features: int, x_dim: int) -> None:
-        super().__init__(in_features, x_dim)
-        self.logits = nn.Linear(in_features, x_dim)
+    def __init__(self, in_features: int, x_dim: int, *, identity_head: bool = False) -> None:
+        super().__init__(in_features, x_dim, identity_head=identity_head)
+        self.logits = self._head()
 
     def check_support(self, x: torch.Tensor) -> None:
         super().check_support(x)
@@ -128,9 +141,9 @@ class NormalLikelihood(Likelihood):
         (torch.Size([3, 6]), 1.0)
     """
 
-    def __init__(self, in_features: int, x_dim: int, init_scale: float = 1.0) -> None:
-        super().__init__(in_features, x_dim)
-        self.loc = nn.Linear(in_features, x_dim)
+    def __init__(self, in_features: int, x_dim: int, init_scale: float = 1.0, *, identity_head: bool = False) -> None:
+        super().__init__(in_features, x_dim, identity_head=identity_head)
+        self.loc = self._head()
         # The initial scale is exactly init_scale.
         self.raw_scale = nn.Parameter(torch.full((x_dim,), inverse_softplus_scale(init_scale)))
 
@@ -186,9 +199,9 @@ class PoissonLikelihood(_CountLikelihood):
 
     _name = "Poisson"
 
-    def __init__(self, in_features: int, x_dim: int) -> None:
-        super().__init__(in_features, x_dim)
-        self.raw_rate = nn.Linear(in_features, x_dim)
+    def __init__(self, in_features: int, x_dim: int, *, identity_head: bool = False) -> None:
+        super().__init__(in_features, x_dim, identity_head=identity_head)
+        self.raw_rate = self._head()
 
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
         # softplus rather than exp: a large pre-activation gives a large rate, not inf.
@@ -219,9 +232,9 @@ class NegativeBinomialLikelihood(_CountLikelihood):
 
     _name = "negative binomial"
 
-    def __init__(self, in_features: int, x_dim: int, init_theta: float = 1.0) -> None:
-        super().__init__(in_features, x_dim)
-        self.raw_mean = nn.Linear(in_features, x_dim)
+    def __init__(self, in_features: int, x_dim: int, init_theta: float = 1.0, *, identity_head: bool = False) -> None:
+        super().__init__(in_features, x_dim, identity_head=identity_head)
+        self.raw_mean = self._head()
         self.raw_theta = nn.Parameter(torch.full((x_dim,), inverse_softplus_scale(init_theta)))
 
     @property

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "MLP", "SCALE_FLOOR", "softplus_scale", "inverse_softplus_scale", "flow_hidden"]
+__all__ = ["ACTIVATIONS", "MLP", "ConvEncoder", "ConvDecoder", "SCALE_FLOOR", "softplus_scale", "inverse_softplus_scale", "flow_hidden"]
 
 #: Hidden-layer non-linearities by name (the one table the CLI and the config use).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -101,3 +101,108 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layers to ``x`` of shape ``(..., in_features)``; returns ``(..., out_features)``."""
         return self.layers(x)
+
+
+def _conv_sizes(size: int, layers: int) -> list[int]:
+    """Spatial sizes after each stride-2 convolution (kernel 3, padding 1): ``ceil(s / 2)``."""
+    sizes = [size]
+    for _ in range(layers):
+        sizes.append((sizes[-1] + 1) // 2)
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    """Image rows -> features: stride-2 convolutions, then flattened.
+
+    The input is a batch of flat rows ``(..., H * W)`` (how the VAE holds x); each layer
+    halves the height and width (rounding up), so it fits 28 x 28 (-> 14 -> 7) and
+    8 x 8 (-> 4 -> 2) alike.
+
+    Args:
+        image_shape: ``(H, W)`` of one image (one channel).
+        channels: Channels of each convolution, in order (at least one).
+        activation: Key of :data:`ACTIVATIONS`.
+
+    Example:
+        >>> enc = ConvEncoder((8, 8), [4, 8])
+        >>> enc(torch.zeros(3, 64)).shape, enc.out_features
+        (torch.Size([3, 32]), 32)
+    """
+
+    def __init__(self, image_shape: Sequence[int], channels: Sequence[int], activation: str = "relu") -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        if len(image_shape) != 2 or min(image_shape) < 2:
+            raise ConfigError(f"a convolutional network needs an image shape (H, W) of at least 2 x 2, got {tuple(image_shape)}")
+        if not channels or min(channels) < 1:
+            raise ConfigError(f"a convolutional network needs at least one layer of >= 1 channels, got {list(channels)}")
+        self.image_shape = (int(image_shape[0]), int(image_shape[1]))
+        layers: list[nn.Module] = []
+        width = 1
+        for c in channels:
+            layers += [nn.Conv2d(width, c, kernel_size=3, stride=2, padding=1), ACTIVATIONS[activation]()]
+            width = c
+        self.layers = nn.Sequential(*layers)
+        h = _conv_sizes(self.image_shape[0], len(channels))[-1]
+        w = _conv_sizes(self.image_shape[1], len(channels))[-1]
+        self.in_features = self.image_shape[0] * self.image_shape[1]
+        self.out_features = width * h * w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        images = x.reshape(-1, 1, *self.image_shape)  # (N, 1, H, W)
+        return self.layers(images).flatten(1).reshape(*lead, self.out_features)
+
+
+class ConvDecoder(nn.Module):
+    """Features -> image rows: a dense layer to a small image, stride-2 transposed
+    convolutions back to ``(H, W)``, and a last convolution to one value per pixel.
+
+    Its output has ``H * W`` values per row: the per-pixel parameters themselves (use a
+    likelihood with ``identity_head=True``).
+
+    Args:
+        in_features: Size of the input (z, plus a condition's features).
+        image_shape: ``(H, W)`` of one image.
+        channels: Channels of the transposed convolutions, from the smallest image up
+            (the encoder's channels reversed).
+        activation: Key of :data:`ACTIVATIONS`.
+
+    Example:
+        >>> dec = ConvDecoder(2, (8, 8), [8, 4])
+        >>> dec(torch.zeros(5, 3, 2)).shape, dec.out_features
+        (torch.Size([5, 3, 64]), 64)
+    """
+
+    def __init__(
+        self, in_features: int, image_shape: Sequence[int], channels: Sequence[int], activation: str = "relu"
+    ) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        if len(image_shape) != 2 or min(image_shape) < 2:
+            raise ConfigError(f"a convolutional network needs an image shape (H, W) of at least 2 x 2, got {tuple(image_shape)}")
+        if not channels or min(channels) < 1:
+            raise ConfigError(f"a convolutional network needs at least one layer of >= 1 channels, got {list(channels)}")
+        self.image_shape = (int(image_shape[0]), int(image_shape[1]))
+        self.sizes = list(zip(_conv_sizes(self.image_shape[0], len(channels)), _conv_sizes(self.image_shape[1], len(channels)), strict=True))[::-1]
+        h0, w0 = self.sizes[0]
+        self.channels = list(channels)
+        self.dense = nn.Sequential(nn.Linear(in_features, channels[0] * h0 * w0), ACTIVATIONS[activation]())
+        ups: list[nn.Module] = []
+        for i, c in enumerate(channels):
+            out = channels[i + 1] if i + 1 < len(channels) else channels[-1]
+            ups += [nn.ConvTranspose2d(c, out, kernel_size=4, stride=2, padding=1), ACTIVATIONS[activation]()]
+        self.ups = nn.Sequential(*ups)
+        self.out = nn.Conv2d(channels[-1], 1, kernel_size=3, padding=1)
+        self.in_features = in_features
+        self.out_features = self.image_shape[0] * self.image_shape[1]
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        h0, w0 = self.sizes[0]
+        images = self.dense(z.reshape(-1, z.shape[-1])).reshape(-1, self.channels[0], h0, w0)
+        images = self.out(self.ups(images))  # (N, 1, 2^L h0, 2^L w0), at least (H, W)
+        images = images[..., : self.image_shape[0], : self.image_shape[1]]  # odd sizes were rounded up
+        return images.reshape(*lead, self.out_features)
