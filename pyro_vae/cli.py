@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import functools
+import os
 import re
 import sys
 import warnings
@@ -24,6 +26,7 @@ import torch
 from .config import KEEP_CHOICES, DataConfig, ModelConfig, RunConfig, TrainConfig
 from .data.transforms import BINARIZE_MODES
 from .errors import ConfigError, PyroVAEError
+from .files import UnverifiedFolderWarning
 from .inference.bounds import DEFAULT_MAX_ELEMENTS
 from .inference.evaluation import DEFAULT_IW_SAMPLES
 from .inference.objectives import OBJECTIVES
@@ -67,7 +70,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "--patience": ("train", "patience", {"type": int, "help": "stop after this many epochs without a better validation ELBO (0: never)"}),
     "--device": ("train", "device", {"help": "cpu or cuda"}),
 }
-_RESUMABLE = {"--epochs", "--device", "--patience"}
+_RESUMABLE = {"--epochs", "--device", "--patience", "--lr"}
 _SECTIONS = {"model": ModelConfig(), "data": DataConfig(), "train": TrainConfig()}
 
 
@@ -100,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", metavar="RUN_DIR", help="run directory (default: a fresh folder under runs/)")
     train.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out, replacing its run files")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    train.add_argument(
+        "--no-divergence-guard", action="store_true",
+        help="keep training when the loss rises past 1000 x max(|best|, 1) above its best epoch's "
+        "(by default that stops the run, keeping the last good checkpoint)",
+    )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument(
         "--dist-timeout", type=float, default=None, metavar="SECONDS",
@@ -177,6 +185,8 @@ def _config_from_args(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, _dest(flag))
         if value is not None:
             sections[section][name] = tuple(value) if isinstance(value, list) else value
+    if args.no_divergence_guard:
+        sections["train"]["divergence_guard"] = False
     return RunConfig.from_dict(sections)
 
 
@@ -190,14 +200,24 @@ def _cmd_train(args: argparse.Namespace, say: Callable[[str], None]) -> None:
         if given:
             raise ConfigError(
                 f"--resume takes its settings from RUN_DIR/config.json; drop {', '.join(given)} "
-                "(only --epochs, --device and --patience can change)"
+                "(only --epochs, --device, --patience, --lr and --no-divergence-guard can change)"
             )
-        result = resume_run(args.resume, epochs=args.epochs, device=args.device, patience=args.patience, progress=progress)
+        result = resume_run(
+            args.resume, epochs=args.epochs, device=args.device, patience=args.patience, lr=args.lr,
+            divergence_guard=False if args.no_divergence_guard else None, progress=progress,
+        )
     else:
         result = train_run(_config_from_args(args), args.out, overwrite=args.overwrite, progress=progress)
     last = result.history[-1]
     kept = f"epoch {result.kept_epoch}, the {result.config.train.keep} of {last.epoch}"
     say(f"held-out ELBO per data point: {result.val_elbo:.4f} nats ({kept}; {result.seconds:.1f} s)")
+    if result.repaired:
+        say(f"rebuilt from training_state.pt (they were missing, damaged or out of date): {', '.join(result.repaired)}")
+    if result.complete:
+        say(
+            f"the run was already complete ({last.epoch} epochs){'' if result.repaired else ' and every file is intact'}; "
+            f"pass --epochs N with N > {last.epoch} to train longer"
+        )
     say(f"run directory: {result.run_dir}")
 
 
@@ -300,12 +320,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         if args.command == "train":
             joined = distributed.init_from_env(args.dist_timeout)  # under torchrun only
-        _COMMANDS[args.command](args, print if distributed.is_main_process() else _silent)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            _COMMANDS[args.command](args, print if distributed.is_main_process() else _silent)
     except PyroVAEError as err:
         print(f"pyro-vae: error{_where()}: {_as_flags(str(err))}", file=sys.stderr)
         status = 2
+    except BrokenPipeError:
+        # The reader of our output went away (`pyro-vae evaluate RUN | head -1`): the work
+        # is done and written, so stop quietly, and keep Python from complaining at exit.
+        _silence_stdout()
+        status = 0
+    except OSError as err:
+        print(f"pyro-vae: error{_where()}: {_os_error(err)}", file=sys.stderr)
+        status = 2
     except KeyboardInterrupt:
-        kept = "; the last completed epoch's checkpoint is kept" if args.command == "train" else ""
+        kept = (
+            "; files already written are intact: `pyro-vae train --resume RUN_DIR` continues from the last "
+            "completed epoch" if args.command == "train" else ""
+        )
         print(f"pyro-vae: interrupted{kept}", file=sys.stderr)
         return 130
     except Exception as err:
@@ -340,6 +373,40 @@ def _as_flags(message: str) -> str:
 
 def _silent(_: str) -> None:
     """Output of ranks other than 0 under torchrun."""
+
+
+def _os_error(err: OSError) -> str:
+    """One line for a file-system failure the library did not describe itself."""
+    name = f" {err.filename!r}" if getattr(err, "filename", None) else ""
+    reason = err.strerror or str(err)
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied:{name}; check the permissions of the file and its folder, or choose another path"
+    if err.errno == errno.EROFS:
+        return f"read-only file system:{name}; choose a path on a writable disk"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the disk{' writing' + name if name else ''}; free some space and run the command again (files already written are intact)"
+    return f"{reason}:{name}; check the path and run the command again"
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # pragma: no cover - stdout without a file descriptor
+        pass
+
+
+def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
+    """Show the run directory's warnings as one ``pyro-vae: warning:`` line; others as Python does."""
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+        if issubclass(category, UnverifiedFolderWarning):
+            print(f"pyro-vae: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return showwarning
 
 
 def _where() -> str:

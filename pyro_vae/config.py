@@ -9,14 +9,45 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "KEEP_CHOICES", "choose"]
+__all__ = ["ModelConfig", "DataConfig", "TrainConfig", "RunConfig", "KEEP_CHOICES", "LIMITS", "MAX_WEIGHTS", "choose"]
 
 T = TypeVar("T")
+
+#: The sane range of every size and count, checked before anything is allocated
+#: (a config.json can say anything): ``name: (lowest, highest)``, both included.
+LIMITS: dict[str, tuple[int, int]] = {
+    "x_dim": (0, 2**24),  # 16,777,216 features: a 4096 x 4096 image
+    "z_dim": (1, 4096),
+    "hidden": (0, 32),  # layers
+    "hidden width": (1, 65_536),
+    "prior_components": (1, 100_000),
+    "flow_layers": (1, 64),
+    "guide_rank": (1, 4096),
+    "image_shape side": (1, 2**24),
+    "epochs": (1, 1_000_000),
+    "batch_size": (1, 2**24),
+    "particles": (1, 100_000),
+    "eval_particles": (1, 100_000),
+    "kl_warmup": (0, 1_000_000),
+    "patience": (0, 1_000_000),
+    "seed": (0, 2**63 - 1),
+}
+
+#: The most weights a model may need, by :meth:`ModelConfig.weights_bound`: 2**30, 4 GiB
+#: of float32 (Adam's moments take twice that again).
+MAX_WEIGHTS = 2**30
+
+
+def _check_range(name: str, value: int, what: str | None = None) -> None:
+    low, high = LIMITS[what or name]
+    if not low <= value <= high:
+        raise ConfigError(f"`{name}` must be between {low:,} and {high:,}, got {value:,}")
 
 
 def choose(table: Mapping[str, T], name: str, option: str) -> T:
@@ -66,7 +97,8 @@ class ModelConfig:
     guide_rank: int = 1
 
     def validate(self) -> None:
-        """Raise :class:`ConfigError` if a value is out of range."""
+        """Raise :class:`ConfigError` if a value is outside :data:`LIMITS`, or the model
+        would need more than :data:`MAX_WEIGHTS` weights."""
         if self.x_dim < 0:
             raise ConfigError(f"`x_dim` must be >= 0 (0: set from the data), got {self.x_dim}")
         if self.z_dim < 1:
@@ -77,6 +109,42 @@ class ModelConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"`{name}` must be >= 1, got {value}")
+        for name in ("x_dim", "z_dim", "prior_components", "flow_layers", "guide_rank"):
+            _check_range(name, getattr(self, name))
+        low, high = LIMITS["hidden"]
+        if len(self.hidden) > high:
+            raise ConfigError(f"`hidden` may have at most {high} layers, got {len(self.hidden)}")
+        low, high = LIMITS["hidden width"]
+        if any(not low <= width <= high for width in self.hidden):
+            raise ConfigError(f"`hidden` widths must be between {low:,} and {high:,}, got {list(self.hidden)}")
+        weights = self.weights_bound()
+        if weights > MAX_WEIGHTS:
+            raise ConfigError(
+                f"this model could need up to {weights:,} weights, more than the limit of {MAX_WEIGHTS:,} "
+                f"(4 GiB of float32); use smaller `hidden` widths, `z_dim`, `prior_components` or `flow_layers`"
+            )
+
+    def weights_bound(self) -> int:
+        """An upper estimate of the model's number of weights, whichever prior, guide and
+        likelihood it uses, computed from the sizes alone (nothing is allocated).
+
+        It counts the encoder and decoder matrices (the decoder with two outputs per
+        feature), a prior table of ``prior_components`` rows of ``x_dim + 2 z_dim``
+        numbers (pseudo-inputs or Gaussians) and the ``z_dim x z_dim`` blocks of the
+        largest guide heads and flows.
+
+        Example:
+            >>> ModelConfig(x_dim=784).weights_bound() < 10**6
+            True
+        """
+        x = max(self.x_dim, 1)
+        widths = [x, *self.hidden, self.z_dim]
+        encoder = sum(a * b for a, b in zip(widths, widths[1:]))
+        last = widths[-2]
+        decoder = encoder + last * x  # the reversed stack, with a second output per feature
+        prior = self.prior_components * (x + 2 * self.z_dim)
+        blocks = self.z_dim**2 * (last // 2 + 1 + 30 * self.flow_layers) + 10 * self.z_dim * last * self.flow_layers
+        return encoder + decoder + prior + blocks
 
 
 @dataclass
@@ -122,6 +190,13 @@ class DataConfig:
             )
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"`threshold` must be in (0, 1), got {self.threshold}")
+        if self.image_shape:
+            if len(self.image_shape) != 2:
+                raise ConfigError(
+                    f"`image_shape` must be (height, width) or empty, got {list(self.image_shape)}"
+                )
+            for side in self.image_shape:
+                _check_range("image_shape", side, "image_shape side")
 
 
 #: Which weights a run keeps (:attr:`TrainConfig.keep`).
@@ -149,6 +224,8 @@ class TrainConfig:
             Training resumes from the last epoch either way.
         patience: Stop when the validation ELBO has not improved for this many epochs
             (0: train all ``epochs``).
+        divergence_guard: Stop a run whose training loss rises far above its best
+            without becoming NaN (the rule: :mod:`pyro_vae.training.guards`).
         device: ``cpu`` or ``cuda`` (or ``cuda:N``).
     """
 
@@ -163,6 +240,7 @@ class TrainConfig:
     eval_particles: int = 1
     keep: str = "best"
     patience: int = 0
+    divergence_guard: bool = True
     device: str = "cpu"
 
     def validate(self) -> None:
@@ -181,6 +259,11 @@ class TrainConfig:
             raise ConfigError(f"`keep` must be one of {', '.join(KEEP_CHOICES)}, got {self.keep!r}")
         if self.patience < 0:
             raise ConfigError(f"`patience` must be >= 0 epochs (0: no early stopping), got {self.patience}")
+        for name in ("epochs", "batch_size", "particles", "eval_particles", "kl_warmup", "patience", "seed"):
+            _check_range(name, getattr(self, name))
+        for name in ("lr", "beta"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"`{name}` must be a finite number, got {getattr(self, name)}")
 
     def kl_weight(self, epoch: int) -> float:
         """The weight of the KL term in epoch ``epoch`` (0-based), warm-up included."""
@@ -207,6 +290,12 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        shape, x_dim = self.data.image_shape, self.model.x_dim
+        if shape and x_dim and math.prod(shape) != x_dim:
+            raise ConfigError(
+                f"`image_shape` {list(shape)} holds {math.prod(shape)} pixels but the model has {x_dim} "
+                "features; give an image shape whose height x width is the number of features"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""
@@ -218,7 +307,11 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "RunConfig":
-        """Rebuild from :meth:`to_dict` output, rejecting unknown keys.
+        """Rebuild from :meth:`to_dict` output, rejecting unknown keys and wrong types.
+
+        Types are strict, as JSON gives them: an integer must be a JSON integer (not
+        ``"2"``, ``2.5`` or ``true``), a float any finite number, a list of integers a
+        list. Ranges are checked by :meth:`validate`.
 
         Raises:
             ConfigError: A section or key is unknown or has the wrong type.
@@ -246,10 +339,37 @@ def _section_from_dict(klass: type, raw: Any, section: str) -> Any:
         )
     values = {}
     for name, value in raw.items():
-        default = getattr(klass(), name)
-        if isinstance(default, tuple):
-            if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"config {section}.{name} must be a list, got {value!r}")
-            value = tuple(value)
-        values[name] = value
+        values[name] = _typed(value, str(fields[name].type), f"{section}.{name}")
     return klass(**values)
+
+
+def _typed(value: Any, annotation: str, where: str) -> Any:
+    """``value`` checked against a field's annotation (a string: annotations are postponed)."""
+    def wrong(expected: str) -> ConfigError:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        return ConfigError(f"config {where} must be {expected}, got {shown} ({type(value).__name__})")
+
+    optional = annotation.endswith(" | None")
+    base = annotation.removesuffix(" | None")
+    if value is None and optional:
+        return None
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+    elif base == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise wrong("an integer")
+    elif base == "float":
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise wrong("a finite number")
+        value = float(value)
+    elif base == "str":
+        if not isinstance(value, str):
+            raise wrong("a string")
+    elif base.startswith("tuple[int"):
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise wrong("a list of integers")
+        value = tuple(value)
+    return value

@@ -12,6 +12,8 @@ __all__ = [
     "DataError",
     "ConfigError",
     "CheckpointError",
+    "IntegrityError",
+    "StorageError",
     "TrainingDivergedError",
 ]
 
@@ -32,5 +34,20 @@ class CheckpointError(PyroVAEError):
     """A run directory is missing, damaged, or its config does not match its weights."""
 
 
+class IntegrityError(CheckpointError):
+    """A file does not match the checksum its folder's ``manifest.json`` recorded when it was written."""
+
+
+class StorageError(PyroVAEError, OSError):
+    """A file could not be read or written: permissions, a full disk, a read-only file system.
+
+    Also an ``OSError``, with the ``errno`` of the failure. Files already on disk are intact.
+    """
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        OSError.__init__(self, message)
+        self.errno = errno
+
+
 class TrainingDivergedError(PyroVAEError):
-    """The loss became NaN or infinite; the last good checkpoint was kept."""
+    """The loss became NaN or infinite, or rose far above its best; the last good checkpoint was kept."""

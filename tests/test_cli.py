@@ -107,7 +107,7 @@ def _mnist_dir(tmp_path, corrupt: bool):
         ("missing_idx", "train-images-idx3-ubyte"),
         ("corrupt_idx", "truncated"),
         ("non_empty_out", "exists and is not empty; pass --overwrite"),
-        ("mismatched_config", "does not match the run's config.json"),
+        ("mismatched_config", "config.json' does not match its checksum in manifest.json"),  # edited by hand
         ("unknown_name", "invalid choice"),
         ("bad_value", "--z-dim must be >= 1"),
         ("existing_encode_out", "exists; pass --overwrite"),

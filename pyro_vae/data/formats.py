@@ -14,6 +14,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -55,6 +56,10 @@ _NPZ_LABEL_KEYS = ("y", "Y", "labels")
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
+# Deflate expands its input at most about 1032 times; a size claimed beyond that is a lie.
+_MAX_DEFLATE_RATIO = 1100
+
+
 _FIX_ARRAY = "pass a 2-D array with one data point per row"
 
 
@@ -89,30 +94,15 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
             payload is shorter or longer than its header says.
     """
     p = Path(path)
-    raw = _read_bytes(p)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        head = raw[:4].hex(" ") or "nothing"
-        raise DataError(
-            f"{str(p)!r} is not an IDX file: its first bytes are {head}, expected 00 00 <type> <ndim>; "
-            "check the path or re-download the file"
-        )
-    dtype = _IDX_DTYPES[raw[2]]
-    ndim = raw[3]
-    header_len = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header_len:
-        raise DataError(
-            f"IDX file {str(p)!r} is corrupt or truncated: its header declares {ndim} dimensions "
-            f"but the file holds {len(raw)} bytes; re-download it"
-        )
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    payload, dims, dtype = _read_idx_parts(p)
     expected = math.prod(dims) * dtype.itemsize
-    got = len(raw) - header_len
+    got = len(payload)
     if got != expected:
         raise DataError(
-            f"IDX file {str(p)!r} is corrupt or truncated: expected {expected} bytes of data "
-            f"for shape {dims}, got {got}; re-download it"
+            f"IDX file {str(p)!r} is corrupt or truncated: expected {expected:,} bytes of data "
+            f"for shape {dims}, got {got:,}; re-download it"
         )
-    values = np.frombuffer(raw, dtype=dtype, offset=header_len).reshape(dims)
+    values = np.frombuffer(payload, dtype=dtype).reshape(dims)
     # astype copies into native byte order, so the result is writable and does not
     # keep the whole decompressed buffer alive.
     return values.astype(dtype.newbyteorder("="))
@@ -178,8 +168,13 @@ def _is_gzip(path: Path) -> bool:
         return f.read(2) == _GZIP_MAGIC
 
 
-def _read_bytes(path: Path) -> bytes:
-    """All bytes of an IDX file, decompressed if gzipped, with readable errors."""
+def _read_idx_parts(path: Path) -> tuple[bytes, tuple[int, ...], np.dtype]:
+    """An IDX file's payload, dimensions and type, decompressed if gzipped.
+
+    The header is read and checked against the file's size first; the payload is read
+    only up to what the header declares (plus one byte, to tell a longer file), so a
+    header claiming 10^12 rows is an error, not an allocation.
+    """
     if not path.exists():
         raise DataError(
             f"IDX file {str(path)!r} does not exist; check the path "
@@ -188,10 +183,39 @@ def _read_bytes(path: Path) -> bytes:
     if not path.is_file():
         raise DataError(f"IDX path {str(path)!r} is not a file; pass the path of an IDX file")
     try:
-        if _is_gzip(path):
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        size = path.stat().st_size
+        compressed = _is_gzip(path)
+        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+            head = f.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                shown = head.hex(" ") or "nothing"
+                raise DataError(
+                    f"{str(path)!r} is not an IDX file: its first bytes are {shown}, expected 00 00 <type> <ndim>; "
+                    "check the path or re-download the file"
+                )
+            dtype, ndim = _IDX_DTYPES[head[2]], head[3]
+            raw_dims = f.read(4 * ndim)
+            if ndim == 0 or len(raw_dims) < 4 * ndim:
+                raise DataError(
+                    f"IDX file {str(path)!r} is corrupt or truncated: its header declares {ndim} dimensions "
+                    f"but the file ends after {4 + len(raw_dims)} bytes; re-download it"
+                )
+            dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
+            expected = math.prod(dims) * dtype.itemsize
+            # What the file can hold: its size, or for gzip the most deflate can expand it.
+            room = _MAX_DEFLATE_RATIO * size + (1 << 20) if compressed else size - 4 - 4 * ndim
+            if expected > room and compressed:
+                raise DataError(
+                    f"IDX file {str(path)!r} is corrupt: its header declares shape {dims}, {expected:,} bytes "
+                    f"of data, more than a gzip file of {size:,} bytes can hold; re-download it"
+                )
+            if expected > room:
+                raise DataError(
+                    f"IDX file {str(path)!r} is corrupt or truncated: expected {expected:,} bytes of data "
+                    f"for shape {dims}, got {max(room, 0):,}; re-download it"
+                )
+            payload = f.read(expected + 1)
+        return payload, dims, dtype
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         kind = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
         raise DataError(
@@ -218,12 +242,18 @@ def _load_array_with_shape(
         raise DataError(f"data file {label} does not exist; check the path passed to `data`")
     if not path.is_file():
         raise DataError(f"data path {label} is not a file; pass the path of a {suffix} file")
-    if path.stat().st_size == 0:
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as exc:
+        raise DataError(
+            f"cannot read data file {label}: {exc.strerror or exc}; check the file's permissions"
+        ) from None
+    if size == 0:
         raise DataError(f"data file {label} is empty (0 bytes); {_FIX_ARRAY}")
 
     if suffix in _MAGIC:
-        with open(path, "rb") as f:
-            head = f.read(6)
         # Checked here because np.load falls back to unpickling any file it does not
         # recognise, which fails with a message about allow_pickle, not about the file.
         if not head.startswith(_MAGIC[suffix]):
@@ -234,6 +264,8 @@ def _load_array_with_shape(
     labels: np.ndarray | None = None
     try:
         if suffix == ".npy":
+            with open(path, "rb") as f:
+                _check_npy_header(f, size, label)
             # allow_pickle=False: loading data must never run code from the file.
             x = np.load(path, allow_pickle=False)
         elif suffix == ".npz":
@@ -264,8 +296,67 @@ def _load_array_with_shape(
     return x, labels, image_shape
 
 
+def _check_npy_header(f: BinaryIO, room: int, label: str) -> None:
+    """Check that a ``.npy`` stream holds the bytes its header declares, before reading them.
+
+    ``np.load`` allocates the whole array from the header's shape before reading a byte of
+    it: a header claiming 10^12 rows would ask for terabytes.
+
+    Args:
+        f: The stream, at the start of the ``.npy`` data.
+        room: How many bytes the stream holds (the file's or the archive member's size).
+        label: The file's name in messages.
+
+    Raises:
+        DataError: The declared array is larger than the stream. (A malformed header is
+            left to ``np.load``, which says what is wrong with it.)
+    """
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            return
+    except (ValueError, OSError, EOFError):
+        return
+    if dtype.hasobject:
+        return  # refused by np.load(allow_pickle=False), with its own message
+    expected = math.prod(shape) * dtype.itemsize
+    available = room - f.tell()
+    if expected > available:
+        raise DataError(
+            f"data file {label} is corrupt or truncated: its header declares a {dtype} array of shape "
+            f"{tuple(shape)}, {expected:,} bytes, but only {max(available, 0):,} bytes follow it; "
+            "re-save it (numpy.save) or restore a good copy"
+        )
+
+
+def _check_npz_headers(path: Path, label: str) -> None:
+    """:func:`_check_npy_header` for every array of an ``.npz`` archive, and each member's
+    claimed size against the archive's own size."""
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            bound = info.compress_size if info.compress_type == zipfile.ZIP_STORED else (
+                _MAX_DEFLATE_RATIO * info.compress_size + (1 << 20)
+            )
+            if info.compress_size > size or info.file_size > bound:
+                raise DataError(
+                    f"data file {label} is corrupt: its array {info.filename[:-4]!r} claims {info.file_size:,} "
+                    f"bytes, more than its {info.compress_size:,} stored bytes can hold; re-save it or "
+                    "restore a good copy"
+                )
+            with archive.open(info) as member:
+                _check_npy_header(member, info.file_size, f"{label} (array {info.filename[:-4]!r})")
+
+
 def _read_npz(path: Path, label: str) -> tuple[np.ndarray, np.ndarray | None]:
     """The data array and optional labels of an ``.npz`` archive."""
+    _check_npz_headers(path, label)
     with np.load(path, allow_pickle=False) as archive:
         keys = list(archive.files)
         if not keys:
@@ -446,6 +537,7 @@ def read_splits(path: str | os.PathLike) -> dict[str, Split] | None:
     if path.suffix.lower() != ".npz" or not path.is_file():
         return None
     try:
+        _check_npz_headers(path, label)
         with np.load(path, allow_pickle=False) as archive:
             keys = set(archive.files)
             found = {split: next((k for k in names if k in keys), None) for split, names in SPLIT_NAMES.items()}

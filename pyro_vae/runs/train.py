@@ -26,7 +26,6 @@ import json
 import time
 import warnings
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +34,17 @@ import torch
 from ..config import DataConfig, RunConfig
 from ..data.datasets import BUILT_IN_DATA, Dataset, load_dataset
 from ..data.transforms import BatchTransform, binarize, resolve_binarize
-from ..errors import CheckpointError, ConfigError, DataError
-from ..files import atomic_write
+from ..errors import CheckpointError, ConfigError, DataError, StorageError, TrainingDivergedError
+from ..files import (
+    FolderLock,
+    atomic_write,
+    atomic_write_many,
+    check_folder,
+    clean_strays,
+    has_manifest,
+    start_manifest,
+)
+from ..inference.evaluation import evaluate_elbo
 from ..inference.objectives import check_compatible
 from ..model.build import build_vae
 from ..model.vae import VAE
@@ -48,19 +56,23 @@ from ..training.distributed import (
     local_rank,
     run_on_main,
 )
+from ..training.guards import DivergenceGuard
 from ..training.loop import EpochRecord, best_epoch, fit, should_stop
 from .checkpoint import (
     CONFIG_FILE,
     STATE_FILE,
     WEIGHTS_FILE,
+    config_from_json,
     load_config,
     load_run,
+    load_state_into,
     load_training_state,
     save_config,
-    save_training_state,
-    save_weights,
+    training_state_bytes,
+    weights_bytes,
 )
 from .figures import plot_history, plot_latent, plot_reconstructions, plot_samples
+from .rundir import claim_run_dir, lock_run_dir, storage_error
 
 __all__ = ["RunResult", "train_run", "resume_run", "load_data", "make_transform", "resolve_device"]
 
@@ -85,6 +97,8 @@ class RunResult:
         val_elbo: Validation ELBO per data point of the kept model.
         seconds: Wall time of this call.
         kept_epoch: The epoch whose weights are the run's model (``config.train.keep``).
+        repaired: Files a resume rebuilt because they were missing, damaged or stale.
+        complete: A resume found the run complete and trained nothing.
     """
 
     run_dir: Path
@@ -94,6 +108,8 @@ class RunResult:
     val_elbo: float
     seconds: float
     kept_epoch: int | None = None
+    repaired: tuple[str, ...] = ()
+    complete: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -198,30 +214,6 @@ def _check_data(config: RunConfig, vae: VAE, data: Dataset) -> None:
         )
 
 
-def _fresh_run_dir(config: RunConfig) -> Path:
-    stem = Path(config.data.data).stem or "data"
-    base = Path("runs") / f"{datetime.now():%Y%m%d-%H%M%S}-{stem}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
-
-
-def _claim_run_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"`out` {str(out)!r} is a file, not a directory; choose another `out`")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                f"output directory {str(out)!r} exists and is not empty; pass `overwrite` to replace its "
-                "run files, `resume` to continue it, or choose another `out`"
-            )
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def kept_epoch(history: list[EpochRecord], keep: str) -> int | None:
     """The epoch whose weights a run keeps as its model: the best or the last."""
     if not history:
@@ -230,11 +222,12 @@ def kept_epoch(history: list[EpochRecord], keep: str) -> int | None:
     return best if best is not None else history[-1].epoch
 
 
-def _write_metrics(run_dir: Path, history: list[EpochRecord], keep: str) -> None:
+def _metrics_text(history: list[EpochRecord], keep: str) -> str:
     kept = kept_epoch(history, keep)
     lines = ["epoch,train_loss,val_elbo,seconds,kept"]
     lines += [f"{h.epoch},{h.train_loss:.6f},{h.val_elbo:.6f},{h.seconds:.4f},{int(h.epoch == kept)}" for h in history]
-    atomic_write(run_dir / METRICS_FILE, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
 
 
 @torch.no_grad()
@@ -260,6 +253,58 @@ def _write_figures(run_dir: Path, config: RunConfig, vae: VAE, data: Dataset, hi
         plot_latent(loc.cpu().numpy(), scale.cpu().numpy(), data.val_labels, run_dir / "latent.png")
 
 
+def _final_files(
+    run_dir: Path, config: RunConfig, vae: VAE, data: Dataset, history: list[EpochRecord], start: float
+) -> None:
+    """The figures and ``summary.json``: written at the end of a run, rebuilt by a resume that finds them missing."""
+    keep = config.train.keep
+    epoch = kept_epoch(history, keep)
+    record = next((h for h in history if h.epoch == epoch), None)
+    _write_figures(run_dir, config, vae, data, history)
+    summary = {
+        "epochs": len(history),
+        "keep": keep,
+        "kept_epoch": epoch,
+        "val_elbo_per_datum": record.val_elbo if record is not None else float("nan"),
+        "last_val_elbo_per_datum": history[-1].val_elbo if history else float("nan"),
+        "stopped_early": len(history) < config.train.epochs,
+        "train_seconds_this_call": time.perf_counter() - start,
+        "num_train": int(data.train.shape[0]),
+        "num_val": int(data.val.shape[0]),
+        "num_test": None if data.test is None else int(data.test.shape[0]),
+    }
+    atomic_write(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+def _diverged(message: str, saved: int | None, run_dir: Path) -> TrainingDivergedError:
+    """The divergence error with the truth about what is on disk.
+
+    ``fit``'s own message ends by saying which checkpoint "was kept", counting epochs of
+    this call; only the run knows whether a checkpoint exists at all, so that clause is
+    replaced here.
+    """
+    what = message.split("; the last good checkpoint")[0]
+    off = (
+        "; or, if such a rise is expected, switch the guard off (TrainConfig.divergence_guard = False, "
+        "--no-divergence-guard)" if "divergence guard" in what else ""
+    )
+    if saved is None:
+        return TrainingDivergedError(
+            f"{what}; no epoch completed, so no checkpoint was written: start again with a lower `lr` "
+            f"(`overwrite` replaces this run's files), or check the data for extreme values{off}"
+        )
+    return TrainingDivergedError(
+        f"{what}; the last good checkpoint (epoch {saved}) was kept: continue from it with a lower `lr` "
+        f"(pyro-vae train --resume {run_dir} --lr LR), or check the data for extreme values{off}"
+    )
+
+
+def _write_failed(err: OSError, run_dir: Path, saved: int | None) -> StorageError:
+    kept = f"the checkpoint of epoch {saved} is intact" if saved is not None else "files already written are intact"
+    where = repr(err.filename) if getattr(err, "filename", None) else f"to {str(run_dir)!r}"
+    return storage_error(err, f"write {where}", f"continue with `pyro-vae train --resume {run_dir}` ({kept})")
+
+
 def _run(
     config: RunConfig,
     run_dir: Path,
@@ -269,6 +314,7 @@ def _run(
     history: list[EpochRecord],
     progress: bool,
     kept_state: dict[str, torch.Tensor] | None = None,
+    start_loss: float | None = None,
 ) -> RunResult:
     start = time.perf_counter()
     device = next(vae.parameters()).device
@@ -277,26 +323,48 @@ def _run(
     transform = make_transform(config, vae)
 
     keep = config.train.keep
-    kept = {"state": kept_state}  # the kept model's weights (rank 0), for the end of the run
+    # The kept model's weights and epoch (rank 0), for the end of the run and for the
+    # copy in training_state.pt that lets a resume rebuild model.safetensors.
+    kept = {"state": kept_state, "epoch": kept_epoch(history, keep) if kept_state is not None else None}
+    saved = {"epoch": history[-1].epoch if history else None}  # the checkpoint on disk
+    guard = DivergenceGuard(start_loss) if config.train.divergence_guard else None
 
     def checkpoint(records: list[EpochRecord]) -> None:
-        save_training_state(run_dir, vae, optimizer, [r.to_dict() for r in records])
-        if kept_epoch(records, keep) == records[-1].epoch:  # this epoch is the one to keep
-            save_weights(run_dir, vae, metadata={"epoch": str(records[-1].epoch)})
+        if guard is not None:
+            guard(records)  # before anything is written: a diverged epoch never becomes a checkpoint
+        last = records[-1].epoch
+        keep_this = kept_epoch(records, keep) == last
+        if keep_this:
             kept["state"] = {k: v.detach().clone() for k, v in vae.state_dict().items()}
-        _write_metrics(run_dir, records, keep)
+            kept["epoch"] = last
+        other = None if keep_this or kept["state"] is None else (kept["epoch"], kept["state"])
+        files = {
+            STATE_FILE: training_state_bytes(
+                vae, optimizer, [r.to_dict() for r in records], config=config, kept=other, start_loss=start_loss
+            )
+        }
+        if keep_this:
+            files[WEIGHTS_FILE] = weights_bytes(vae.state_dict(), metadata={"epoch": str(last)})
+        files[METRICS_FILE] = _metrics_text(records, keep)
+        atomic_write_many(run_dir, files)  # one manifest update for the epoch's three files
+        saved["epoch"] = last
 
-    history = fit(
-        vae,
-        train,
-        val,
-        config.train,
-        optimizer=optimizer,
-        transform=transform,
-        history=history,
-        on_epoch_end=checkpoint,
-        progress=progress,
-    )
+    try:
+        history = fit(
+            vae,
+            train,
+            val,
+            config.train,
+            optimizer=optimizer,
+            transform=transform,
+            history=history,
+            on_epoch_end=checkpoint,
+            progress=progress,
+        )
+    except TrainingDivergedError as err:
+        raise _diverged(str(err), saved["epoch"], run_dir) from None
+    except OSError as err:
+        raise _write_failed(err, run_dir, saved["epoch"]) from None
     vae.eval()
     # The run's model is the kept epoch's (rank 0 holds its weights; every rank gets them).
     state = run_on_main(lambda: kept["state"])
@@ -306,21 +374,10 @@ def _run(
     record = next((h for h in history if h.epoch == epoch), None)
     val_elbo = record.val_elbo if record is not None else float("nan")
     if is_main_process():  # under torchrun only rank 0 writes (fit checkpoints on rank 0 too)
-        _write_figures(run_dir, config, vae, data, history)
-        seconds = time.perf_counter() - start
-        summary = {
-            "epochs": len(history),
-            "keep": keep,
-            "kept_epoch": epoch,
-            "val_elbo_per_datum": val_elbo,
-            "last_val_elbo_per_datum": history[-1].val_elbo if history else float("nan"),
-            "stopped_early": len(history) < config.train.epochs,
-            "train_seconds_this_call": seconds,
-            "num_train": int(data.train.shape[0]),
-            "num_val": int(data.val.shape[0]),
-            "num_test": None if data.test is None else int(data.test.shape[0]),
-        }
-        atomic_write(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        try:
+            _final_files(run_dir, config, vae, data, history, start)
+        except OSError as err:
+            raise _write_failed(err, run_dir, saved["epoch"]) from None
     barrier()  # every rank returns once the run directory is complete
     seconds = time.perf_counter() - start
     return RunResult(run_dir, config, vae, history, val_elbo, seconds, epoch)
@@ -328,6 +385,18 @@ def _run(
 
 def _optimizer(vae: VAE, config: RunConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(vae.parameters(), lr=config.train.lr)
+
+
+def _start_loss(config: RunConfig, vae: VAE, data: Dataset) -> float | None:
+    """The untrained model's loss per data point (minus its validation ELBO), the
+    divergence guard's first reference. Its draws come from a forked RNG, so training
+    draws what it would draw without it."""
+    if not config.train.divergence_guard:
+        return None
+    x = torch.from_numpy(data.val).to(next(vae.parameters()).device)
+    return -evaluate_elbo(
+        vae, x, particles=config.train.eval_particles, seed=config.train.seed, transform=make_transform(config, vae)
+    )
 
 
 def train_run(
@@ -341,13 +410,15 @@ def train_run(
 
     Args:
         config: What to train; default :class:`RunConfig()` (digits, Bernoulli, 2-D latent).
-        out: Run directory; default a fresh folder under ``runs/``.
+        out: Run directory; default a fresh folder under ``runs/``. It is claimed
+            atomically and exclusively (:func:`pyro_vae.runs.rundir.claim_run_dir`).
         overwrite: Reuse a non-empty ``out``, replacing its run files.
         progress: Show a progress bar.
 
     Raises:
-        PyroVAEError: Bad data or options (nothing is written), or the loss diverged
-            (the last good checkpoint is kept).
+        PyroVAEError: Bad data or options (nothing is written), another process holds
+            ``out``, or the loss diverged (the last good checkpoint is kept).
+        StorageError: A file could not be written (the last good checkpoint is kept).
     """
     config = dataclasses.replace(config) if config is not None else RunConfig()
     config.validate()
@@ -357,20 +428,112 @@ def train_run(
     data = load_data(config)
     config.model = dataclasses.replace(config.model, x_dim=data.x_dim)
     config.data = dataclasses.replace(config.data, image_shape=tuple(data.image_shape or ()))
+    config.validate()  # the sizes again, now with the data's x_dim, before the model is built
     torch.manual_seed(config.train.seed)  # the initial weights
     vae = build_vae(config.model).to(device)
     _check_data(config, vae, data)
     _warn_if_far_from_unit_scale(config, vae, data)
+    start_loss = _start_loss(config, vae, data)
+    held: dict[str, FolderLock] = {}  # the run directory's writer lock, on rank 0
 
     def claim() -> Path:
-        run_dir = Path(out) if out is not None else _fresh_run_dir(config)
-        _claim_run_dir(run_dir, overwrite)
-        save_config(run_dir, config)
+        run_dir, held["lock"] = claim_run_dir(
+            out, overwrite=overwrite, run_files=RUN_FILES, stem=Path(config.data.data).stem or "data"
+        )
+        try:
+            save_config(run_dir, config)
+        except OSError as err:
+            held.pop("lock").release()
+            raise storage_error(err, f"write {str(run_dir / CONFIG_FILE)!r}", "choose a writable `out`") from None
         return run_dir
 
     # Under torchrun rank 0 claims the folder; every rank gets its name or its error.
     run_dir = run_on_main(claim)
-    return _run(config, run_dir, vae, data, _optimizer(vae, config), [], progress)
+    try:
+        return _run(config, run_dir, vae, data, _optimizer(vae, config), [], progress, start_loss=start_loss)
+    finally:
+        if "lock" in held:
+            held["lock"].release()
+
+
+@dataclass
+class _Found:
+    """What a resume found in the run directory (read on rank 0, sent to every rank)."""
+
+    config: RunConfig
+    state: dict | None  # None: training never completed an epoch
+    rebuild_config: bool  # config.json is missing and comes from training_state.pt
+    broken: list[str]  # files the manifest lists that are missing or damaged
+
+
+def _open_for_resume(run_dir: Path) -> _Found:
+    if not has_manifest(run_dir) and (run_dir / CONFIG_FILE).is_file():
+        # A run directory from before checksums: its files are taken as they are, from now on checked.
+        start_manifest(run_dir, adopt=True)
+    found = check_folder(run_dir)  # a damaged manifest.json stops here, with its own message
+    broken = sorted(found.missing + found.damaged) if found is not None else []
+    state = None
+    if (run_dir / STATE_FILE).is_file():
+        state = load_training_state(run_dir)  # damaged: refused, with what to do
+    elif STATE_FILE in broken:
+        raise CheckpointError(
+            f"{str(run_dir / STATE_FILE)!r} was deleted: this run cannot be continued (its optimizer state is "
+            "lost); model.safetensors, if intact, still serves evaluate, encode and sample; to train further, "
+            "start a new run"
+        )
+    if (run_dir / CONFIG_FILE).is_file():
+        return _Found(load_config(run_dir), state, False, broken)
+    if state is not None and "config" in state:
+        config = config_from_json(state["config"], f"the copy of config.json in {str(run_dir / STATE_FILE)!r}")
+        return _Found(config, state, True, broken)
+    if state is None:
+        raise CheckpointError(
+            f"{str(run_dir)!r} holds no run: its training was stopped before it wrote config.json; "
+            f"start it again with `pyro-vae train --out {run_dir}`"
+        )
+    raise CheckpointError(
+        f"{str(run_dir / CONFIG_FILE)!r} is missing and {STATE_FILE} holds no copy of it (an older run); "
+        "restore config.json from a copy, or start a new run"
+    )
+
+
+def _repair(
+    run_dir: Path,
+    found: _Found,
+    config: RunConfig,
+    history: list[EpochRecord],
+    kept_state: dict[str, torch.Tensor] | None,
+) -> list[str]:
+    """Rewrite the files derived from training_state.pt that are missing, damaged or stale.
+
+    ``model.safetensors`` is rewritten from the kept weights and ``metrics.csv`` from the
+    history when their bytes differ (a kill between two writes of one epoch leaves the
+    weights one epoch behind); ``config.json`` from the state's copy when it is missing.
+    """
+    repaired = []
+    if found.rebuild_config:
+        save_config(run_dir, config)
+        repaired.append(CONFIG_FILE)
+    if not history:
+        return repaired
+    epoch = kept_epoch(history, config.train.keep)
+    if kept_state is not None:
+        weights = weights_bytes(kept_state, metadata={"epoch": str(epoch)})
+        if WEIGHTS_FILE in found.broken or _bytes(run_dir / WEIGHTS_FILE) != weights:
+            atomic_write(run_dir / WEIGHTS_FILE, weights)
+            repaired.append(WEIGHTS_FILE)
+    metrics = _metrics_text(history, config.train.keep)
+    if METRICS_FILE in found.broken or _bytes(run_dir / METRICS_FILE) != metrics.encode():
+        atomic_write(run_dir / METRICS_FILE, metrics)
+        repaired.append(METRICS_FILE)
+    return repaired
+
+
+def _bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def resume_run(
@@ -379,59 +542,155 @@ def resume_run(
     epochs: int | None = None,
     device: str | None = None,
     patience: int | None = None,
+    lr: float | None = None,
+    divergence_guard: bool | None = None,
     progress: bool = True,
 ) -> RunResult:
-    """Continue a run from its last checkpoint, up to ``epochs`` in all.
+    """Continue a run from its last checkpoint, up to ``epochs`` in all; or, for a run
+    that is complete, rebuild its missing or damaged files.
 
     The resumed run draws the same random numbers an uninterrupted run would, so its
-    history continues the same curve. ``epochs``, ``device`` and ``patience`` may
-    change; the new values are saved in ``config.json``.
+    history continues the same curve. ``epochs``, ``device``, ``patience``, ``lr`` and
+    ``divergence_guard`` may change; the new values are saved in ``config.json`` (a new
+    ``lr`` takes effect from the next epoch). Every file is verified first:
+
+    - ``model.safetensors``, ``metrics.csv`` and a missing ``config.json`` are rebuilt
+      from ``training_state.pt``; the figures and ``summary.json`` of a complete run
+      are rebuilt when missing or damaged. ``RunResult.repaired`` names them.
+    - A damaged ``training_state.pt`` or ``config.json`` is refused, with what to do.
+    - A run whose first epoch never completed starts from the beginning.
 
     Raises:
-        CheckpointError: The run directory is missing, damaged or inconsistent.
+        CheckpointError: The run directory is missing, damaged, inconsistent, or held by
+            another process.
+        StorageError: The run directory cannot be written.
     """
     run_dir = Path(run_dir)
+    held: dict[str, FolderLock] = {}
+
+    def open_run() -> _Found:
+        held["lock"] = lock_run_dir(run_dir)
+        try:
+            clean_strays(run_dir)
+            return _open_for_resume(run_dir)
+        except BaseException:
+            held.pop("lock").release()
+            raise
+
     # Under torchrun rank 0 reads the files and sends them to every rank.
-    config, state = run_on_main(lambda: (load_config(run_dir), load_training_state(run_dir)))
-    if epochs is not None:
-        config.train = dataclasses.replace(config.train, epochs=epochs)
-        config.train.validate()
-    if device is not None:  # a property of this call, not of the model: it may change
-        config.train = dataclasses.replace(config.train, device=device)
-    if patience is not None:
-        config.train = dataclasses.replace(config.train, patience=patience)
-        config.train.validate()
-    device = resolve_device(config.train.device)
+    found = run_on_main(open_run)
+    try:
+        return _resume(run_dir, found, epochs, device, patience, lr, divergence_guard, progress)
+    finally:
+        if "lock" in held:
+            held["lock"].release()
+
+
+def _resume(
+    run_dir: Path,
+    found: _Found,
+    epochs: int | None,
+    device: str | None,
+    patience: int | None,
+    lr: float | None,
+    divergence_guard: bool | None,
+    progress: bool,
+) -> RunResult:
+    start = time.perf_counter()
+    config, state = found.config, found.state
+    changes = {
+        name: value
+        for name, value in (("epochs", epochs), ("device", device), ("patience", patience), ("lr", lr), ("divergence_guard", divergence_guard))
+        if value is not None
+    }
+    config.train = dataclasses.replace(config.train, **changes)
+    config.train.validate()
+    history = [EpochRecord(**h) for h in state["history"]] if state is not None else []
+    if epochs is not None and epochs < len(history):
+        raise ConfigError(
+            f"the run already has {len(history)} epochs and `epochs` {epochs} asks for fewer; "
+            f"pass `epochs` N with N > {len(history)} to train longer"
+        )
+    torch_device = resolve_device(config.train.device)
     data = load_data(config)
     if data.x_dim != config.model.x_dim:
         raise CheckpointError(
             f"the data {config.data.data!r} now has {data.x_dim} features but the run was trained on "
             f"{config.model.x_dim}; restore the original data file or start a new run"
         )
+    torch.manual_seed(config.train.seed)  # the initial weights, as a fresh run draws them
     vae = build_vae(config.model)
-    try:
-        vae.load_state_dict(state["model"])
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{STATE_FILE} in {str(run_dir)!r} does not match config.json ({str(err).splitlines()[0]}); "
-            "restore the original files or start a new run"
-        ) from None
-    vae.to(device)
     optimizer = _optimizer(vae, config)
-    optimizer.load_state_dict(state["optimizer"])
-    history = [EpochRecord(**h) for h in state["history"]]
-    if len(history) >= config.train.epochs:
-        raise ConfigError(
-            f"the run already has {len(history)} epochs and asks for {config.train.epochs}; "
-            f"pass `epochs` N with N > {len(history)} to train longer"
-        )
-    if should_stop(history, config.train.patience):
+    kept_state = None
+    start_loss = None
+    if state is not None:
+        load_state_into(vae, state["model"], run_dir / STATE_FILE)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"the optimizer state in {str(run_dir / STATE_FILE)!r} does not match config.json ({err}); "
+                "restore the original files or start a new run"
+            ) from None
+        for group in optimizer.param_groups:
+            group["lr"] = config.train.lr  # config.json's learning rate, whatever the saved state says
+        kept_state, start_loss = _kept_state(run_dir, state, history, config.train.keep), state.get("start_loss")
+    vae.to(torch_device)
+    if state is None:
+        start_loss = _start_loss(config, vae, data)
+    stopped = should_stop(history, config.train.patience)
+    if stopped and (epochs is not None or patience is not None):
         raise ConfigError(
             f"the run stopped early after epoch {len(history)}: its validation ELBO last improved at epoch "
             f"{best_epoch(history)} and `patience` is {config.train.patience}; pass a larger `patience` "
             "(or 0) to train longer"
         )
-    run_on_main(lambda: save_config(run_dir, config))
-    # The kept model so far (model.safetensors) stays kept unless a later epoch beats it.
-    kept_state = run_on_main(lambda: load_run(run_dir)[1].state_dict())
-    return _run(config, run_dir, vae, data, optimizer, history, progress, kept_state)
+    finished = len(history) >= config.train.epochs or stopped
+    repaired = run_on_main(lambda: _repair(run_dir, found, config, history, kept_state)) if history else []
+    if not finished:
+        if changes and not found.rebuild_config:
+            run_on_main(lambda: save_config(run_dir, config))
+        result = _run(config, run_dir, vae, data, optimizer, history, progress, kept_state, start_loss)
+        result.repaired = tuple(repaired)
+        return result
+    # A complete run: nothing to train; rebuild the final files if any is missing or damaged.
+    if changes and not found.rebuild_config:
+        run_on_main(lambda: save_config(run_dir, config))
+    if kept_state is not None:
+        vae.load_state_dict(kept_state)
+    vae.eval()
+    final = [SUMMARY_FILE, *_figure_names(vae)]
+    if is_main_process() and (
+        any(name in found.broken for name in final) or not all((run_dir / name).is_file() for name in final)
+    ):
+        try:
+            _final_files(run_dir, config, vae, data, history, start)
+        except OSError as err:
+            raise _write_failed(err, run_dir, history[-1].epoch) from None
+        repaired += final
+    barrier()
+    epoch = kept_epoch(history, config.train.keep)
+    record = next((h for h in history if h.epoch == epoch), None)
+    val_elbo = record.val_elbo if record is not None else float("nan")
+    return RunResult(
+        run_dir, config, vae, history, val_elbo, time.perf_counter() - start, epoch, tuple(repaired), complete=True
+    )
+
+
+def _figure_names(vae: VAE) -> list[str]:
+    return [name for name in FIGURES if name != "latent.png" or vae.z_dim == 2]
+
+
+def _kept_state(
+    run_dir: Path, state: dict, history: list[EpochRecord], keep: str
+) -> dict[str, torch.Tensor] | None:
+    """The kept model's weights: the last epoch's, or the copy the state holds of an earlier one."""
+    epoch = kept_epoch(history, keep)
+    if epoch is None:
+        return None
+    if epoch == history[-1].epoch:
+        return state["model"]
+    if "kept" in state and state["kept"].get("epoch") == epoch:
+        return state["kept"]["model"]
+    # A state written before it held that copy: the kept weights are model.safetensors.
+    return run_on_main(lambda: load_run(run_dir)[1].state_dict())

@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from pyro_vae import CheckpointError, ModelConfig, RunConfig, build_vae, load, load_run
+from pyro_vae.errors import IntegrityError
+from pyro_vae.files import MANIFEST, UnverifiedFolderWarning
 from pyro_vae.runs.checkpoint import (
     CONFIG_FILE,
     STATE_FILE,
     WEIGHTS_FILE,
     atomic_write,
+    config_from_json,
     load_training_state,
     save_config,
     save_training_state,
@@ -59,23 +62,31 @@ def test_a_failed_write_leaves_the_previous_file_intact(tmp_path):
 
 def test_config_that_does_not_match_the_weights(tmp_path):
     saved_run(tmp_path)
-    raw = json.loads((tmp_path / CONFIG_FILE).read_text())
-    raw["model"]["hidden"] = [7]
-    (tmp_path / CONFIG_FILE).write_text(json.dumps(raw))
+    # Rewritten through save_config, so that its checksum holds: only the shapes disagree.
+    save_config(tmp_path, RunConfig(model=ModelConfig(x_dim=6, z_dim=2, hidden=(7,))))
     before = snapshot(tmp_path)
     with pytest.raises(CheckpointError, match="does not match the run's config.json.*shape mismatch"):
         load(tmp_path)
     assert snapshot(tmp_path) == before
 
 
+def test_a_hand_edited_config_is_refused_by_its_checksum(tmp_path):
+    saved_run(tmp_path)
+    raw = json.loads((tmp_path / CONFIG_FILE).read_text())
+    raw["train"]["lr"] = 0.5
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(raw))
+    with pytest.raises(IntegrityError, match=r"config.json' does not match its checksum in manifest.json.*delete it"):
+        load_run(tmp_path)
+
+
 @pytest.mark.parametrize(
     "damage, match",
     [
-        (lambda d: (d / WEIGHTS_FILE).write_bytes(b"\x00" * 10), "damaged"),
+        (lambda d: (d / WEIGHTS_FILE).write_bytes(b"\x00" * 10), "model.safetensors' does not match its checksum.*--resume"),
         (lambda d: (d / WEIGHTS_FILE).unlink(), "saved no weights"),
-        (lambda d: (d / CONFIG_FILE).write_text("{not json"), "not valid JSON"),
+        (lambda d: (d / CONFIG_FILE).write_text("{not json"), "config.json' does not match its checksum"),
         (lambda d: (d / CONFIG_FILE).unlink(), "not a pyro-vae run directory"),
-        (lambda d: (d / CONFIG_FILE).write_text('{"model": {"colour": 1}}'), "unknown key"),
+        (lambda d: (d / MANIFEST).write_text("{}"), "manifest.json' is damaged"),
     ],
 )
 def test_damaged_run_directories_give_clear_errors(tmp_path, damage, match):
@@ -85,6 +96,40 @@ def test_damaged_run_directories_give_clear_errors(tmp_path, damage, match):
     with pytest.raises(CheckpointError, match=match):
         load_run(tmp_path)
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"model": {"colour": 1}}', "unknown key"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('{"model": {"z_dim": "2"}}', "model.z_dim must be an integer, got '2'"),
+        ('{"model": {"z_dim": 2.5}}', "model.z_dim must be an integer, got 2.5"),
+        ('{"model": {"prior_components": 1e9}}', "prior_components must be an integer"),
+        ('{"model": {"prior_components": 1000000000}}', "`prior_components` must be between 1 and 100,000"),
+        ('{"model": {"hidden": [1000000000]}}', "`hidden` widths must be between 1 and 65,536"),
+        ('{"model": {"hidden": [65536, 65536]}}', "could need up to .* weights"),
+        ('{"train": {"seed": 1180591620717411303424}}', "`seed` must be between 0 and"),
+        ('{"train": {"seed": -1}}', "`seed` must be between 0 and"),
+        ('{"train": {"lr": NaN}}', "train.lr must be a finite number"),
+        ('{"data": {"image_shape": [3]}}', "`image_shape` must be \\(height, width\\)"),
+        ('{"model": {"x_dim": 64}, "data": {"image_shape": [7, 9]}}', "holds 63 pixels but the model has 64 features"),
+    ],
+)
+def test_config_json_is_checked_before_anything_is_built(text, match):
+    with pytest.raises(CheckpointError, match=match):
+        config_from_json(text, "config.json")
+
+
+def test_a_folder_without_manifest_is_read_with_a_warning(tmp_path):
+    saved_run(tmp_path)
+    (tmp_path / MANIFEST).unlink()  # as a run directory from before checksums
+    with pytest.warns(UnverifiedFolderWarning, match="has no manifest.json"):
+        load_run(tmp_path)
+    (tmp_path / CONFIG_FILE).write_text('{"model": {"colour": 1}}')
+    with pytest.warns(UnverifiedFolderWarning), pytest.raises(CheckpointError, match="unknown key"):
+        load_run(tmp_path)
 
 
 def test_missing_run_directory(tmp_path):
@@ -97,6 +142,7 @@ class _Boom:
         return (os.system, ("echo pwned > pwned.txt",))
 
 
+@pytest.mark.filterwarnings("ignore::pyro_vae.files.UnverifiedFolderWarning")  # no manifest: a bare file
 def test_training_state_never_executes_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open(tmp_path / STATE_FILE, "wb") as f:
