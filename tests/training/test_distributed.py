@@ -95,15 +95,31 @@ class PerDatumSeeded(Objective):
         return torch.stack(terms).mean()
 
 
-def _halves_fit(batch_size: int) -> torch.nn.Module:
-    """One epoch of plain SGD with the per-datum-seeded objective; SGD (not Adam, whose
-    first step is nearly lr * sign(g)) makes the update proportional to the gradient."""
+def _halves_fit(batch_size: int) -> tuple[torch.nn.Module, list[float]]:
+    """Two epochs of plain SGD with the per-datum-seeded objective; SGD (not Adam, whose
+    first step is nearly lr * sign(g)) makes the update proportional to the gradient.
+    Returns the model and the training loss that fit reported for each epoch."""
     x = _halves_data()
     torch.manual_seed(11)
     vae = build_vae(ModelConfig(x_dim=8, z_dim=2, hidden=(6,)))
-    config = TrainConfig(epochs=1, batch_size=batch_size, seed=3)
-    fit(vae, x, None, config, objective=PerDatumSeeded(), optimizer=torch.optim.SGD(vae.parameters(), lr=0.05), progress=False)
-    return vae
+    config = TrainConfig(epochs=2, batch_size=batch_size, seed=3)
+    history = fit(vae, x, None, config, objective=PerDatumSeeded(), optimizer=torch.optim.SGD(vae.parameters(), lr=0.05),
+                  progress=False)
+    return vae, [h.train_loss for h in history]
+
+
+def _first_step_gradients(rows: torch.Tensor, num_data: int, replica=None) -> dict[str, torch.Tensor]:
+    """The gradient of one per-datum-seeded loss on ``rows``: through ``replica`` (a
+    DataParallel, which all-reduces it) or, without one, of this process alone."""
+    torch.manual_seed(11)
+    vae = build_vae(ModelConfig(x_dim=8, z_dim=2, hidden=(6,)))
+    if replica is None:
+        loss = PerDatumSeeded().loss(vae, rows, num_data)
+    else:
+        wrapped = replica(vae)  # kept alive through backward: its reducer does the all-reduce
+        loss = wrapped.loss(rows, num_data, 1.0)
+    loss.backward()
+    return {name: p.grad.detach().clone() for name, p in vae.named_parameters()}
 
 
 def _one_rank_group(tmp_path: Path) -> None:
@@ -220,16 +236,35 @@ def test_two_ranks_train_resume_and_match_one_process(tmp_path):
     assert {"config.json", "model.safetensors", "training_state.pt", "metrics.csv", "summary.json", "loss.png"} <= written
 
     # 2 processes x batch B/2 == 1 process x batch B, with the noise fixed per data point
-    # (two SGD steps; float32, so a tolerance a little above rounding).
-    reference = _halves_fit(batch_size=16)
+    # (four SGD steps; float32, so a tolerance a little above rounding)...
+    reference, reference_losses = _halves_fit(batch_size=16)
     for r in (0, 1):
         ranked = torch.load(tmp_path / f"halves-{r}.pt", weights_only=True)
         for name, p in reference.state_dict().items():
             torch.testing.assert_close(ranked[name], p, rtol=1e-5, atol=1e-6, msg=name)
-    # ...and the comparison is sensitive: one process with batch B/2 (four smaller steps
-    # instead of two) ends elsewhere.
-    alone = _halves_fit(batch_size=8)
+        # ...and the training loss fit reports on every rank is the one-process loss of the
+        # global batch (the mean over processes, weighted by the global rows), not the
+        # rank's own half: no sampling error, since both see the same data and noise.
+        assert reports[r]["halves_losses"] == pytest.approx(reference_losses, rel=1e-5, abs=0)
+    # The comparisons are sensitive: one process with batch B/2 (twice the steps, each
+    # half the size) ends elsewhere, with another loss in the second epoch.
+    alone, alone_losses = _halves_fit(batch_size=8)
     assert any(not torch.allclose(alone.state_dict()[k], v, atol=1e-4) for k, v in reference.state_dict().items())
+    assert alone_losses[1] != pytest.approx(reference_losses[1], rel=1e-3)
+
+    # DDP's gradient scaling, one step, no optimizer: the gradient each rank holds after
+    # backward through DataParallel on its 8 rows of a 16-row batch is the one-process
+    # gradient of all 16 rows (the mean over ranks of num_data / 8-scaled losses), not
+    # the sum over ranks (twice as large) nor the rank's own half.
+    x = _halves_data()[:16]
+    whole = _first_step_gradients(x, 32)
+    for r in (0, 1):
+        ranked = torch.load(tmp_path / f"grads-{r}.pt", weights_only=True)
+        assert ranked.keys() == whole.keys()
+        for name, g in whole.items():
+            torch.testing.assert_close(ranked[name], g, rtol=1e-5, atol=1e-6, msg=name)
+    own_half = _first_step_gradients(x[0::2], 32)
+    assert any(not torch.allclose(own_half[k], g, atol=1e-4) for k, g in whole.items())
 
     # Every prior, guide, likelihood and objective trains data-parallel: finite loss,
     # parameters identical on both ranks.
@@ -389,11 +424,16 @@ def _worker_main(out: Path) -> None:
     # The same three epochs without the interruption, for comparison with the resumed run.
     status.append(cli.main(["train", "--epochs", "3", "--out", str(out / "straight"), *flags]))
 
-    halves = _halves_fit(batch_size=8)  # per process: global batch 16
+    halves, halves_losses = _halves_fit(batch_size=8)  # per process: global batch 16
     torch.save(halves.state_dict(), out / f"halves-{rank}.pt")
+    grads = _first_step_gradients(
+        _halves_data()[:16][rank::2], 32,
+        replica=lambda vae: parallel.DataParallel(vae, PerDatumSeeded(), _halves_data()[:2], 32),
+    )
+    torch.save(grads, out / f"grads-{rank}.pt")
     components = _component_runs(rank)
     report = {"hashes": _Recording.hashes, "after_fit": after_fit, "writes": sorted(set(writes)), "status": status,
-              "components": components}
+              "components": components, "halves_losses": halves_losses}
     (out / f"report-{rank}.json").write_text(json.dumps(report))
     distributed.barrier()
     distributed.exit_process(0)
