@@ -290,7 +290,7 @@ def _diverged(message: str, saved: int | None, run_dir: Path) -> TrainingDiverge
     )
     if saved is None:
         return TrainingDivergedError(
-            f"{what}; no epoch completed, so no checkpoint was written: start again with a lower `lr` "
+            f"{what}; no epoch completed before it, so there is no checkpoint: start again with a lower `lr` "
             f"(`overwrite` replaces this run's files), or check the data for extreme values{off}"
         )
     return TrainingDivergedError(

@@ -608,7 +608,7 @@ def test_divergence_without_a_nan_is_stopped_and_the_guard_can_be_turned_off(dat
     assert main(train_argv(data_file, run, "--lr", "100")) == 2
     line = one_error_line(capsys.readouterr().err)
     assert "divergence guard" in line and "--no-divergence-guard" in line
-    assert "no epoch completed, so no checkpoint was written" in line and "epoch 0" not in line
+    assert "no epoch completed before it, so there is no checkpoint" in line and "epoch 0" not in line
     assert main(train_argv(data_file, tmp_path / "off", "--lr", "100", "--no-divergence-guard")) == 0
 
 
@@ -619,7 +619,7 @@ def test_a_nan_in_the_first_epoch_says_there_is_no_checkpoint(data_file, tmp_pat
     monkeypatch.setattr(TraceELBO, "loss", lambda self, *a, **k: real(self, *a, **k) * float("nan"))
     assert main(train_argv(data_file, tmp_path / "run")) == 2
     line = one_error_line(capsys.readouterr().err)
-    assert "loss became nan at epoch 1" in line and "no checkpoint was written" in line and "(epoch 0)" not in line
+    assert "loss became nan at epoch 1" in line and "there is no checkpoint" in line and "(epoch 0)" not in line
     # The folder holds the config only; resume starts it from the beginning.
     monkeypatch.undo()
     assert main(["train", "--resume", str(tmp_path / "run"), "--no-progress"]) == 0
