@@ -30,7 +30,7 @@ from .files import UnverifiedFolderWarning
 from .inference.bounds import DEFAULT_MAX_ELEMENTS
 from .inference.evaluation import DEFAULT_IW_SAMPLES
 from .inference.objectives import OBJECTIVES
-from .model.build import GUIDES, LIKELIHOODS, PRIORS
+from .model.build import CONDITIONS, GUIDES, LIKELIHOODS, PRIORS
 from .model.nn import ACTIVATIONS
 from .training import distributed
 
@@ -47,6 +47,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "--val-fraction": ("data", "val_fraction", {"type": float, "help": "share of rows held out for validation when the data has no validation split"}),
     "--val-data": ("data", "val_data", {"metavar": "PATH", "help": "a file of validation rows"}),
     "--test-data": ("data", "test_data", {"metavar": "PATH", "help": "a file of test rows (scored by pyro-vae evaluate)"}),
+    "--label-fraction": ("data", "label_fraction", {"type": float, "help": "share of training labels a semi-supervised VAE sees"}),
     "--image-shape": ("data", "image_shape", {"type": int, "nargs": 2, "metavar": ("H", "W"), "help": "height and width of image rows, for figures (default: from the data)"}),
     "--z-dim": ("model", "z_dim", {"type": int, "help": "latent dimensions"}),
     "--hidden": ("model", "hidden", {"type": int, "nargs": "*", "metavar": "WIDTH", "help": "encoder layer widths (decoder: reversed)"}),
@@ -56,6 +57,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "--guide": ("model", "guide", {"choices": sorted(GUIDES), "help": "q(z|x)"}),
     "--prior-components": ("model", "prior_components", {"type": int, "help": "K: Gaussians of --prior mixture, pseudo-inputs of --prior vamp"}),
     "--flow-layers": ("model", "flow_layers", {"type": int, "help": "autoregressive layers of --prior flow and --guide flow"}),
+    "--condition-on": ("model", "condition", {"choices": sorted(CONDITIONS), "help": "labels: a conditional VAE, q(z|x, y) and p(x|z, y), on the data's class labels"}),
     "--guide-rank": ("model", "guide_rank", {"type": int, "help": "rank of the covariance factor of --guide lowrank"}),
     "--epochs": ("train", "epochs", {"type": int, "help": "passes over the training data (with --resume: total)"}),
     "--batch-size": ("train", "batch_size", {"type": int, "help": "data points per step (under torchrun: per process)"}),
@@ -232,7 +234,8 @@ def _cmd_evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     say(f"{report['split']} split of {report['data']!r}: {report['num_points']} rows, nats per data point")
     rows = [
         ("ELBO", report["elbo_per_datum"]),
-        (f"log p(x) >= (importance-weighted bound, K = {k})", report["log_px_per_datum"]),
+        (f"{'log p(x|y)' if report.get('condition') == 'labels' else 'log p(x)'} >= "
+         f"(importance-weighted bound, K = {k})", report["log_px_per_datum"]),
         ("reconstruction E_q[log p(x|z)]", report["reconstruction_per_datum"]),
         ("KL(q(z|x) || p(z))", report["kl_per_datum"]),
     ]
@@ -241,6 +244,8 @@ def _cmd_evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> None:
         say(f"  {name:<{width}}  {value:10.4f}")
     say(f"  {'active units (Cov_x(E_q[z_u]) > ' + format(report['active_unit_threshold'], 'g') + ')':<{width}}  "
         f"{report['active_units']:>4} of {report['z_dim']}")
+    if "accuracy" in report:
+        say(f"  {'label accuracy of the classifier q(y|x)':<{width}}  {report['accuracy']:10.4f}")
     say(f"wrote {Path(args.run_dir) / 'evaluation.json'}")
 
 

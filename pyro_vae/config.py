@@ -24,11 +24,12 @@ T = TypeVar("T")
 LIMITS: dict[str, tuple[int, int]] = {
     "x_dim": (0, 2**24),  # 16,777,216 features: a 4096 x 4096 image
     "z_dim": (1, 4096),
-    "hidden": (0, 32),  # layers
+    "hidden layers": (0, 32),
     "hidden width": (1, 65_536),
     "prior_components": (1, 100_000),
     "flow_layers": (1, 64),
     "guide_rank": (1, 4096),
+    "num_classes": (0, 100_000),
     "image_shape side": (1, 2**24),
     "epochs": (1, 1_000_000),
     "batch_size": (1, 2**24),
@@ -48,6 +49,13 @@ def _check_range(name: str, value: int, what: str | None = None) -> None:
     low, high = LIMITS[what or name]
     if not low <= value <= high:
         raise ConfigError(f"`{name}` must be between {low:,} and {high:,}, got {value:,}")
+
+
+def _check_limits(section: Any) -> None:
+    """Every field of a config section that :data:`LIMITS` names, within its range."""
+    for f in dataclasses.fields(section):
+        if f.name in LIMITS:
+            _check_range(f.name, getattr(section, f.name))
 
 
 def choose(table: Mapping[str, T], name: str, option: str) -> T:
@@ -83,6 +91,11 @@ class ModelConfig:
             ``flow`` guide (ignored by the others).
         guide_rank: Number of correlated directions of the ``lowrank`` guide's
             covariance, 1 to ``z_dim`` (ignored by the other guides).
+        condition: ``none``; ``labels`` for a conditional VAE on the data's class
+            labels (q(z|x, y), p(x|z, y)); ``semisupervised`` for M2, the label a
+            latent variable where unknown (see ``DataConfig.label_fraction``).
+        num_classes: Number of label classes of a ``labels`` condition (filled in from
+            the data).
     """
 
     x_dim: int = 0
@@ -95,6 +108,8 @@ class ModelConfig:
     prior_components: int = 10
     flow_layers: int = 2
     guide_rank: int = 1
+    condition: str = "none"
+    num_classes: int = 0
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` if a value is outside :data:`LIMITS`, or the model
@@ -109,9 +124,8 @@ class ModelConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"`{name}` must be >= 1, got {value}")
-        for name in ("x_dim", "z_dim", "prior_components", "flow_layers", "guide_rank"):
-            _check_range(name, getattr(self, name))
-        low, high = LIMITS["hidden"]
+        _check_limits(self)
+        low, high = LIMITS["hidden layers"]
         if len(self.hidden) > high:
             raise ConfigError(f"`hidden` may have at most {high} layers, got {len(self.hidden)}")
         low, high = LIMITS["hidden width"]
@@ -144,7 +158,9 @@ class ModelConfig:
         decoder = encoder + last * x  # the reversed stack, with a second output per feature
         prior = self.prior_components * (x + 2 * self.z_dim)
         blocks = self.z_dim**2 * (last // 2 + 1 + 30 * self.flow_layers) + 10 * self.z_dim * last * self.flow_layers
-        return encoder + decoder + prior + blocks
+        # A condition's features (one per class of a label) join the encoder's output and z.
+        classes = getattr(self, "num_classes", 0) * (2 * self.z_dim + widths[1] + 1 + 10 * self.z_dim * self.flow_layers)
+        return encoder + decoder + prior + blocks + classes
 
 
 @dataclass
@@ -165,6 +181,8 @@ class DataConfig:
         val_data: A file of validation rows (else the source's validation split, else
             a random hold-out of ``val_fraction``).
         test_data: A file of test rows (else the source's test split, if any).
+        label_fraction: For a semi-supervised VAE, the share of training rows whose
+            label it sees (a random subset fixed by the seed); the rest are unknown.
         image_shape: ``(height, width)`` of image rows, used by every figure: given, or
             filled in from the data (3-D arrays, square images); empty for feature
             vectors that are not images.
@@ -180,6 +198,7 @@ class DataConfig:
     val_fraction: float = 0.1
     val_data: str | None = None
     test_data: str | None = None
+    label_fraction: float = 1.0
     image_shape: tuple[int, ...] = ()
 
     def validate(self) -> None:
@@ -190,6 +209,8 @@ class DataConfig:
             )
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"`threshold` must be in (0, 1), got {self.threshold}")
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ConfigError(f"`label_fraction` must be in (0, 1], got {self.label_fraction}")
         if self.image_shape:
             if len(self.image_shape) != 2:
                 raise ConfigError(
@@ -259,8 +280,7 @@ class TrainConfig:
             raise ConfigError(f"`keep` must be one of {', '.join(KEEP_CHOICES)}, got {self.keep!r}")
         if self.patience < 0:
             raise ConfigError(f"`patience` must be >= 0 epochs (0: no early stopping), got {self.patience}")
-        for name in ("epochs", "batch_size", "particles", "eval_particles", "kl_warmup", "patience", "seed"):
-            _check_range(name, getattr(self, name))
+        _check_limits(self)
         for name in ("lr", "beta"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"`{name}` must be a finite number, got {getattr(self, name)}")

@@ -27,7 +27,7 @@ import weakref
 from typing import Any, Callable
 
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from torch import nn
 from torch.distributions import Distribution, Independent, kl_divergence
 
@@ -45,6 +45,7 @@ __all__ = [
     "TraceELBO",
     "TraceMeanFieldELBO",
     "IWAE",
+    "SemiSupervisedELBO",
     "OBJECTIVES",
     "build_objective",
     "check_compatible",
@@ -187,7 +188,8 @@ class TraceMeanFieldELBO(Objective):
         """
         device = next(vae.parameters()).device
         with torch.no_grad():
-            q = vae.posterior(torch.zeros(1, vae.x_dim, device=device))  # batch (1,)
+            y = None if vae.condition is None else vae.condition.example(1).to(device)
+            q = vae.posterior(torch.zeros(1, vae.x_dim, device=device), y)  # batch (1,)
             p = vae.prior()
             try:
                 # Expanded as the data plate expands it in the model.
@@ -254,6 +256,51 @@ class IWAE(Objective):
         return -iwae_per_datum(log_w).sum() * (num_data / x.shape[0])
 
 
+class SemiSupervisedELBO(Objective):
+    """M2's objective: the ELBO with unknown labels summed out, plus a classification term.
+
+    Pyro's ``TraceEnum_ELBO`` enumerates the guide's label site (``y_unobserved``, marked
+    ``infer={"enumerate": "parallel"}``) so every unknown label's classes are summed
+    exactly; the known labels are observed sites. Kingma et al. (2014) add
+    ``alpha * log q(y | x)`` for the labelled rows, because the ELBO alone never trains
+    the classifier on them; ``alpha`` weighs one labelled row's term against one row's
+    ELBO (Pyro's ``examples/vae/ss_vae_M2.py`` uses 46 on MNIST).
+
+    Args:
+        alpha: Weight of the classification term per labelled row.
+
+    Raises:
+        ConfigError: ``alpha < 0``.
+    """
+
+    supports_beta = True
+
+    def __init__(self, alpha: float = 50.0) -> None:
+        if alpha < 0:
+            raise ConfigError(f"`alpha` must be >= 0, got {alpha}")
+        self.alpha = alpha
+        self._elbo = TraceEnum_ELBO(max_plate_nesting=1)
+
+    def check(self, vae: VAE) -> None:
+        """Raise :class:`ConfigError` unless ``vae`` is a semi-supervised VAE."""
+        if not hasattr(vae, "classify"):
+            raise ConfigError("the semi-supervised ELBO trains a semi-supervised VAE (`condition` semisupervised)")
+
+    def loss(
+        self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any
+    ) -> torch.Tensor:
+        self.check(vae)
+        with local_params():
+            loss = self._elbo.differentiable_loss(vae.model, vae.guide, x, num_data=num_data, beta=beta, **program_kwargs)
+        y = program_kwargs.get("y")
+        if y is not None and self.alpha > 0:
+            known = y >= 0
+            if bool(known.any()):
+                log_q = vae.classify(x[known]).gather(-1, y[known].unsqueeze(-1))  # (L, 1)
+                loss = loss - self.alpha * log_q.sum() * (num_data / x.shape[0])
+        return loss
+
+
 #: Objective factories: ``(train config) -> Objective``.
 OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {
     # Pyro's Trace_ELBO run as a graph traced once per batch shape: the same draws and
@@ -262,6 +309,8 @@ OBJECTIVES: dict[str, Callable[[TrainConfig], Objective]] = {
     "trace-eager": lambda t: TraceELBO(t.particles, jit=False),
     "meanfield": lambda t: TraceMeanFieldELBO(t.particles),
     "iwae": lambda t: IWAE(t.particles),
+    # M2 (Kingma et al. 2014): unknown labels enumerated, a classification term on the known.
+    "semisupervised": lambda t: SemiSupervisedELBO(),
 }
 
 
@@ -299,8 +348,14 @@ def check_compatible(model: ModelConfig, train: TrainConfig) -> None:
         pyro_vae.errors.ConfigError: `elbo` meanfield with `prior` mixture and `guide` diagonal: the guide's Independent(Normal) and the prior's MixtureSameFamily have no analytic KL divergence, which the mean-field ELBO needs; use `elbo` trace
     """
     objective = build_objective(train)
+    if (model.condition == "semisupervised") != (train.elbo == "semisupervised"):
+        raise ConfigError(
+            "a semi-supervised VAE (`condition` semisupervised) trains with `elbo` semisupervised, and that "
+            "objective trains only it; pass both or neither"
+        )
     with forked_rng():
-        probe = build_vae(dataclasses.replace(model, x_dim=model.x_dim or 1))
+        # Sizes not yet known from the data get stand-ins: the check is about the families.
+        probe = build_vae(dataclasses.replace(model, x_dim=model.x_dim or 1, num_classes=max(model.num_classes, 2)))
     try:
         objective.check(probe)
     except ConfigError as err:

@@ -10,6 +10,7 @@ from typing import Callable
 
 from ..config import ModelConfig, choose
 from ..errors import ConfigError
+from .conditions import Condition, OneHot
 from .guides import (
     DiagonalNormalGuide,
     FlowGuide,
@@ -34,14 +35,34 @@ from .priors import (
     StandardNormalPrior,
     VampPrior,
 )
+from .ssvae import SemiSupervisedVAE
 from .vae import VAE
 
 __all__ = [
+    "CONDITIONS",
     "PRIORS",
     "GUIDES",
     "LIKELIHOODS",
     "build_vae",
 ]
+
+def _labels(config: ModelConfig) -> OneHot:
+    if config.num_classes < 2:
+        raise ConfigError(
+            f"`condition` labels needs the number of classes (>= 2), got `num_classes` {config.num_classes}: "
+            "train on data with labels"
+        )
+    return OneHot(config.num_classes)
+
+
+#: Condition factories: ``(config) -> Condition or None``. ``semisupervised`` is the
+#: label of M2 (:class:`~pyro_vae.model.ssvae.SemiSupervisedVAE`): observed where known,
+#: a latent variable where not.
+CONDITIONS: dict[str, Callable[[ModelConfig], Condition | None]] = {
+    "none": lambda c: None,
+    "labels": _labels,
+    "semisupervised": _labels,
+}
 
 #: Prior factories: ``(config, encoder, guide) -> Prior``. The encoder and guide head
 #: are the VAE's own, already built (the VampPrior reuses them).
@@ -88,11 +109,20 @@ def build_vae(config: ModelConfig) -> VAE:
     make_prior = choose(PRIORS, config.prior, "prior")
     make_guide = choose(GUIDES, config.guide, "guide")
     make_likelihood = choose(LIKELIHOODS, config.likelihood, "likelihood")
+    condition = choose(CONDITIONS, config.condition, "condition")(config)
+    c_dim = 0 if condition is None else condition.out_features
+    if condition is not None and config.prior == "vamp":
+        raise ConfigError(
+            "`prior` vamp reads the encoder at its pseudo-inputs without a condition; "
+            "use another prior for a conditional VAE"
+        )
     encoder = MLP(config.x_dim, config.hidden, config.activation)
-    decoder = MLP(config.z_dim, tuple(reversed(config.hidden)), config.activation)
+    decoder = MLP(config.z_dim + c_dim, tuple(reversed(config.hidden)), config.activation)
     # Likelihood, guide, prior: the prior comes last because the VampPrior reuses the
     # encoder and guide head.
     likelihood = make_likelihood(config, decoder.out_features)
-    guide = make_guide(config, encoder.out_features)
+    guide = make_guide(config, encoder.out_features + c_dim)
     prior = make_prior(config, encoder, guide)
-    return VAE(encoder, decoder, likelihood, prior=prior, guide=guide, z_dim=config.z_dim)
+    if config.condition == "semisupervised":
+        return SemiSupervisedVAE(encoder, decoder, likelihood, guide, c_dim, prior=prior, z_dim=config.z_dim)
+    return VAE(encoder, decoder, likelihood, prior=prior, guide=guide, z_dim=config.z_dim, condition=condition)

@@ -16,7 +16,7 @@ from ..files import atomic_write
 from ..inference.bounds import DEFAULT_MAX_ELEMENTS
 from ..inference.evaluation import DEFAULT_IW_SAMPLES, evaluate
 from .checkpoint import load_config, load_run
-from .train import EVALUATION_FILE, load_data, make_transform, resolve_device, resolve_paths
+from .train import EVALUATION_FILE, conditions, load_data, make_transform, resolve_device, resolve_paths
 
 __all__ = ["SPLITS", "held_out", "evaluate_run"]
 
@@ -99,6 +99,7 @@ def evaluate_run(
         )
     dataset = load_data(config)
     x, split = _split_rows(dataset, split)
+    y = conditions(config, dataset, dev).get({"validation": "val"}.get(split, split))
     xt = torch.from_numpy(x).to(dev)
     vae.check_x(xt)
     vae.likelihood.check_support(xt)
@@ -110,8 +111,14 @@ def evaluate_run(
         seed=config.train.seed,
         transform=make_transform(config, vae),
         progress=progress,
+        y=y,
     )
-    report = {"data": config.data.data, "split": split, **result.to_dict()}
+    report = {"data": config.data.data, "split": split, "condition": config.model.condition, **result.to_dict()}
+    truth = {"test": dataset.test_labels, "validation": dataset.val_labels, "train": dataset.train_labels}[split]
+    if hasattr(vae, "predict") and truth is not None:  # a semi-supervised VAE's classifier
+        with torch.no_grad():
+            predicted = vae.predict(xt).cpu().numpy()
+        report["accuracy"] = float((predicted == truth).mean())
     if write:
         atomic_write(Path(run_dir) / EVALUATION_FILE, json.dumps(report, indent=1) + "\n")
     return report

@@ -99,7 +99,12 @@ def encode_run(
     x = torch.from_numpy(rows.x)
     vae.check_x(x)
     vae.likelihood.check_support(x)
-    loc, scale = (t.numpy() for t in vae.encode(x))  # (N, z_dim) each
+    y = None
+    if vae.condition is not None:  # a conditional VAE encodes each row with its label
+        if rows.labels is None:
+            raise ConfigError("this run's VAE is conditioned on labels, but the data to encode has none; pass data with labels")
+        y = torch.from_numpy(rows.labels)
+    loc, scale = (t.numpy() for t in vae.encode(x, y))  # (N, z_dim) each
     if out.suffix == ".npz":
         arrays = {"loc": loc, "scale": scale, "split": rows.split, "row": rows.row}
         if rows.labels is not None:
@@ -133,9 +138,12 @@ def sample_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, num: int, 
     if num < 1:
         raise ConfigError(f"the number of samples must be >= 1, got {num}")
     config, vae = load_run(run_dir)
+    y = None
+    if vae.condition is not None:  # draws for every class in turn
+        y = vae.condition.example(num) if config.model.condition != "labels" else torch.arange(num) % config.model.num_classes
     with forked_rng(seed=seed):
         z = vae.prior().sample((num,))  # (n, z_dim)
-    means = vae.decode(z).mean.numpy()  # (n, x_dim)
+    means = vae.decode(z, y).mean.numpy()  # (n, x_dim)
     if out.suffix == ".npy":
         buffer = io.BytesIO()
         np.save(buffer, means)

@@ -94,17 +94,28 @@ def plot_reconstructions(
     save_png(fig, path)
 
 
-def plot_samples(samples: np.ndarray, image_shape: Sequence[int], path: str | os.PathLike) -> None:
-    """Means of p(x|z) for z drawn from the prior, as an image grid (or heat map)."""
+def plot_samples(
+    samples: np.ndarray,
+    image_shape: Sequence[int],
+    path: str | os.PathLike,
+    *,
+    columns: int | None = None,
+    title: str | None = None,
+) -> None:
+    """Means of p(x|z) for z drawn from the prior, as an image grid (or heat map).
+
+    ``columns`` images per row (default: a square grid); ``title`` says what was drawn.
+    """
     n = len(samples)
     fig, ax = subplots(figsize=(5, 5.3), layout="constrained")
     if image_shape:
-        cols = math.ceil(math.sqrt(n))
-        padded = np.concatenate([samples, np.full((cols * cols - n, samples.shape[1]), np.nan)])
-        _show(ax, _image_grid(padded.reshape(cols, cols, -1), image_shape))
+        cols = columns or math.ceil(math.sqrt(n))
+        rows = math.ceil(n / cols)
+        padded = np.concatenate([samples, np.full((rows * cols - n, samples.shape[1]), np.nan)])
+        _show(ax, _image_grid(padded.reshape(rows, cols, -1), image_shape))
     else:
         _show(ax, samples.T)
-    ax.set_title(f"the mean of p(x|z) for {n} draws z ~ p(z)", fontsize=9)
+    ax.set_title(title or f"the mean of p(x|z) for {n} draws z ~ p(z)", fontsize=9)
     save_png(fig, path)
 
 

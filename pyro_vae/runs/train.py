@@ -161,6 +161,44 @@ def resolve_paths(config: DataConfig) -> DataConfig:
     )
 
 
+def num_classes(config: RunConfig, data: Dataset) -> int:
+    """The number of label classes a ``labels`` condition needs (0 without one).
+
+    Raises:
+        DataError: The model is conditioned on labels and the data has none.
+    """
+    if config.model.condition == "none":
+        return config.model.num_classes
+    found = [y for y in (data.train_labels, data.val_labels, data.test_labels) if y is not None]
+    if data.train_labels is None or data.val_labels is None:
+        raise DataError(
+            f"`condition` labels needs a label for every training and validation row, but {config.data.data!r} "
+            "has none for some; save the data with labels (numpy.savez(path, x=X, y=labels)) or train without "
+            "`condition`"
+        )
+    return max(config.model.num_classes, max(int(y.max()) for y in found) + 1)
+
+
+def conditions(config: RunConfig, data: Dataset, device: torch.device) -> dict[str, torch.Tensor]:
+    """``{"train": y, "val": y, "test": y}``: the labels the model sees, on ``device``.
+
+    A conditional VAE sees every label. A semi-supervised VAE sees the training labels
+    of a random ``label_fraction`` of the rows (the same rows for a given seed), ``-1``
+    elsewhere, and no held-out label: its validation ELBO bounds log p(x), with the
+    label summed out.
+    """
+    if config.model.condition == "none":
+        return {}
+    splits = {"train": data.train_labels, "val": data.val_labels, "test": data.test_labels}
+    labels = {name: torch.from_numpy(y).to(device) for name, y in splits.items() if y is not None}
+    if config.model.condition == "semisupervised":
+        generator = torch.Generator().manual_seed(config.train.seed)
+        keep = torch.rand(len(labels["train"]), generator=generator).to(device) < config.data.label_fraction
+        unknown = {name: torch.full_like(y, -1) for name, y in labels.items()}
+        labels = {**unknown, "train": torch.where(keep, labels["train"], unknown["train"])}
+    return labels
+
+
 def _warn_if_far_from_unit_scale(config: RunConfig, vae: VAE, data: Dataset) -> None:
     """One warning when real-valued data far from unit scale meets the normal likelihood.
 
@@ -236,20 +274,32 @@ def _write_figures(run_dir: Path, config: RunConfig, vae: VAE, data: Dataset, hi
     plot_history([h.to_dict() for h in history], run_dir / "loss.png")
     image_shape = config.data.image_shape
     transform = make_transform(config, vae)
+    val_y = conditions(config, data, device).get("val")
     with forked_rng(device, seed=config.train.seed):
         x = torch.from_numpy(data.val[:12]).to(device)
+        y = None if val_y is None else val_y[:12]
         if transform is not None:
             x = transform(x)  # the inputs as the model saw them (binarized)
-        z = vae.posterior(x).sample()
-        recon = vae.decode(z).mean
+        if config.model.condition == "semisupervised":
+            y = vae.predict(x)  # no held-out label is known: the classifier's
+        z = vae.posterior(x, y).sample()
+        recon = vae.decode(z, y).mean
         plot_reconstructions(
             x.cpu().numpy(), recon.cpu().numpy(), image_shape, run_dir / "reconstructions.png",
             inputs_title="validation inputs, as the model sees them" + (" (binarized)" if transform else ""),
         )
-        samples = vae.decode(vae.prior().sample((64,))).mean
-        plot_samples(samples.cpu().numpy(), image_shape, run_dir / "samples.png")
+        if config.model.condition != "none":  # one row of draws per class
+            classes = config.model.num_classes
+            per_class = max(1, 64 // classes)
+            y = torch.arange(classes, device=device).repeat_interleave(per_class)
+            samples = vae.decode(vae.prior().sample((len(y),)), y).mean
+            plot_samples(samples.cpu().numpy(), image_shape, run_dir / "samples.png", columns=per_class,
+                         title=f"the mean of p(x|z, y) for z ~ p(z): one row per class y = 0..{classes - 1}")
+        else:
+            samples = vae.decode(vae.prior().sample((64,))).mean
+            plot_samples(samples.cpu().numpy(), image_shape, run_dir / "samples.png")
     if vae.z_dim == 2:
-        loc, scale = vae.encode(torch.from_numpy(data.val).to(device))
+        loc, scale = vae.encode(torch.from_numpy(data.val).to(device), val_y)
         plot_latent(loc.cpu().numpy(), scale.cpu().numpy(), data.val_labels, run_dir / "latent.png")
 
 
@@ -321,6 +371,7 @@ def _run(
     train = torch.from_numpy(data.train).to(device)
     val = torch.from_numpy(data.val).to(device)
     transform = make_transform(config, vae)
+    labels = conditions(config, data, device)  # a conditional VAE's y per split, else {}
 
     keep = config.train.keep
     # The kept model's weights and epoch (rank 0), for the end of the run and for the
@@ -360,6 +411,8 @@ def _run(
             history=history,
             on_epoch_end=checkpoint,
             progress=progress,
+            y=labels.get("train"),
+            val_y=labels.get("val"),
         )
     except TrainingDivergedError as err:
         raise _diverged(str(err), saved["epoch"], run_dir) from None
@@ -393,9 +446,12 @@ def _start_loss(config: RunConfig, vae: VAE, data: Dataset) -> float | None:
     draws what it would draw without it."""
     if not config.train.divergence_guard:
         return None
-    x = torch.from_numpy(data.val).to(next(vae.parameters()).device)
+    device = next(vae.parameters()).device
+    x = torch.from_numpy(data.val).to(device)
+    y = conditions(config, data, device).get("val")
     return -evaluate_elbo(
-        vae, x, particles=config.train.eval_particles, seed=config.train.seed, transform=make_transform(config, vae)
+        vae, x, particles=config.train.eval_particles, seed=config.train.seed, transform=make_transform(config, vae),
+        **({} if y is None else {"y": y}),
     )
 
 
@@ -426,7 +482,7 @@ def train_run(
     device = resolve_device(config.train.device)
     config.data = resolve_paths(config.data)
     data = load_data(config)
-    config.model = dataclasses.replace(config.model, x_dim=data.x_dim)
+    config.model = dataclasses.replace(config.model, x_dim=data.x_dim, num_classes=num_classes(config, data))
     config.data = dataclasses.replace(config.data, image_shape=tuple(data.image_shape or ()))
     config.validate()  # the sizes again, now with the data's x_dim, before the model is built
     torch.manual_seed(config.train.seed)  # the initial weights
