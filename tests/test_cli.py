@@ -6,6 +6,7 @@ import gzip
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,12 +77,31 @@ def test_evaluate_encode_sample(trained, tmp_path, data_dir, capsys):
 
 
 def test_python_dash_m_works_the_same(trained, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "pyro_vae", "sample", str(trained), "-n", "2", "--out", str(tmp_path / "x.npy")],
-        capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert np.load(tmp_path / "x.npy").shape == (2, 64)
+    """``python -m pyro_vae`` and the ``pyro-vae`` console script: the same exit status,
+    the same output (up to the file named) and the same file, for a command that works
+    and for one that fails."""
+    script = Path(sys.executable).with_name("pyro-vae")
+    assert script.is_file(), f"no console script beside {sys.executable}: pip install -e ."
+
+    def both(*args: str) -> list[subprocess.CompletedProcess]:
+        runs = []
+        for name, launcher in (("module", [sys.executable, "-m", "pyro_vae"]), ("script", [str(script)])):
+            argv = [a.replace("OUT", str(tmp_path / name)) for a in args]
+            proc = subprocess.run([*launcher, *argv], capture_output=True, text=True, timeout=120)
+            proc.stdout, proc.stderr = (text.replace(str(tmp_path / name), "OUT") for text in (proc.stdout, proc.stderr))
+            runs.append(proc)
+        return runs
+
+    module, console = both("sample", str(trained), "-n", "3", "--seed", "5", "--out", "OUT.npy")
+    assert module.returncode == console.returncode == 0, module.stderr + console.stderr
+    assert module.stdout == console.stdout and module.stderr == console.stderr
+    a, b = np.load(tmp_path / "module.npy"), np.load(tmp_path / "script.npy")
+    assert a.shape == (3, 64) and np.array_equal(a, b)
+
+    module, console = both("sample", str(tmp_path / "no-such-run"), "--out", "OUT-2.npy")
+    assert module.returncode == console.returncode == 2
+    assert module.stderr == console.stderr and "no-such-run" in module.stderr
+    assert module.stdout == console.stdout == ""
 
 
 def _mnist_dir(tmp_path, corrupt: bool):
