@@ -159,7 +159,7 @@ class ModelConfig:
         prior = self.prior_components * (x + 2 * self.z_dim)
         blocks = self.z_dim**2 * (last // 2 + 1 + 30 * self.flow_layers) + 10 * self.z_dim * last * self.flow_layers
         # A condition's features (one per class of a label) join the encoder's output and z.
-        classes = getattr(self, "num_classes", 0) * (2 * self.z_dim + last + 10 * self.z_dim * self.flow_layers)
+        classes = self.num_classes * (2 * self.z_dim + last + 10 * self.z_dim * self.flow_layers)
         return encoder + decoder + prior + blocks + classes
 
 
