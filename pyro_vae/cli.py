@@ -30,7 +30,7 @@ from .files import UnverifiedFolderWarning
 from .inference.bounds import DEFAULT_MAX_ELEMENTS
 from .inference.evaluation import DEFAULT_IW_SAMPLES
 from .inference.objectives import OBJECTIVES
-from .model.build import CONDITIONS, GUIDES, LIKELIHOODS, PRIORS
+from .model.build import CONDITIONS, GUIDES, LIKELIHOODS, NETWORKS, PRIORS
 from .model.nn import ACTIVATIONS
 from .training import distributed
 
@@ -51,6 +51,7 @@ _TRAIN_FLAGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "--image-shape": ("data", "image_shape", {"type": int, "nargs": 2, "metavar": ("H", "W"), "help": "height and width of image rows, for figures (default: from the data)"}),
     "--z-dim": ("model", "z_dim", {"type": int, "help": "latent dimensions"}),
     "--hidden": ("model", "hidden", {"type": int, "nargs": "*", "metavar": "WIDTH", "help": "encoder layer widths (decoder: reversed)"}),
+    "--net": ("model", "net", {"choices": sorted(NETWORKS), "help": "encoder and decoder: dense layers, or convolutions over image rows (--hidden then gives channels, e.g. 32 64)"}),
     "--activation": ("model", "activation", {"choices": sorted(ACTIVATIONS), "help": "hidden non-linearity"}),
     "--likelihood": ("model", "likelihood", {"choices": sorted(LIKELIHOODS), "help": "p(x|z)"}),
     "--prior": ("model", "prior", {"choices": sorted(PRIORS), "help": "p(z)"}),

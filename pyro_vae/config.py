@@ -80,7 +80,13 @@ class ModelConfig:
     Attributes:
         x_dim: Number of features of one data point (0 until filled in from the data).
         z_dim: Size of the latent vector z.
-        hidden: Encoder layer widths; the decoder uses them reversed.
+        hidden: Encoder layer widths (channels of each convolution for ``net="conv"``);
+            the decoder uses them reversed.
+        net: The encoder and decoder networks: ``mlp`` (dense layers) or ``conv``
+            (stride-2 convolutions and transposed convolutions over image rows; the
+            likelihood then reads the decoder's per-pixel output directly).
+        image_shape: ``(H, W)`` of image rows for ``net="conv"`` (filled in from the
+            data).
         activation: Hidden-layer non-linearity (``relu``, ``tanh``, ``softplus``, ``elu``).
         likelihood: Name of the likelihood p(x|z) (see ``pyro_vae.model.build.LIKELIHOODS``).
         prior: Name of the prior p(z) (see ``pyro_vae.model.build.PRIORS``).
@@ -110,6 +116,8 @@ class ModelConfig:
     guide_rank: int = 1
     condition: str = "none"
     num_classes: int = 0
+    net: str = "mlp"
+    image_shape: tuple[int, ...] = ()
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` if a value is outside :data:`LIMITS`, or the model

@@ -37,3 +37,9 @@ def test_custom_guide_example_trains_the_student_t_guide():
         pattern = rf"{name}\s+held-out ELBO per data point after 2 epochs \(trained on IWAE, K=5\): -\d+\.\d+ nats"
         assert re.search(pattern, out), out
     assert "learned degrees of freedom nu_d:" in out and "encode(x) for one digit: mu = " in out
+
+
+def test_custom_network_example_trains_the_residual_encoder():
+    out = run_example("custom_network.py")
+    for name in ("MLP", "ResidualMLP"):
+        assert re.search(rf"{name}\s+held-out ELBO per data point after 2 epochs: -\d+\.\d+ nats", out), out

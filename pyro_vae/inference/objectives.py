@@ -355,7 +355,11 @@ def check_compatible(model: ModelConfig, train: TrainConfig) -> None:
         )
     with forked_rng():
         # Sizes not yet known from the data get stand-ins: the check is about the families.
-        probe = build_vae(dataclasses.replace(model, x_dim=model.x_dim or 1, num_classes=max(model.num_classes, 2)))
+        shape = tuple(model.image_shape) or ((8, 8) if model.net == "conv" else ())
+        x_dim = model.x_dim if model.x_dim and not (model.net == "conv" and not model.image_shape) else max(1, 64 * bool(shape))
+        probe = build_vae(
+            dataclasses.replace(model, x_dim=x_dim, num_classes=max(model.num_classes, 2), image_shape=shape)
+        )
     try:
         objective.check(probe)
     except ConfigError as err:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from torch import nn
+
 from ..config import ModelConfig, choose
 from ..errors import ConfigError
 from .conditions import Condition, OneHot
@@ -26,7 +28,7 @@ from .likelihoods import (
     NormalLikelihood,
     PoissonLikelihood,
 )
-from .nn import MLP
+from .nn import MLP, ConvDecoder, ConvEncoder
 from .priors import (
     FlowPrior,
     LearnedNormalPrior,
@@ -39,6 +41,7 @@ from .ssvae import SemiSupervisedVAE
 from .vae import VAE
 
 __all__ = [
+    "NETWORKS",
     "CONDITIONS",
     "PRIORS",
     "GUIDES",
@@ -83,12 +86,36 @@ GUIDES: dict[str, Callable[[ModelConfig, int], Guide]] = {
 }
 
 #: Likelihood factories: ``(config, decoder_out_features) -> Likelihood``.
+#: A convolutional decoder outputs one value per pixel: the likelihood reads it directly.
 LIKELIHOODS: dict[str, Callable[[ModelConfig, int], Likelihood]] = {
-    "bernoulli": lambda c, h: BernoulliLikelihood(h, c.x_dim),
-    "cbernoulli": lambda c, h: ContinuousBernoulliLikelihood(h, c.x_dim),
-    "normal": lambda c, h: NormalLikelihood(h, c.x_dim),
-    "poisson": lambda c, h: PoissonLikelihood(h, c.x_dim),
-    "negbin": lambda c, h: NegativeBinomialLikelihood(h, c.x_dim),
+    "bernoulli": lambda c, h: BernoulliLikelihood(h, c.x_dim, identity_head=c.net == "conv"),
+    "cbernoulli": lambda c, h: ContinuousBernoulliLikelihood(h, c.x_dim, identity_head=c.net == "conv"),
+    "normal": lambda c, h: NormalLikelihood(h, c.x_dim, identity_head=c.net == "conv"),
+    "poisson": lambda c, h: PoissonLikelihood(h, c.x_dim, identity_head=c.net == "conv"),
+    "negbin": lambda c, h: NegativeBinomialLikelihood(h, c.x_dim, identity_head=c.net == "conv"),
+}
+
+
+def _conv_shape(config: ModelConfig) -> tuple[int, int]:
+    shape = tuple(config.image_shape)
+    if len(shape) != 2 or shape[0] * shape[1] != config.x_dim:
+        raise ConfigError(
+            f"`net` conv needs the image shape of the rows: `image_shape` {list(shape)} does not hold "
+            f"{config.x_dim} pixels; train on image data, or pass `image_shape` H W"
+        )
+    return (int(shape[0]), int(shape[1]))
+
+
+#: Network factories: ``(config, decoder_in_features) -> (encoder, decoder)``.
+NETWORKS: dict[str, Callable[[ModelConfig, int], tuple[nn.Module, nn.Module]]] = {
+    "mlp": lambda c, d: (
+        MLP(c.x_dim, c.hidden, c.activation),
+        MLP(d, tuple(reversed(c.hidden)), c.activation),
+    ),
+    "conv": lambda c, d: (
+        ConvEncoder(_conv_shape(c), c.hidden, c.activation),
+        ConvDecoder(d, _conv_shape(c), tuple(reversed(c.hidden)), c.activation),
+    ),
 }
 
 def build_vae(config: ModelConfig) -> VAE:
@@ -116,8 +143,7 @@ def build_vae(config: ModelConfig) -> VAE:
             "`prior` vamp reads the encoder at its pseudo-inputs without a condition; "
             "use another prior for a conditional VAE"
         )
-    encoder = MLP(config.x_dim, config.hidden, config.activation)
-    decoder = MLP(config.z_dim + c_dim, tuple(reversed(config.hidden)), config.activation)
+    encoder, decoder = choose(NETWORKS, config.net, "net")(config, config.z_dim + c_dim)
     # Likelihood, guide, prior: the prior comes last because the VampPrior reuses the
     # encoder and guide head.
     likelihood = make_likelihood(config, decoder.out_features)

@@ -16,7 +16,14 @@ from ..files import atomic_write
 from ..inference.bounds import DEFAULT_MAX_ELEMENTS
 from ..inference.evaluation import DEFAULT_IW_SAMPLES, evaluate
 from .checkpoint import load_config, load_run
-from .train import EVALUATION_FILE, conditions, load_data, make_transform, resolve_device, resolve_paths
+from .train import (
+    EVALUATION_FILE,
+    conditions,
+    load_data,
+    make_transform,
+    resolve_device,
+    resolve_paths,
+)
 
 __all__ = ["SPLITS", "held_out", "evaluate_run"]
 

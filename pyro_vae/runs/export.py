@@ -17,8 +17,8 @@ from ..files import atomic_write
 from ..seeding import forked_rng
 from .checkpoint import load_run
 from .figures import plot_samples
-from .train import load_data, resolve_paths
 from .outputs import check_output_file
+from .train import load_data, resolve_paths
 
 __all__ = ["ENCODE_SPLITS", "encode_run", "sample_run"]
 

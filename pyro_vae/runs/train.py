@@ -34,7 +34,13 @@ import torch
 from ..config import DataConfig, RunConfig
 from ..data.datasets import BUILT_IN_DATA, Dataset, load_dataset
 from ..data.transforms import BatchTransform, binarize, resolve_binarize
-from ..errors import CheckpointError, ConfigError, DataError, StorageError, TrainingDivergedError
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    StorageError,
+    TrainingDivergedError,
+)
 from ..files import (
     FolderLock,
     atomic_write,
@@ -482,7 +488,10 @@ def train_run(
     device = resolve_device(config.train.device)
     config.data = resolve_paths(config.data)
     data = load_data(config)
-    config.model = dataclasses.replace(config.model, x_dim=data.x_dim, num_classes=num_classes(config, data))
+    config.model = dataclasses.replace(
+        config.model, x_dim=data.x_dim, num_classes=num_classes(config, data),
+        image_shape=tuple(data.image_shape or ()) if config.model.net == "conv" else (),
+    )
     config.data = dataclasses.replace(config.data, image_shape=tuple(data.image_shape or ()))
     config.validate()  # the sizes again, now with the data's x_dim, before the model is built
     torch.manual_seed(config.train.seed)  # the initial weights

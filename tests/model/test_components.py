@@ -40,6 +40,7 @@ from pyro_vae.runs.checkpoint import load_run, save_config, save_weights
 from pyro_vae.runs.train import make_transform
 
 X_DIM, Z_DIM, BATCH = 6, 2, 16
+CONV_SHAPE = (2, 3)  # the 6 features as a 2 x 3 image, for the convolutional networks
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,11 +53,16 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def tiny_config(prior: str = "normal", guide: str = "diagonal", likelihood: str = "bernoulli") -> ModelConfig:
+def tiny_config(
+    prior: str = "normal", guide: str = "diagonal", likelihood: str = "bernoulli", net: str = "mlp"
+) -> ModelConfig:
     # tanh: no dead units, so every weight of a tiny random network gets a gradient.
+    conv = {"net": "conv", "image_shape": CONV_SHAPE, "hidden": (2, 3)} if net == "conv" else {}
     return ModelConfig(
-        x_dim=X_DIM, z_dim=Z_DIM, hidden=(8,), activation="tanh", prior=prior, guide=guide,
-        likelihood=likelihood, prior_components=3, flow_layers=2, guide_rank=1,
+        **{
+            "x_dim": X_DIM, "z_dim": Z_DIM, "hidden": (8,), "activation": "tanh", "prior": prior, "guide": guide,
+            "likelihood": likelihood, "prior_components": 3, "flow_layers": 2, "guide_rank": 1, **conv,
+        }
     )
 
 
@@ -73,13 +79,15 @@ def latent_sites(trace: poutine.Trace) -> set[str]:
     }
 
 
-COMBINATIONS = list(itertools.product(PRIORS, GUIDES, LIKELIHOODS))
+COMBINATIONS = [(*c, "mlp") for c in itertools.product(PRIORS, GUIDES, LIKELIHOODS)]
+# The convolutional networks with every prior and guide (and the identity likelihood head).
+COMBINATIONS += [(p, g, "bernoulli", "conv") for p, g in itertools.product(PRIORS, GUIDES)]
 
 
 @pytest.mark.uses_param_store  # poutine.trace of the programs, in Pyro's default mode
-@pytest.mark.parametrize("prior,guide,likelihood", COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
-def test_contract(prior, guide, likelihood, tmp_path):
-    config = tiny_config(prior, guide, likelihood)
+@pytest.mark.parametrize("prior,guide,likelihood,net", COMBINATIONS, ids=["-".join(c) for c in COMBINATIONS])
+def test_contract(prior, guide, likelihood, net, tmp_path):
+    config = tiny_config(prior, guide, likelihood, net)
     vae = build_vae(config)
     x = model_data(vae)
     vae.likelihood.check_support(x)
