@@ -644,13 +644,49 @@ def test_arviz_netcdf_round_trip_keeps_every_group(corr_nuts, tmp_path):
     assert list(back.attrs["sample_dims"]) == ["chain", "draw"]
 
 
-def test_figures_are_written(corr_guide, corr_nuts, tmp_path):
+def test_figures_show_the_draws_they_are_given(corr_guide, corr_nuts, tmp_path, monkeypatch):
+    from matplotlib.patches import Ellipse
+
+    from pyro_vae.posterior import plots
+
+    drawn = []
+    real_save = plots.save_png
+    monkeypatch.setattr(plots, "save_png", lambda fig, path, **kw: (drawn.append(fig), real_save(fig, path, **kw)))
     guide = corr_guide
+    draws = {name: d.posterior.z.values.reshape(-1, 2, 2) for name, d in (("guide", guide), ("NUTS", corr_nuts))}  # (N, B, D)
     plot_marginals([guide, corr_nuts], ["guide", "NUTS"], tmp_path / "m.png")
     plot_forest([guide, corr_nuts], ["guide", "NUTS"], tmp_path / "f.png")
     plot_latent_ellipses(guide, corr_nuts, tmp_path / "l.png")
     for name in ("m.png", "f.png", "l.png"):
         assert (tmp_path / name).read_bytes()[:4] == PNG
+    marginals, forest, ellipses = drawn
+
+    # Marginals: one panel per point and dimension, two histograms (filled and outline)
+    # per posterior in each.
+    panels = marginals.axes
+    assert [ax.get_title() for ax in panels] == ["z[3, 0]", "z[3, 1]", "z[7, 0]", "z[7, 1]"]
+    assert all(len(ax.patches) == 4 for ax in panels)
+    assert [t.get_text() for t in panels[0].get_legend().get_texts()] == ["guide", "NUTS"]
+
+    # Forest: per posterior and row, the median as a marker, and two interval lines.
+    (ax,) = forest.axes
+    medians = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert len(medians) == 8 and len(ax.collections) == 16
+    for k, line in enumerate(medians):  # guide's four rows, then NUTS's
+        name, (b, j) = ("guide", "NUTS")[k // 4], divmod(k % 4, 2)
+        assert line.get_xdata()[0] == pytest.approx(float(np.median(draws[name][:, b, j])), rel=1e-6)
+
+    # Latent ellipses: per point, the reference's draws, the guide's 1- and 2-sigma
+    # ellipses around mu with half-axes k sigma, and mu itself.
+    assert len(ellipses.axes) == 2
+    mu, sigma = guide.constant_data["mu"].values, guide.constant_data["sigma"].values  # (B, 2)
+    for b, ax in enumerate(ellipses.axes):
+        (points,) = ax.collections
+        np.testing.assert_allclose(points.get_offsets(), draws["NUTS"][:, b], rtol=1e-6)
+        patches = [p for p in ax.patches if isinstance(p, Ellipse)]
+        np.testing.assert_allclose([(p.width, p.height) for p in patches], [2 * k * sigma[b] for k in (1, 2)], rtol=1e-6)
+        assert all(p.center == pytest.approx(tuple(mu[b])) for p in patches)
+
     three = ppca_vae(torch.randn(4, 3), torch.zeros(4), S)
     g3 = guide_posterior(three, X_CORR[:1], 20)
     with pytest.raises(DataError, match="2-D latent"):
