@@ -495,12 +495,21 @@ def test_binarize_threshold_and_none() -> None:
 @pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
 def test_binarize_dynamic_out_of_range(value: float) -> None:
     x = torch.tensor([0.2, value])
-    with pytest.raises(DataError, match=r"needs values in \[0, 1\], got min .* max .*`likelihood` normal"):
+    # The whole message, fix included: it says what to pass instead.
+    with pytest.raises(
+        DataError,
+        match=r"needs values in \[0, 1\], got min .* max .*; rescale the data to \[0, 1\], or pass "
+        r"`likelihood` normal with `binarize` none$",
+    ):
         T.binarize(x, "dynamic")
 
 
 def test_binarize_unknown_mode() -> None:
-    with pytest.raises(DataError, match="unknown binarize mode 'auto'.*resolve_binarize"):
+    with pytest.raises(
+        DataError,
+        match=r"^unknown binarize mode 'auto'; choose one of dynamic, threshold, none "
+        r"\(resolve 'auto' with resolve_binarize first\)$",
+    ):
         T.binarize(torch.zeros(2), "auto")
 
 
