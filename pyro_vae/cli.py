@@ -58,6 +58,8 @@ _TRAIN_FLAGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "--guide": ("model", "guide", {"choices": sorted(GUIDES), "help": "q(z|x)"}),
     "--prior-components": ("model", "prior_components", {"type": int, "help": "K: Gaussians of --prior mixture, pseudo-inputs of --prior vamp"}),
     "--flow-layers": ("model", "flow_layers", {"type": int, "help": "autoregressive layers of --prior flow and --guide flow"}),
+    "--top-dim": ("model", "top_dim", {"type": int, "help": "size of a second stochastic layer z2 above z (0: one layer)"}),
+    "--top-hidden": ("model", "top_hidden", {"type": int, "nargs": "*", "metavar": "WIDTH", "help": "widths between z and z2"}),
     "--condition-on": ("model", "condition", {"choices": sorted(CONDITIONS), "help": "labels: a conditional VAE, q(z|x, y) and p(x|z, y), on the data's class labels"}),
     "--guide-rank": ("model", "guide_rank", {"type": int, "help": "rank of the covariance factor of --guide lowrank"}),
     "--epochs": ("train", "epochs", {"type": int, "help": "passes over the training data (with --resume: total)"}),

@@ -87,6 +87,10 @@ class ModelConfig:
             likelihood then reads the decoder's per-pixel output directly).
         image_shape: ``(H, W)`` of image rows for ``net="conv"`` (filled in from the
             data).
+        top_dim: Size of a second stochastic layer z2 above z (``z_dim`` is then z1's):
+            z2 -> z1 -> x, as in Burda et al. (2015); 0 for one layer. The prior is then
+            p(z2).
+        top_hidden: Widths of the networks between z1 and z2 (both directions).
         activation: Hidden-layer non-linearity (``relu``, ``tanh``, ``softplus``, ``elu``).
         likelihood: Name of the likelihood p(x|z) (see ``pyro_vae.model.build.LIKELIHOODS``).
         prior: Name of the prior p(z) (see ``pyro_vae.model.build.PRIORS``).
@@ -118,6 +122,8 @@ class ModelConfig:
     num_classes: int = 0
     net: str = "mlp"
     image_shape: tuple[int, ...] = ()
+    top_dim: int = 0
+    top_hidden: tuple[int, ...] = (50, 50)
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` if a value is outside :data:`LIMITS`, or the model

@@ -6,6 +6,7 @@ compares component names.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from torch import nn
@@ -20,6 +21,7 @@ from .guides import (
     Guide,
     LowRankGuide,
 )
+from .hierarchical import HierarchicalVAE
 from .likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
@@ -118,6 +120,24 @@ NETWORKS: dict[str, Callable[[ModelConfig, int], tuple[nn.Module, nn.Module]]] =
     ),
 }
 
+def _hierarchical(
+    config: ModelConfig, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, guide: Guide, condition: Condition | None
+) -> HierarchicalVAE:
+    """z2 -> z1 -> x: the prior is over z2, MLPs of ``top_hidden`` join the layers."""
+    if condition is not None or config.prior == "vamp":
+        raise ConfigError(
+            "a two-layer VAE (`top_dim` > 0) takes no `condition` and no `prior` vamp (whose pseudo-inputs "
+            "map to z1, not z2); use one layer, or another prior"
+        )
+    top = dataclasses.replace(config, z_dim=config.top_dim)
+    prior = choose(PRIORS, config.prior, "prior")(top, encoder, guide)
+    up = MLP(config.z_dim, config.top_hidden, config.activation)
+    down = MLP(config.top_dim, tuple(reversed(config.top_hidden)), config.activation)
+    return HierarchicalVAE(
+        encoder, decoder, likelihood, guide, prior, up, down, z_dim=config.z_dim, top_dim=config.top_dim
+    )
+
+
 def build_vae(config: ModelConfig) -> VAE:
     """Build a fresh, randomly initialised VAE from a :class:`ModelConfig`.
 
@@ -148,6 +168,8 @@ def build_vae(config: ModelConfig) -> VAE:
     # encoder and guide head.
     likelihood = make_likelihood(config, decoder.out_features)
     guide = make_guide(config, encoder.out_features + c_dim)
+    if config.top_dim:
+        return _hierarchical(config, encoder, decoder, likelihood, guide, condition)
     prior = make_prior(config, encoder, guide)
     if config.condition == "semisupervised":
         return SemiSupervisedVAE(encoder, decoder, likelihood, guide, c_dim, prior=prior, z_dim=config.z_dim)

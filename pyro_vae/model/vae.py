@@ -349,6 +349,11 @@ class VAE(PyroModule):
         rows = z.shape[-2] if z.dim() > 1 else 1
         return self.likelihood(self.decoder(_join(z, self._features(y, rows))))
 
+    def sample_latent(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+        """z drawn from the model's prior, shape ``sample_shape + (z_dim,)`` (what
+        :meth:`decode` takes; a hierarchical VAE draws its lower layer through the upper)."""
+        return self.prior().sample(torch.Size(sample_shape))
+
     def _guide_features(self, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         x = self._flat(x)
         self.check_x(x)

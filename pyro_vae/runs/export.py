@@ -142,7 +142,7 @@ def sample_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, num: int, 
     if vae.condition is not None:  # draws for every class in turn
         y = vae.condition.example(num) if config.model.condition != "labels" else torch.arange(num) % config.model.num_classes
     with forked_rng(seed=seed):
-        z = vae.prior().sample((num,))  # (n, z_dim)
+        z = vae.sample_latent((num,))  # (n, z_dim)
     means = vae.decode(z, y).mean.numpy()  # (n, x_dim)
     if out.suffix == ".npy":
         buffer = io.BytesIO()

@@ -298,11 +298,11 @@ def _write_figures(run_dir: Path, config: RunConfig, vae: VAE, data: Dataset, hi
             classes = config.model.num_classes
             per_class = max(1, 64 // classes)
             y = torch.arange(classes, device=device).repeat_interleave(per_class)
-            samples = vae.decode(vae.prior().sample((len(y),)), y).mean
+            samples = vae.decode(vae.sample_latent((len(y),)), y).mean
             plot_samples(samples.cpu().numpy(), image_shape, run_dir / "samples.png", columns=per_class,
                          title=f"the mean of p(x|z, y) for z ~ p(z): one row per class y = 0..{classes - 1}")
         else:
-            samples = vae.decode(vae.prior().sample((64,))).mean
+            samples = vae.decode(vae.sample_latent((64,))).mean
             plot_samples(samples.cpu().numpy(), image_shape, run_dir / "samples.png")
     if vae.z_dim == 2:
         loc, scale = vae.encode(torch.from_numpy(data.val).to(device), val_y)
