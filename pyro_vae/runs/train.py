@@ -339,7 +339,7 @@ def _diverged(message: str, saved: int | None, run_dir: Path) -> TrainingDiverge
     this call; only the run knows whether a checkpoint exists at all, so that clause is
     replaced here.
     """
-    what = message.split("; the last good checkpoint")[0]
+    what = message.split("; the model keeps its parameters")[0]
     off = (
         "; or, if such a rise is expected, switch the guard off (TrainConfig.divergence_guard = False, "
         "--no-divergence-guard)" if "divergence guard" in what else ""
@@ -387,8 +387,6 @@ def _run(
     guard = DivergenceGuard(start_loss) if config.train.divergence_guard else None
 
     def checkpoint(records: list[EpochRecord]) -> None:
-        if guard is not None:
-            guard(records)  # before anything is written: a diverged epoch never becomes a checkpoint
         last = records[-1].epoch
         keep_this = kept_epoch(records, keep) == last
         if keep_this:
@@ -416,6 +414,8 @@ def _run(
             transform=transform,
             history=history,
             on_epoch_end=checkpoint,
+            # On every process, before anything is written: a diverged epoch never becomes a checkpoint.
+            check_epoch=guard,
             progress=progress,
             y=labels.get("train"),
             val_y=labels.get("val"),

@@ -20,11 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import TrainConfig
+from ..data.rows import Rows, TensorRows
 from ..data.transforms import BatchTransform
 from ..errors import DataError, TrainingDivergedError
 from ..inference.evaluation import evaluate_elbo
 from ..inference.objectives import Objective, build_objective
 from ..model.vae import VAE, local_params
+from .batches import default_prefetch, minibatches
 from .parallel import parallelism
 
 __all__ = ["EpochRecord", "fit", "epoch_seed", "best_epoch", "should_stop"]
@@ -74,7 +76,7 @@ def should_stop(history: Sequence[EpochRecord], patience: int) -> bool:
     return patience > 0 and best is not None and history[-1].epoch - best >= patience
 
 
-def _check_rows(y: torch.Tensor | None, x: torch.Tensor | None, name: str, rows_name: str) -> None:
+def _check_rows(y: torch.Tensor | None, x: torch.Tensor | Rows | None, name: str, rows_name: str) -> None:
     if y is not None and (x is None or not isinstance(y, torch.Tensor) or y.shape[0] != x.shape[0]):
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         expected = "no rows" if x is None else f"{x.shape[0]} rows"
@@ -88,8 +90,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def fit(
     vae: VAE,
-    train: torch.Tensor,
-    val: torch.Tensor | None = None,
+    train: torch.Tensor | Rows,
+    val: torch.Tensor | Rows | None = None,
     config: TrainConfig | None = None,
     *,
     objective: Objective | None = None,
@@ -97,27 +99,41 @@ def fit(
     transform: BatchTransform | None = None,
     history: list[EpochRecord] | None = None,
     on_epoch_end: Optional[Callable[[list[EpochRecord]], None]] = None,
+    check_epoch: Optional[Callable[[list[EpochRecord]], None]] = None,
     progress: bool = True,
     y: torch.Tensor | None = None,
     val_y: torch.Tensor | None = None,
+    prefetch: bool | None = None,
 ) -> list[EpochRecord]:
     """Train ``vae`` by stochastic variational inference.
 
     Args:
         vae: The model to train, in place.
-        train: Training data ``(N, x_dim)`` on the model's device.
-        val: Validation data; its ELBO per data point is recorded each epoch.
+        train: Training data ``(N, x_dim)``: a tensor on the model's device, or
+            :class:`~pyro_vae.data.rows.Rows` (e.g. a memory-mapped file from
+            ``load_dataset(..., storage="mapped")``), whose minibatches are read,
+            converted to float32 and moved to the model's device one at a time. The
+            same seed gives the same minibatches and the same history either way.
+        val: Validation data (a tensor or rows); its ELBO per data point is recorded
+            each epoch, streamed in blocks for rows.
         config: Epochs, batch size, learning rate, seed, objective, particles, KL weight.
         objective: The loss; default the one ``config.elbo`` names (``Trace_ELBO``).
         optimizer: Default ``Adam(vae.parameters(), lr=config.lr)``; pass one back in
             (with its state loaded) to resume.
         transform: Applied to each minibatch before the model sees it (binarization).
         history: Records of earlier epochs; training goes on after the last of them.
-        on_epoch_end: Called with the history after each epoch (e.g. to checkpoint).
+        on_epoch_end: Called with the history after each epoch (e.g. to checkpoint), on
+            the main process only.
+        check_epoch: Called with the history after each epoch on every process, before
+            ``on_epoch_end``; it raises to stop training (e.g. a divergence guard). It
+            must decide from the history alone, so that every process decides alike.
         progress: Show a progress bar with the running loss.
         y: For a conditional VAE, the condition of each training row (e.g. its label),
             on the model's device; the minibatches take theirs.
         val_y: The same for the validation rows.
+        prefetch: For rows, assemble the next minibatch in a background thread while
+            the current one trains; default by device
+            (:data:`pyro_vae.training.batches.PREFETCH`: measured, not assumed).
 
     Under an initialized ``torch.distributed`` process group (e.g. launched with
     ``torchrun``), ``fit`` trains data-parallel with DDP (see
@@ -142,9 +158,13 @@ def fit(
     """
     config = config or TrainConfig()
     config.validate()
-    vae.check_x(train[:1])
+    # A tensor is read where it lies, as train[rows]; rows go to the model's device.
+    source = train if isinstance(train, Rows) else TensorRows(train)
+    model_device = next(vae.parameters()).device
+    device = source.device if source.device is not None else model_device
+    vae.check_x(source.gather(slice(0, 1), device))
     if val is not None:
-        vae.check_x(val[:1])
+        vae.check_x(val.gather(slice(0, 1), model_device) if isinstance(val, Rows) else val[:1])
     _check_rows(y, train, "y", "train")
     _check_rows(val_y, val, "val_y", "val")
     if objective is None:
@@ -154,12 +174,13 @@ def fit(
     history = list(history or [])
     num_data = train.shape[0]
     first_epoch = len(history)
+    prefetch = default_prefetch(device) if prefetch is None else prefetch
     # Pyro's module-local parameter mode for the loop only: the program reads the VAE's
     # own tensors and writes nothing to the global param store.
     with local_params():
         # This process alone, or one replica of a torch.distributed job (DDP).
         probe = {} if y is None else {"y": y[:2]}
-        replicas = parallelism(vae, objective, train[:2], num_data, transform, **probe)
+        replicas = parallelism(vae, objective, source.gather(slice(0, 2), device), num_data, transform, **probe)
         bar = tqdm(
             total=config.epochs, initial=first_epoch, disable=not (progress and replicas.is_main), unit="epoch", dynamic_ncols=True
         )
@@ -169,21 +190,24 @@ def fit(
                 vae.train()
                 generator = torch.Generator().manual_seed(epoch_seed(config.seed, epoch))
                 torch.manual_seed(replicas.seed(epoch_seed(config.seed, epoch)))
-                order = replicas.shard(torch.randperm(num_data, generator=generator)).to(train.device)
+                # Each rank gathers only its shard's rows; rows read from a file keep the
+                # permutation on the host, where the gather happens.
+                order = replicas.shard(torch.randperm(num_data, generator=generator))
+                if source.device is not None:
+                    order = order.to(source.device)
                 total, seen = 0.0, 0
                 beta = config.kl_weight(epoch)
-                for step, lo in enumerate(range(0, order.shape[0], config.batch_size)):
-                    rows = order[lo : lo + config.batch_size]
-                    xb = train[rows]
+                batches = minibatches(source, order, config.batch_size, device, prefetch=prefetch)
+                for step, (rows, xb) in enumerate(batches):
                     if transform is not None:
                         xb = transform(xb)
-                    loss = replicas.loss(xb, num_data, beta, **({} if y is None else {"y": y[rows]}))
+                    loss = replicas.loss(xb, num_data, beta, **({} if y is None else {"y": y[rows.to(y.device)]}))
                     # Averaged over processes, so that every rank takes the same decision.
                     mean_loss = float(replicas.mean(loss.detach()))  # one device sync per step
                     if not math.isfinite(mean_loss):
                         raise TrainingDivergedError(
-                            f"the loss became {mean_loss} at epoch {epoch + 1}, step {step + 1}; "
-                            f"the last good checkpoint (epoch {epoch}) was kept: lower `lr` "
+                            f"the loss became {mean_loss} at epoch {epoch + 1}, step {step + 1}; the model "
+                            f"keeps its parameters from before that step ({epoch} epochs completed): lower `lr` "
                             "or check the data for extreme values"
                         )
                     optimizer.zero_grad(set_to_none=True)
@@ -207,6 +231,8 @@ def fit(
                 history.append(EpochRecord(epoch + 1, total / seen, val_elbo, time.perf_counter() - start))
                 bar.update(1)
                 bar.set_postfix(loss=f"{history[-1].train_loss:.3f}", val_elbo=f"{val_elbo:.3f}")
+                if check_epoch is not None:
+                    check_epoch(history)
                 if on_epoch_end is not None and replicas.is_main:
                     on_epoch_end(history)
                 if should_stop(history, config.patience):  # the same decision on every rank
