@@ -10,6 +10,7 @@ import torch
 
 from pyro_vae import (
     DataConfig,
+    DataError,
     ModelConfig,
     RunConfig,
     TrainConfig,
@@ -23,6 +24,7 @@ from pyro_vae import (
 )
 from pyro_vae.data.datasets import load_digits
 from pyro_vae.inference.objectives import Objective, TraceELBO
+from pyro_vae.training.loop import EpochRecord, best_epoch, should_stop
 from pyro_vae.runs.checkpoint import WEIGHTS_FILE, load_training_state
 
 
@@ -277,3 +279,59 @@ def test_no_binarization_for_a_likelihood_of_real_values(tmp_path, monkeypatch):
     assert not result.vae.likelihood.needs_binary
     for epoch in epochs:
         assert all(torch.equal(v, torch.full((GREY_FEATURES,), P)) for v in epoch.values())
+
+
+# ------------------------------------------------------------------ early stopping
+def _records(val_elbos: list[float]) -> list[EpochRecord]:
+    return [EpochRecord(e, 1.0, v, 0.1) for e, v in enumerate(val_elbos, 1)]
+
+
+def test_best_epoch_is_the_first_highest_finite_validation_elbo():
+    assert best_epoch(_records([-5.0, -4.0, -4.5, -4.0])) == 2  # a tie: the earlier epoch
+    assert best_epoch(_records([-5.0, math.nan, -6.0])) == 1  # NaN is no score
+    assert best_epoch(_records([math.nan, -6.0, -7.0])) == 2
+    assert best_epoch(_records([math.nan, math.nan])) is None and best_epoch([]) is None
+
+
+@pytest.mark.parametrize(
+    "val_elbos, patience, stop",
+    [
+        ([-5.0, -4.0, -4.5], 1, True),  # one epoch without improvement, patience 1
+        ([-5.0, -4.0, -4.5], 2, False),
+        ([-5.0, -4.0, -4.5, -4.2], 2, True),  # exactly `patience` epochs since the best
+        ([-5.0, -4.0, -4.5, -4.2], 3, False),
+        ([-5.0, -4.0, -4.5, -3.0], 1, False),  # the last epoch is the best
+        ([-5.0, -4.0, -4.5, -4.2], 0, False),  # 0: no early stopping
+        ([math.nan, math.nan, math.nan], 1, False),  # no validation score: never
+    ],
+)
+def test_should_stop_after_patience_epochs_without_a_better_validation_elbo(val_elbos, patience, stop):
+    assert should_stop(_records(val_elbos), patience) is stop
+
+
+def test_fit_stops_at_the_epoch_early_stopping_names(tiny_binary, monkeypatch):
+    """The validation ELBO scripted per epoch: best at epoch 2, so patience 2 stops fit
+    after epoch 4 (and patience 3 after epoch 5); on_epoch_end saw every epoch."""
+    from pyro_vae.training import loop
+
+    for patience, epochs_run in ((2, 4), (3, 5), (0, 6)):
+        scores = iter([-5.0, -4.0, -4.5, -4.2, -4.1, -4.3])
+        monkeypatch.setattr(loop, "evaluate_elbo", lambda *a, **k: next(scores))
+        seen: list[int] = []
+        history = fit(build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,))), tiny_binary, tiny_binary[:8],
+                      TrainConfig(epochs=6, batch_size=64, patience=patience), progress=False,
+                      on_epoch_end=lambda h: seen.append(len(h)))
+        assert [h.epoch for h in history] == list(range(1, epochs_run + 1)), patience
+        assert seen == list(range(1, epochs_run + 1))
+        assert [h.val_elbo for h in history] == [-5.0, -4.0, -4.5, -4.2, -4.1, -4.3][:epochs_run]
+
+
+def test_fit_checks_that_conditions_match_the_rows(tiny_binary):
+    vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+    config = TrainConfig(epochs=1)
+    with pytest.raises(DataError, match=r"^`y` must hold one condition per row of `train` \(64 rows\), got \(10,\)$"):
+        fit(vae, tiny_binary, config=config, y=torch.zeros(10), progress=False)
+    with pytest.raises(DataError, match=r"^`y` must hold one condition per row of `train` \(64 rows\), got list$"):
+        fit(vae, tiny_binary, config=config, y=[0] * 64, progress=False)
+    with pytest.raises(DataError, match=r"^`val_y` must hold one condition per row of `val` \(no rows\), got \(8,\)$"):
+        fit(vae, tiny_binary, config=config, val_y=torch.zeros(8), progress=False)
