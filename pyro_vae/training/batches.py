@@ -1,0 +1,90 @@
+"""The minibatches of an epoch: each step's rows gathered, converted and moved on its own.
+
+:func:`minibatches` turns an epoch's (sharded) permutation into ``(rows, x)`` pairs. A
+tensor on its device is indexed as it always was (``train[rows]``). Rows read from a file
+(:class:`~pyro_vae.data.rows.ArrayRows`) are gathered in their stored dtype, converted to
+float32 and moved to the device one minibatch at a time, so memory holds a batch, not the
+data set; with ``prefetch`` the next batch is assembled in a background thread while the
+current one trains (NumPy's gather and conversion, and the copy to a GPU, release the
+GIL), through pinned memory on CUDA.
+
+Whether prefetching pays was measured (``benchmarks/data_scale.py``, the ``pipeline``
+rows): see :data:`PREFETCH`.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator
+
+import torch
+
+from ..data.rows import Rows
+
+__all__ = ["PREFETCH", "minibatches", "default_prefetch"]
+
+#: Whether ``fit`` assembles the next minibatch of rows read from a file in a background
+#: thread, per device type. Measured on CPU (2 shared cores, MNIST-sized rows, the default
+#: model; ``benchmarks/results/data_scale.md``): a batch's gather and conversion take 1-5%
+#: of a training step there, and a thread that competes for the same cores gains nothing
+#: measurable, so CPU assembles in line. On CUDA the step is far shorter and the host work
+#: (gather, convert, copy to the GPU) overlaps the GPU's, so it is on; that was not
+#: measured here (no GPU), and ``fit(..., prefetch=False)`` turns it off.
+PREFETCH = {"cpu": False, "cuda": True}
+
+
+def default_prefetch(device: torch.device) -> bool:
+    """:data:`PREFETCH` for ``device`` (off for device types it does not name).
+
+    Example:
+        >>> default_prefetch(torch.device("cpu"))
+        False
+    """
+    return PREFETCH.get(device.type, False)
+
+
+def minibatches(
+    source: Rows,
+    order: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    *,
+    prefetch: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(rows, x)`` for each step of an epoch: ``rows`` the next ``batch_size`` entries of
+    ``order``, ``x`` those rows as float32 on ``device``.
+
+    Args:
+        source: The training rows.
+        order: This process's rows of the epoch, in order ``(M,)`` (on the source's
+            device for rows that already live on one).
+        batch_size: Rows per step (the last step takes what is left).
+        device: Where ``x`` goes.
+        prefetch: Assemble the next batch in a background thread (rows read from a file
+            only; a tensor is indexed where it lies).
+
+    Yields:
+        ``(rows, x)`` with ``rows`` ``(B,)`` and ``x`` ``(B, D)``.
+
+    Example:
+        >>> from pyro_vae.data.rows import ArrayRows
+        >>> import numpy as np
+        >>> source = ArrayRows(np.arange(10, dtype=np.uint8).reshape(5, 2))
+        >>> [x.tolist() for _, x in minibatches(source, torch.tensor([4, 0, 2]), 2, torch.device("cpu"))]
+        [[[8.0, 9.0], [0.0, 1.0]], [[4.0, 5.0]]]
+    """
+    spans = [order[lo : lo + batch_size] for lo in range(0, order.shape[0], batch_size)]
+    if source.device is not None or not prefetch or len(spans) < 2:
+        for rows in spans:
+            yield rows, source.gather(rows, device)
+        return
+    pin = device.type == "cuda"
+    # One worker, one batch ahead: the rows of a step are read while the previous step
+    # trains. Leaving the loop early (an error, a divergence) waits for that one read.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyro-vae-batches") as pool:
+        pending: Future = pool.submit(source.gather, spans[0], device, pin=pin)
+        for step, rows in enumerate(spans):
+            x = pending.result()
+            if step + 1 < len(spans):
+                pending = pool.submit(source.gather, spans[step + 1], device, pin=pin)
+            yield rows, x
