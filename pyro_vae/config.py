@@ -145,6 +145,19 @@ class ModelConfig:
         low, high = LIMITS["hidden width"]
         if any(not low <= width <= high for width in self.hidden):
             raise ConfigError(f"`hidden` widths must be between {low:,} and {high:,}, got {list(self.hidden)}")
+        if self.image_shape and (
+            len(self.image_shape) != 2
+            or min(self.image_shape) < 1
+            or (self.x_dim and self.image_shape[0] * self.image_shape[1] != self.x_dim)
+        ):
+            raise ConfigError(
+                f"`image_shape` must be two sizes H W with H * W = x_dim ({self.x_dim}), got {list(self.image_shape)}"
+            )
+        if self.top_dim < 0 or any(h < 1 for h in self.top_hidden):
+            raise ConfigError(f"`top_dim` must be >= 0 and `top_hidden` widths >= 1, got {self.top_dim}, {list(self.top_hidden)}")
+        for name, value in (("top_dim", self.top_dim), *(("top_hidden width", h) for h in self.top_hidden)):
+            if value > LIMITS["z_dim"][1] * 16:
+                raise ConfigError(f"`{name.split()[0]}` {value} is out of bounds (at most {LIMITS['z_dim'][1] * 16:,})")
         weights = self.weights_bound()
         if weights > MAX_WEIGHTS:
             raise ConfigError(
