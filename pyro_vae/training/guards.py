@@ -2,7 +2,7 @@
 
 ``fit`` stops on a NaN or infinite loss by itself. A loss that explodes to 1e10 and
 stays finite is just as broken (a learning rate far too large, say), and without this
-guard such a run would end with exit 0 and a meaningless model. The rule:
+guard such a run would end with exit 0 and a meaningless model. The rule::
 
     an epoch diverges when its mean training loss per data point L satisfies
     L > best + factor * max(|best|, 1)
@@ -15,7 +15,7 @@ reach 1e7 and 1e19 times it. The factor leaves that first kind alone and stops t
 others in their first epoch. ``max(|best|, 1)`` keeps the rule meaningful for losses
 near zero and for negative losses (densities of continuous data).
 
-The guard is an ``on_epoch_end`` check: :func:`pyro_vae.runs.train.train_run` runs it
+The guard is a ``check_epoch`` hook of ``fit``: :func:`pyro_vae.runs.train.train_run` runs it
 before each checkpoint (so a diverged epoch is never saved), and
 ``TrainConfig.divergence_guard = False`` (``--no-divergence-guard``) turns it off.
 """
@@ -30,7 +30,7 @@ from .loop import EpochRecord
 
 __all__ = ["DIVERGENCE_FACTOR", "DivergenceGuard", "diverged"]
 
-#: How far above its best the loss may rise, in units of max(|best|, 1).
+#: How far above its best the loss may rise, in units of ``max(|best|, 1)``.
 DIVERGENCE_FACTOR = 1000.0
 
 
