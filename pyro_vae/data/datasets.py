@@ -6,6 +6,11 @@ scikit-learn, and every other source is a file the user already has. Every probl
 can cause with their data raises :class:`~pyro_vae.errors.DataError` with one line that
 names the problem and the fix.
 
+Data larger than memory: with ``storage="mapped"`` (or ``"auto"``, for a source whose rows
+would take more than :data:`MAP_ABOVE_BYTES` as float32) the splits are
+:class:`~pyro_vae.data.rows.ArrayRows` over the memory-mapped file, in its own dtype, and
+the validation hold-out is a list of row numbers, not a copy.
+
 Example:
     >>> ds = load_dataset("digits", val_fraction=0.1, seed=0)
     >>> ds.train.shape, ds.val.shape, ds.x_dim, ds.image_shape
@@ -18,6 +23,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,15 +32,23 @@ from .formats import (
     _MNIST_LISTING,
     ARRAY_SUFFIXES,
     MNIST_FILES,
+    SPLIT_NAMES,
     _load_array_with_shape,
-    check_finite,
+    _mapped_rows,
+    check_finite_rows,
+    map_idx,
+    open_array,
+    open_splits,
     read_idx,
     read_splits,
 )
+from .rows import Rows
 
 __all__ = [
     "Dataset",
     "DATA_DIR_ENV",
+    "STORAGE_CHOICES",
+    "MAP_ABOVE_BYTES",
     "BUILT_IN_DATA",
     "MNIST_FILES",
     "load_dataset",
@@ -51,6 +65,18 @@ BUILT_IN_DATA = ("digits", "mnist")
 #: Environment variable naming the folder of the MNIST IDX files.
 DATA_DIR_ENV = "PYRO_VAE_DATA_DIR"
 
+#: How :func:`load_dataset` holds the rows: ``memory`` (float32 arrays), ``mapped``
+#: (memory-mapped in the file's dtype, read a minibatch at a time) or ``auto``.
+STORAGE_CHOICES = ("auto", "memory", "mapped")
+
+#: ``storage="auto"`` maps a source whose rows would take more than this many bytes as
+#: float32 arrays, and holds smaller ones in memory (see the README's "Data larger than
+#: memory" for the measurement behind it).
+MAP_ABOVE_BYTES = 1 << 30
+
+#: Rows a split may be: a float32 array in memory, or rows read from a mapped file.
+Split = np.ndarray | Rows
+
 
 # Arrays make the generated __eq__ ambiguous and the generated __repr__ unreadable, so
 # both are replaced: identity equality and a repr that shows shapes only.
@@ -60,7 +86,8 @@ class Dataset:
 
     Attributes:
         name: ``"digits"``, ``"mnist"`` or the path of the file the data came from.
-        train: Training rows, float32, shape ``(N_train, D)``.
+        train: Training rows, float32, shape ``(N_train, D)``: an array in memory, or
+            :class:`~pyro_vae.data.rows.Rows` read from a mapped file (``storage``).
         val: Validation rows held out from the training rows, float32, ``(N_val, D)``.
         test: Test rows, float32 ``(N_test, D)``, or ``None`` when the source has no
             test set (digits and plain arrays).
@@ -76,9 +103,9 @@ class Dataset:
     """
 
     name: str
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray | None
+    train: Split
+    val: Split
+    test: Split | None
     train_labels: np.ndarray | None
     val_labels: np.ndarray | None
     test_labels: np.ndarray | None
@@ -88,6 +115,11 @@ class Dataset:
     def x_dim(self) -> int:
         """Number of features of one data point (``D``)."""
         return int(self.train.shape[1])
+
+    @property
+    def mapped(self) -> bool:
+        """Whether the rows are read from memory-mapped files (``storage``)."""
+        return isinstance(self.train, Rows) and self.train.mapped
 
     def __repr__(self) -> str:
         test = None if self.test is None else self.test.shape
@@ -116,6 +148,7 @@ def load_dataset(
     val_data: str | os.PathLike | None = None,
     test_data: str | os.PathLike | None = None,
     image_shape: tuple[int, int] | None = None,
+    storage: str = "auto",
 ) -> Dataset:
     """Load a data set by name or path, with its validation and test splits.
 
@@ -138,6 +171,13 @@ def load_dataset(
         test_data: A file of test rows (overrides the source's).
         image_shape: ``(H, W)`` of image rows; default from 3-D arrays, else a square
             when the number of features is a perfect square (784 -> 28 x 28).
+        storage: ``memory``: float32 arrays, as read. ``mapped``: the files memory-mapped
+            in their own dtype (``.npy``, uncompressed ``.npz``, uncompressed IDX; the
+            splits are :class:`~pyro_vae.data.rows.Rows`), each minibatch read and
+            converted on its own. ``auto`` (default): mapped when the source can be and
+            its rows would take more than :data:`MAP_ABOVE_BYTES` as float32, else in
+            memory. With a mapped source, ``val_data`` and ``test_data`` are mapped too
+            where they can be.
 
     Returns:
         A :class:`Dataset`. Every split has been checked for NaN and inf and for the
@@ -145,55 +185,49 @@ def load_dataset(
 
     Raises:
         DataError: The data is missing, corrupt, the wrong shape, non-finite, or ``data``
-            is neither a known name nor a supported file.
-        ConfigError: ``val_fraction`` is outside (0, 1), or ``image_shape`` does not
-            match the number of features.
+            is neither a known name nor a supported file; or ``storage`` is ``mapped``
+            and the source cannot be mapped.
+        ConfigError: ``val_fraction`` is outside (0, 1), ``image_shape`` does not
+            match the number of features, or ``storage`` is unknown.
 
     Example:
         >>> ds = load_dataset("digits", seed=1)
         >>> ds.name, ds.test is None, int(ds.train_labels.max())
         ('digits', True, 9)
     """
-    val: np.ndarray | None = None
-    val_labels: np.ndarray | None = None
-    test: np.ndarray | None = None
-    test_labels: np.ndarray | None = None
-    shape_seen: tuple[int, int] | None = None
-    if data == "digits":
-        x, labels = load_digits()
-        name, shape_seen = "digits", (8, 8)
-    elif data == "mnist":
-        x, labels, test, test_labels, shape_seen = _load_mnist_with_shape(data_dir)
-        name = "mnist"
-    else:
-        path = Path(data)
-        if path.suffix.lower() not in ARRAY_SUFFIXES:
-            raise DataError(
-                f"unknown data {data!r}: pass 'digits' (built in), 'mnist' (with `data_dir` DIR) "
-                f"or the path of a {', '.join(ARRAY_SUFFIXES)} file"
-            )
-        name = str(data)
-        splits = read_splits(path)
-        if splits is None:
-            x, labels, shape_seen = _load_array_with_shape(path)
-        else:
-            x, labels, shape_seen = splits["train"]
-            if "val" in splits:
-                val, val_labels, _ = splits["val"]
-            if "test" in splits:
-                test, test_labels, _ = splits["test"]
+    if storage not in STORAGE_CHOICES:
+        raise ConfigError(f"`storage` must be one of {', '.join(STORAGE_CHOICES)}, got {storage!r}")
+    if data not in BUILT_IN_DATA and Path(data).suffix.lower() not in ARRAY_SUFFIXES:
+        raise DataError(
+            f"unknown data {data!r}: pass 'digits' (built in), 'mnist' (with `data_dir` DIR) "
+            f"or the path of a {', '.join(ARRAY_SUFFIXES)} file"
+        )
+    source = None if storage == "memory" else _open_mapped(data, data_dir)
+    if source is None and storage == "mapped":
+        raise DataError(
+            f"`storage` mapped cannot map data {data!r}: only .npy files, uncompressed .npz archives "
+            "(numpy.savez) and uncompressed IDX files can be mapped; convert it with numpy.save(path, X), "
+            "or pass `storage` auto or memory"
+        )
+    if source is not None and storage == "auto" and source.float32_bytes() <= MAP_ABOVE_BYTES:
+        source = None  # small enough to hold in memory, where it is read once
+    if source is None:
+        source = _read_in_memory(data, data_dir)
+    name = "digits" if data == "digits" else "mnist" if data == "mnist" else str(data)
+    x, labels, val, val_labels, test, test_labels, shape_seen = source
+    mapped = isinstance(x, Rows)
     if val_data is not None:
-        val, val_labels, _ = _load_array_with_shape(Path(val_data))
+        val, val_labels, _ = _open_file(Path(val_data), mapped)
     if test_data is not None:
-        test, test_labels, _ = _load_array_with_shape(Path(test_data))
+        test, test_labels, _ = _open_file(Path(test_data), mapped)
 
     # Checked on each source rather than per split so that the row index in the message
     # is the row of the user's file, not of a shuffled split.
-    check_finite(x, f"data {name!r} (training rows)")
+    check_finite_rows(x, f"data {name!r} (training rows)")
     for what, rows in (("validation", val), ("test", test)):
         if rows is None:
             continue
-        check_finite(rows, f"data {name!r} ({what} rows)")
+        check_finite_rows(rows, f"data {name!r} ({what} rows)")
         if rows.shape[1] != x.shape[1]:
             raise DataError(
                 f"the {what} rows of {name!r} have {rows.shape[1]} features but the training rows "
@@ -213,6 +247,84 @@ def load_dataset(
         test_labels=test_labels,
         image_shape=resolve_image_shape(x.shape[1], image_shape or shape_seen),
     )
+
+
+class _Source(NamedTuple):
+    """What a data source holds before the validation split: rows (arrays or mapped), labels, image shape."""
+
+    x: Split
+    labels: np.ndarray | None
+    val: Split | None
+    val_labels: np.ndarray | None
+    test: Split | None
+    test_labels: np.ndarray | None
+    image_shape: tuple[int, int] | None
+
+    def float32_bytes(self) -> int:
+        """What the rows of every split would take as float32 arrays."""
+        return sum(4 * rows.shape[0] * rows.shape[1] for rows in (self.x, self.val, self.test) if rows is not None)
+
+
+def _read_in_memory(data: str, data_dir: str | os.PathLike | None) -> _Source:
+    """A source read whole into float32 arrays."""
+    if data == "digits":
+        x, labels = load_digits()
+        return _Source(x, labels, None, None, None, None, (8, 8))
+    if data == "mnist":
+        x, labels, test, test_labels, shape = _load_mnist_with_shape(data_dir)
+        return _Source(x, labels, None, None, test, test_labels, shape)
+    path = Path(data)
+    splits = read_splits(path)
+    if splits is None:
+        x, labels, shape = _load_array_with_shape(path)
+        return _Source(x, labels, None, None, None, None, shape)
+    x, labels, shape = splits["train"]
+    val, val_labels, _ = splits.get("val", (None, None, None))
+    test, test_labels, _ = splits.get("test", (None, None, None))
+    return _Source(x, labels, val, val_labels, test, test_labels, shape)
+
+
+def _open_mapped(data: str, data_dir: str | os.PathLike | None) -> _Source | None:
+    """A source memory-mapped, or None when it cannot be (digits, CSV, gzip, compressed archives)."""
+    if data == "digits":
+        return None
+    if data == "mnist":
+        return _map_mnist(data_dir)
+    path = Path(data)
+    if path.suffix.lower() == ".npz" and path.is_file() and _names_splits(path):
+        splits = open_splits(path)
+        if splits is None:
+            return None
+        x, labels, shape = splits["train"]
+        val, val_labels, _ = splits.get("val", (None, None, None))
+        test, test_labels, _ = splits.get("test", (None, None, None))
+        return _Source(x, labels, val, val_labels, test, test_labels, shape)
+    opened = open_array(path)
+    if opened is None:
+        return None
+    x, labels, shape = opened
+    return _Source(x, labels, None, None, None, None, shape)
+
+
+def _names_splits(path: Path) -> bool:
+    """Whether an ``.npz`` archive holds arrays named as splits (train, valid, test)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            keys = {n[:-4] for n in archive.namelist() if n.endswith(".npy")}
+    except (OSError, zipfile.BadZipFile):
+        return False  # read_splits / load_array say what is wrong with it
+    return any(k in keys for names in SPLIT_NAMES.values() for k in names)
+
+
+def _open_file(path: Path, mapped: bool) -> tuple[Split, np.ndarray | None, tuple[int, int] | None]:
+    """A separate split file (``val_data``, ``test_data``): mapped beside a mapped source when it can be."""
+    if mapped:
+        opened = open_array(path)
+        if opened is not None:
+            return opened
+    return _load_array_with_shape(path)
 
 
 def resolve_image_shape(x_dim: int, image_shape: tuple[int, ...] | None) -> tuple[int, int] | None:
@@ -283,18 +395,20 @@ def load_mnist(
 
 
 def split_train_val(
-    x: np.ndarray,
+    x: Split,
     labels: np.ndarray | None,
     val_fraction: float,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+) -> tuple[Split, Split, np.ndarray | None, np.ndarray | None]:
     """Hold out a reproducible random subset of the rows for validation.
 
     The held-out rows are ``np.random.default_rng(seed).permutation(N)[:n_val]`` with
     ``n_val = max(1, round(val_fraction * N))``; both splits keep the original row order.
+    Mapped rows (:class:`~pyro_vae.data.rows.Rows`) are split into two views of the same
+    file, the same rows an array would give; nothing is read.
 
     Args:
-        x: Data, ``(N, D)``.
+        x: Data, ``(N, D)``: an array or rows.
         labels: ``(N,)`` labels or ``None``.
         val_fraction: Fraction of the rows to hold out, in (0, 1).
         seed: Seed of the permutation; the same seed gives the same split.
@@ -334,6 +448,8 @@ def split_train_val(
     train_idx = np.sort(perm[n_val:])
     train_labels = None if labels is None else labels[train_idx]
     val_labels = None if labels is None else labels[val_idx]
+    if isinstance(x, Rows):
+        return x.select(train_idx), x.select(val_idx), train_labels, val_labels
     return x[train_idx], x[val_idx], train_labels, val_labels
 
 
@@ -359,7 +475,40 @@ def _load_mnist_with_shape(
     """:func:`load_mnist` plus the images' ``(H, W)``."""
     folder = _mnist_folder(data_dir)
     arrays = {key: read_idx(_find_idx(folder, stem)) for key, stem in MNIST_FILES.items()}
+    shape = _check_mnist(folder, arrays)
     out: list[np.ndarray] = []
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        n = images.shape[0]
+        out.append((images.reshape(n, -1).astype(np.float32) / np.float32(255.0)))  # (N, H*W)
+        out.append(labels.astype(np.int64))  # (N,)
+    return out[0], out[1], out[2], out[3], shape
+
+
+def _map_mnist(data_dir: str | os.PathLike | None) -> _Source | None:
+    """MNIST's IDX images memory-mapped as uint8 (scaled by 1/255 as they are read), labels
+    in memory; None when an image file is gzipped."""
+    folder = _mnist_folder(data_dir)
+    paths = {key: _find_idx(folder, stem) for key, stem in MNIST_FILES.items()}
+    mapped = {key: map_idx(paths[key]) for key in ("train_images", "test_images")}
+    if any(m is None for m in mapped.values()):
+        return None
+    arrays = {key: m.array for key, m in mapped.items() if m is not None}
+    arrays.update({key: read_idx(paths[key]) for key in ("train_labels", "test_labels")})
+    shape = _check_mnist(folder, arrays)
+    rows = {}
+    for split in ("train", "test"):
+        m = mapped[f"{split}_images"]
+        assert m is not None
+        rows[split], _ = _mapped_rows(m, repr(str(paths[f"{split}_images"])), scale=255.0)
+    return _Source(
+        rows["train"], arrays["train_labels"].astype(np.int64), None, None,
+        rows["test"], arrays["test_labels"].astype(np.int64), shape,
+    )
+
+
+def _check_mnist(folder: Path, arrays: dict[str, np.ndarray]) -> tuple[int, int]:
+    """Check MNIST's four arrays (in memory or mapped) belong together; the images' ``(H, W)``."""
     shapes: list[tuple[int, ...]] = []
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -390,15 +539,12 @@ def _load_mnist_with_shape(
         if images.shape[0] == 0:
             raise DataError(f"{images_name} in {str(folder)!r} holds 0 images; re-download it")
         shapes.append(images.shape[1:])
-        n = images.shape[0]
-        out.append((images.reshape(n, -1).astype(np.float32) / np.float32(255.0)))  # (N, H*W)
-        out.append(labels.astype(np.int64))  # (N,)
     if shapes[0] != shapes[1]:
         raise DataError(
             f"training images are {shapes[0]} but test images are {shapes[1]} in {str(folder)!r}; "
             "the folder mixes two data sets: keep one data set per folder"
         )
-    return out[0], out[1], out[2], out[3], (int(shapes[0][0]), int(shapes[0][1]))
+    return (int(shapes[0][0]), int(shapes[0][1]))
 
 
 def _find_idx(folder: Path, stem: str) -> Path:

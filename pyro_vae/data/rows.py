@@ -52,6 +52,7 @@ __all__ = [
     "as_rows",
     "chunk_rows",
     "part",
+    "sample_rows",
     "CHUNK_BYTES",
     "RESIDENT_BYTES",
     "FAULT_AROUND_BYTES",
@@ -395,3 +396,21 @@ def part(x: "Rows | torch.Tensor", parts: int, which: int) -> "Rows | torch.Tens
     size, extra = divmod(n, parts)
     lo = which * size + min(which, extra)
     return x.select(slice(lo, lo + size + (which < extra)))
+
+
+def sample_rows(x: Rows, rows: int | None = None) -> np.ndarray:
+    """At most ``rows`` rows spread evenly over ``x`` (all of them if fewer), as float32.
+
+    For a look at the data that needs no full pass (its scale, say).
+
+    Args:
+        x: The rows.
+        rows: How many; default :func:`chunk_rows` (16 MiB of float32).
+
+    Example:
+        >>> sample_rows(as_rows(np.arange(10.0).reshape(10, 1)), 3).ravel().tolist()
+        [0.0, 4.0, 9.0]
+    """
+    n = len(x)
+    k = min(n, rows or chunk_rows(x.x_dim))
+    return x.read(np.unique(np.linspace(0, n - 1, k).round().astype(np.int64)))

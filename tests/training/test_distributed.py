@@ -383,6 +383,10 @@ def _component_runs(rank: int) -> list[dict]:
                 train.elbo = name
             else:
                 setattr(model, field, name)
+            try:
+                objectives.check_compatible(model, train)
+            except ConfigError:
+                continue  # a pair refused before training (the semi-supervised ELBO needs its own VAE)
             torch.manual_seed(rank)  # different on purpose: DDP must broadcast rank 0's weights
             vae = build_vae(model)
             vae.likelihood.check_support(x)
