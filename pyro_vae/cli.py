@@ -165,22 +165,34 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
     inspect = add(
-        "inspect", help="compare the guide q(z|x) with the exact posterior p(z|x) for a few inputs (ArviZ)"
+        "inspect",
+        help="compare the guide q(z|x) with the exact posterior p(z|x): a few inputs (ArviZ), or a whole split",
     )
     inspect.add_argument("run_dir", metavar="RUN_DIR")
-    inspect.add_argument("--index", type=int, nargs="+", required=True, metavar="I", help="rows of the data to inspect")
+    which = inspect.add_mutually_exclusive_group(required=True)
+    which.add_argument("--index", type=int, nargs="+", metavar="I", help="rows of the data to inspect")
+    which.add_argument(
+        "--all", action="store_true",
+        help="every row of the split: survey.csv (guide against exact, per point), survey_summary.csv, survey.png",
+    )
+    which.add_argument("--rows", default=None, metavar="A:B", help="rows A to B-1 of the split, as --all")
     inspect.add_argument(
         "--split", choices=("train", "val", "test"), default=None,
         help="which rows --index counts (default: test if the data has one, else val)",
     )
-    inspect.add_argument("--mcmc", action="store_true", help="reference by NUTS (default: importance resampling, faster)")
+    inspect.add_argument(
+        "--method", choices=("grid", "nuts", "sir"), default=None,
+        help="the reference for p(z|x): grid (quadrature, exact; z_dim <= 2), nuts, or sir (importance "
+        "resampling from the guide) (default: grid for z_dim <= 2, else sir)",
+    )
+    inspect.add_argument("--mcmc", action="store_true", help="the same as --method nuts")
     inspect.add_argument("--samples", type=int, default=500, metavar="N", help="draws per chain (default: 500)")
     inspect.add_argument("--chains", type=int, default=4, help="chains per point (default: 4)")
     inspect.add_argument("--warmup", type=int, default=None, metavar="N", help="NUTS warm-up steps per chain (default: --samples)")
     inspect.add_argument("--seed", type=int, default=None, help="seed of every draw (default: the run's)")
     inspect.add_argument("--out", default=None, metavar="DIR", help="output folder (default: RUN_DIR/inspect)")
     inspect.add_argument("--overwrite", action="store_true", help="replace the files of an earlier inspection in --out")
-    inspect.add_argument("--no-progress", action="store_true", help="hide the NUTS progress bar")
+    inspect.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
@@ -282,13 +294,41 @@ def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     for flag, value, least in (("--samples", args.samples, 4), ("--chains", args.chains, 1), ("--warmup", args.warmup, 0)):
         if value is not None and value < least:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
-    out = check_outputs(args.out or Path(args.run_dir) / "inspect", overwrite=args.overwrite)  # before the long part
+    if args.mcmc and args.method not in (None, "nuts"):
+        raise ConfigError(f"--mcmc is --method nuts, but --method is {args.method}; pass one of them")
+    method = "nuts" if args.mcmc else args.method
+    out_dir = args.out or Path(args.run_dir) / "inspect"
+    if args.all or args.rows is not None:
+        from .runs.survey import check_survey_outputs, survey_run, write_survey
+
+        out = check_survey_outputs(out_dir, overwrite=args.overwrite)  # before the long part
+        found, config, split, x = survey_run(
+            args.run_dir, rows=args.rows, split=args.split, method=method, seed=args.seed,
+            progress=not args.no_progress, num_samples=args.samples, num_chains=args.chains, warmup_steps=args.warmup,
+        )
+        written = write_survey(found, out, images=x.cpu().numpy(), image_shape=config.data.image_shape or None,
+                               overwrite=args.overwrite)
+        table = found.points
+        with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
+            say(
+                f"rows {table.index[0]}-{table.index[-1]} of the {split} split of {config.data.data!r}: guide against "
+                f"{found.method} for {len(table)} points in {found.seconds:.1f} s"
+            )
+            say(
+                f"KL(q || p): mean {table['kl'].mean():.3f}, median {table['kl'].median():.3f}, largest "
+                f"{table['kl'].max():.3f} nats; inference gap log p(x) - ELBO: mean {table['gap'].mean():.3f} nats"
+            )
+            say("the points with the largest KL(q || p):")
+            say(found.worst().drop(columns=table.filter(regex=r"^exact_mean_").columns).to_string())
+        say(f"wrote {', '.join(p.name for p in written)} to {out}")
+        return
+    out = check_outputs(out_dir, overwrite=args.overwrite)  # before the long part
     config, vae, x, split = load_points(args.run_dir, args.index, split=args.split, seed=args.seed)
     seed = config.train.seed if args.seed is None else args.seed
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ImportanceSamplingWarning)
         found = inspect_points(
-            vae, x, args.index, mcmc=args.mcmc, num_samples=args.samples, num_chains=args.chains,
+            vae, x, args.index, method=method, num_samples=args.samples, num_chains=args.chains,
             warmup_steps=args.warmup, seed=seed, progress=not args.no_progress,
         )
     for w in caught:  # the verdict on the importance weights as one line; anything else as Python shows it

@@ -11,7 +11,9 @@ the VAE's own ``guide`` and ``model``, run here and nowhere else:
   ``poutine.scale``, ``poutine.mask`` and ``obs_mask`` say, exactly as ``Trace_ELBO``
   counts it.
 - :func:`log_joint` is the model half alone: ``log p(x, z)`` at given latents (the
-  model conditioned on them), for MCMC potentials and per-point Gaussians.
+  model conditioned on them), for MCMC potentials, quadrature and per-point Gaussians;
+  :func:`guide_log_density` is the guide's ``log q(z | x)`` at given latents, and
+  :func:`other_latents` names the model's sites that conditioning on ``z`` leaves random.
 - :func:`weighted_passes` splits N rows x K draws into passes of bounded memory by the
   one chunking rule (:func:`chunk_plan` on the measured :func:`draw_width`).
 
@@ -55,6 +57,9 @@ __all__ = [
     "ModelDensities",
     "model_densities",
     "log_joint",
+    "guide_log_density",
+    "other_latents",
+    "check_only_latent",
     "elbo_per_datum",
     "iwae_per_datum",
     "logmeanexp_chunks",
@@ -359,6 +364,81 @@ def log_joint(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """
     densities = model_densities(vae, z, x)
     return densities.log_likelihood + densities.log_prior
+
+
+def other_latents(vae: VAE, x: torch.Tensor) -> list[str]:
+    """The model's sample sites that setting ``z`` leaves random (neither observed nor ``z``).
+
+    :func:`log_joint` is the density of p(z | x) only when this is empty: a second
+    latent layer, or labels missing under ``obs_mask``, would be drawn afresh at every
+    evaluation.
+
+    Example:
+        >>> from pyro_vae.model.build import build_vae
+        >>> from pyro_vae.config import ModelConfig
+        >>> other_latents(build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,))), torch.ones(1, 6))
+        []
+    """
+    z = torch.zeros(1, x.shape[0], vae.z_dim, dtype=x.dtype, device=x.device)
+    with torch.no_grad(), local_params(), pyro.plate(PARTICLE_PLATE, 1, dim=-2):
+        trace = poutine.trace(poutine.condition(vae.model, data={LATENT_SITE: z})).get_trace(x)
+    return [
+        name for name, site in trace.nodes.items()
+        if site["type"] == "sample" and not site_is_subsample(site) and not site["is_observed"]
+    ]
+
+
+def check_only_latent(vae: VAE, x: torch.Tensor, method: str) -> None:
+    """Raise :class:`ConfigError` if the model has latents besides ``z`` (:func:`other_latents`).
+
+    Args:
+        vae: The model.
+        x: Some of its data ``(B, x_dim)``.
+        method: What needs p(z | x) alone, for the message (e.g. ``"NUTS"``).
+    """
+    others = other_latents(vae, x[:1])
+    if others:
+        raise ConfigError(
+            f"{method} needs z to be the model's only latent, but this model also draws {', '.join(others)}; "
+            "use `method` sir (importance resampling weighs every site)"
+        )
+
+
+def guide_log_density(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``log q(z | x)``: the guide's log-density at given latents, from the guide's trace.
+
+    The guide runs conditioned on ``z`` (its latent site set to ``z``; masks and scales
+    as the program says), the counterpart of :func:`log_joint` for the guide, so that
+    any guide family (a flow, a low-rank Gaussian) is evaluated by its own program.
+
+    Args:
+        vae: The model and guide.
+        z: Latents of shape ``(..., B, z_dim)``.
+        x: Data of shape ``(B, x_dim)``.
+
+    Returns:
+        Tensor of shape ``(..., B)``.
+
+    Raises:
+        ConfigError: ``z`` does not match ``x`` and the model.
+
+    Example:
+        >>> from pyro_vae.model.build import build_vae
+        >>> from pyro_vae.config import ModelConfig
+        >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+        >>> guide_log_density(vae, torch.zeros(5, 3, 2), torch.ones(3, 6)).shape
+        torch.Size([5, 3])
+    """
+    vae.check_x(x)
+    batch = x.shape[0]
+    if z.dim() < 2 or z.shape[-2:] != (batch, vae.z_dim):
+        raise ConfigError(f"expected z of shape (..., {batch}, {vae.z_dim}) for x with {batch} rows, got {tuple(z.shape)}")
+    leading = z.shape[:-2]
+    flat = z.reshape(-1, batch, vae.z_dim)  # (K, B, z_dim)
+    with local_params(), pyro.plate(PARTICLE_PLATE, flat.shape[0], dim=-2):
+        trace = poutine.trace(poutine.condition(vae.guide, data={LATENT_SITE: flat})).get_trace(x)
+    trace.compute_log_prob()
+    return _sum_log_probs(trace, torch.Size(flat.shape[:2])).reshape(leading + (batch,))
 
 
 def elbo_per_datum(log_w: torch.Tensor) -> torch.Tensor:

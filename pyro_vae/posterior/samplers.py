@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 import warnings
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,12 @@ from pyro.infer import MCMC, NUTS
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ..inference.bounds import collect_weighted, model_densities
+from ..inference.bounds import (
+    check_only_latent,
+    collect_weighted,
+    log_joint,
+    model_densities,
+)
 from ..inference.gaps import LogMarginal, frozen
 from ..model.vae import VAE, local_params
 from ..seeding import forked_rng
@@ -38,10 +43,11 @@ from .schema import (
     _dataset,
     _index,
     _point_seed,
+    _stream_seed,
     az,
 )
 
-__all__ = ["ImportanceSamplingWarning", "guide_posterior", "exact_posterior", "importance_posterior"]
+__all__ = ["ImportanceSamplingWarning", "guide_posterior", "exact_posterior", "default_block_size", "importance_posterior"]
 
 #: Importance weights with fewer effective draws than this make the resampled draws a
 #: re-weighting of a handful of proposals.
@@ -107,6 +113,25 @@ def guide_posterior(
 
 
 # -------------------------------------------------------------------------------- NUTS
+#: Latents (points x batched chains) per product-space block by default. Larger blocks
+#: evaluate the decoder on more latents per leapfrog step, for the same Python work in
+#: Pyro's NUTS, but need more steps per transition (the step size shrinks like the
+#: block's dimension to the -1/4). benchmarks/posterior_speed.py measures the trade-off:
+#: on a 2-core CPU, 100 points x 4 chains was the fastest per effective draw for the
+#: digits model (z_dim 2) and for an MNIST model (z_dim 10) alike.
+_BLOCK_LATENTS = 400
+
+
+def default_block_size(chains_per_run: int) -> int:
+    """Points per product-space block that :func:`exact_posterior` picks by default.
+
+    Example:
+        >>> default_block_size(4), default_block_size(1)  # chains batched, or run in turn
+        (100, 400)
+    """
+    return max(1, _BLOCK_LATENTS // chains_per_run)
+
+
 def exact_posterior(
     vae: VAE,
     x: torch.Tensor,
@@ -120,23 +145,31 @@ def exact_posterior(
     target_accept_prob: float = 0.8,
     max_tree_depth: int = 10,
     jit_compile: bool = True,
+    block_size: int | None = None,
+    batch_chains: bool = True,
     progress: bool = False,
 ) -> ArvizData:
-    """Draws from the exact posterior p(z|x) of the trained model, by Pyro's NUTS.
+    """Draws from the exact posterior p(z|x) of the trained model, by Pyro's NUTS, many points at once.
 
-    NUTS runs on ``vae.model`` conditioned on each row of ``x`` with every weight of
-    the model held fixed, so z is the only latent. Each data point gets its own runs
-    (the posteriors of different points are independent, and one step size and mass
-    matrix adapted jointly over many points would suit none of them), and the chains
-    of a point run one after the other in this process. Pyro's ``num_chains > 1``
-    would fork one process per chain, which with PyTorch's thread pools on CPU is
-    fragile (it needs a picklable model under ``spawn``, and falls back to sequential
-    chains anyway when cores are short); sequential chains always work, and each
-    (row, chain) gets its own seed, so a row's draws do not depend on the other rows.
-    PyTorch runs with one intra-op thread meanwhile (restored after): one point's
-    tensors are too small to gain from more. Each chain starts from
-    ``mu(x) + init_spread * sigma(x) * eps``, spread wider than the guide, so that
-    R-hat can reveal chains that have not mixed.
+    The posteriors of different points are independent, so a block of points is
+    sampled jointly: Pyro's NUTS runs on the product space of the block, whose
+    potential energy is ``-sum_b log p(x_b, z_b)`` (the model's own density,
+    :func:`~pyro_vae.inference.bounds.log_joint`, with every weight held fixed), with a
+    diagonal mass matrix adapted per coordinate. The joint density factorizes, so
+    every point's marginal is still exactly its posterior; each leapfrog step
+    evaluates the decoder on the whole block at once, which is what makes this fast.
+    What the points share is the step size and the length of each trajectory (its
+    tree depth): the step size shrinks like (block dimension)^(-1/4), and a point
+    whose posterior is harder than the others' sets it for all of them. With
+    ``batch_chains`` the chains of the block are more coordinates of the same
+    product space (one Pyro run moves them all); else each chain is a run of its own
+    over the block, with its own adaptation. ``block_size=1, batch_chains=False`` is
+    the classic per-point, per-chain NUTS.
+
+    Each chain of a point starts from ``mu(x) + init_spread * sigma(x) * eps``,
+    spread wider than the guide so that R-hat can reveal chains that have not mixed;
+    the starts are seeded per (row, chain), the trajectories per block, so a point's
+    draws depend on the other points of its block (never their distribution).
 
     Args:
         vae: The trained model (left unchanged; nothing enters Pyro's param store).
@@ -145,79 +178,99 @@ def exact_posterior(
         warmup_steps: Adaptation steps per chain (discarded); default ``num_samples``.
         num_chains: Chains per data point.
         index: Row index of each input (the ``point`` coordinate); default ``0..B-1``.
-        seed: Seed; each (row, chain) gets its own stream derived from it.
+        seed: Seed of the starts and the trajectories.
         init_spread: Width of the initial points in units of sigma(x).
         target_accept_prob: NUTS step-size adaptation target.
         max_tree_depth: NUTS maximum tree depth.
-        jit_compile: Let Pyro compile the potential energy with the PyTorch JIT
-            (2 to 3 times faster for small models; the model's weights are held fixed,
-            so compiling them in as constants is exact).
-        progress: Show a progress bar over all points and chains.
+        jit_compile: Compile the potential energy with the PyTorch JIT, once per block
+            (the model's weights are held fixed, so compiling them in is exact).
+        block_size: Points sampled jointly; default :func:`default_block_size` (100
+            points with 4 batched chains: 400 latents per block).
+        batch_chains: Put the chains of a block into its product space (default), or
+            run them one after the other.
+        progress: Show a progress bar over all blocks.
 
     Returns:
         ArviZ data with every group of the module's table. ``sample_stats`` has, with
         dims (chain, draw, point), ArviZ's names for what Pyro's NUTS computes at each
-        transition: ``diverging``, ``energy`` (the Hamiltonian of the trajectory: the
-        potential energy at the start plus the kinetic energy of the fresh momentum,
-        which the integrator keeps up to its error), ``lp`` (log p(z, x) of the draw),
-        ``step_size``, ``tree_depth`` (doublings of the trajectory, as Stan counts
-        them), ``n_steps`` (leapfrog steps, i.e. model gradient evaluations) and
-        ``acceptance_rate`` (the mean Metropolis acceptance probability over the
-        trajectory, which step-size adaptation steers to ``target_accept_prob``). The
-        attributes ``sampling_time`` and ``sampling_time_per_point`` give the wall time
-        in seconds.
+        transition. Per point: ``energy`` (the point's own Hamiltonian at the start of
+        the transition: its potential ``-log p(x, z)`` plus the kinetic energy of its
+        fresh momentum; the block's Hamiltonian is their sum, so ArviZ's energy plot
+        and BFMI read per point as for a chain of its own), ``lp`` (log p(z, x) of the
+        draw) and ``diverging`` (the trajectory diverged, charged to the points whose
+        own energy error caused it: each with at least a tenth of the summed positive
+        errors, or every point of the block if none is). Shared by every point of a
+        run (a block, or one chain of it): ``step_size``, ``tree_depth`` (doublings, as
+        Stan counts them), ``n_steps`` (leapfrog steps, i.e. gradient evaluations of
+        the whole block) and ``acceptance_rate`` (the mean Metropolis acceptance
+        probability over the trajectory). The attributes ``sampling_time`` and
+        ``sampling_time_per_point`` give the wall time in seconds, ``block_size`` and
+        ``batch_chains`` the layout.
 
     Raises:
         DataError: ``x`` does not fit the model or is outside the likelihood's support.
-        ConfigError: A count is below 1, or ``index`` is malformed.
+        ConfigError: A count is below 1, ``index`` is malformed, or the model has
+            latents besides ``z`` (a second layer: NUTS would need them too).
 
     Example:
         >>> from pyro_vae.model.build import build_vae
         >>> from pyro_vae.config import ModelConfig
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
-        >>> data = exact_posterior(vae, torch.ones(1, 6), 20, num_chains=2)
+        >>> data = exact_posterior(vae, torch.ones(3, 6), 20, num_chains=2)
         >>> dict(data.sample_stats.energy.sizes)
-        {'chain': 2, 'draw': 20, 'point': 1}
+        {'chain': 2, 'draw': 20, 'point': 3}
     """
     vae.check_x(x)
     vae.likelihood.check_support(x)
+    check_only_latent(vae, x, "NUTS")
     warmup_steps = num_samples if warmup_steps is None else warmup_steps
     _check_counts(num_samples=num_samples, num_chains=num_chains, max_tree_depth=max_tree_depth)
+    if block_size is not None:
+        _check_counts(block_size=block_size)
     if warmup_steps < 0:
         raise ConfigError(f"`warmup_steps` must be >= 0, got {warmup_steps}")
     if not 0 < target_accept_prob < 1:
         raise ConfigError(f"`target_accept_prob` must be in (0, 1), got {target_accept_prob}")
     index = _index(index, x.shape[0])
     num_points = x.shape[0]
+    batched = num_chains if batch_chains else 1  # chains per Pyro run
+    block_size = min(default_block_size(batched) if block_size is None else block_size, num_points)
     with torch.no_grad():
         loc, scale = vae.encode(x)  # (B, z_dim) each
+        starts = torch.stack(
+            [
+                torch.stack([_start(loc[b], scale[b], init_spread, _point_seed(seed, int(index[b]), c)) for b in range(num_points)])
+                for c in range(num_chains)
+            ]
+        )  # (C, B, z_dim)
     shape = (num_chains, num_samples, num_points)
     z = torch.empty(*shape, vae.z_dim, dtype=loc.dtype, device=x.device)  # (C, S, B, z_dim)
     stats = {name: np.zeros(shape, dtype=dtype) for name, dtype in _NUTS_STATS.items()}
-    total = num_points * num_chains * (warmup_steps + num_samples)
-    bar = tqdm(total=total, disable=not progress, desc="NUTS", unit="step", dynamic_ncols=True, mininterval=0.5)
+    blocks = [slice(lo, min(lo + block_size, num_points)) for lo in range(0, num_points, block_size)]
+    runs = [(rows, slice(c, c + batched)) for rows in blocks for c in range(0, num_chains, batched)]
+    bar = tqdm(
+        total=len(runs) * (warmup_steps + num_samples), disable=not progress, desc="NUTS", unit="step",
+        dynamic_ncols=True, mininterval=0.5,
+    )
+    # Small blocks gain nothing from intra-op threads (one thread was 5-10 times faster
+    # than two for a single point on a loaded 2-core machine); large ones keep torch's.
+    threads = _one_thread() if block_size * batched < 64 else contextlib.nullcontext()
     start = time.perf_counter()
     try:
-        # Parameters stay in the module while NUTS traces the model: nothing enters
+        # Parameters stay in the module while NUTS runs the model: nothing enters
         # Pyro's global param store, whichever mode the caller runs Pyro in.
-        with frozen(vae), _one_thread(), local_params():
-            for b in range(num_points):
-                row = int(index[b])
-                for c in range(num_chains):
-                    bar.set_postfix(point=f"{b + 1}/{num_points} (row {row})", chain=f"{c + 1}/{num_chains}")
-                    with forked_rng(x.device, seed=_point_seed(seed, row, c)):
-                        init = loc[b : b + 1] + init_spread * scale[b : b + 1] * torch.randn_like(loc[b : b + 1])
-                        kernel = _RecordingNUTS(
-                            vae.model,
-                            target_accept_prob=target_accept_prob,
-                            max_tree_depth=max_tree_depth,
-                            jit_compile=jit_compile,
-                            ignore_jit_warnings=True,
-                        )
-                        draws, chain_stats = _nuts_chain(kernel, x[b : b + 1], init, num_samples, warmup_steps, bar)
-                    z[c, :, b] = draws  # (S, z_dim)
-                    for name, values in chain_stats.items():
-                        stats[name][c, :, b] = values
+        with frozen(vae), threads, local_params():
+            for rows, chains in runs:
+                first = int(index[rows.start])
+                bar.set_postfix(rows=f"{rows.start + 1}-{rows.stop} of {num_points}", chains=f"{chains.start + 1}-{chains.stop}")
+                with forked_rng(x.device, seed=_stream_seed(_point_seed(seed, first, chains.start), 2)):
+                    draws, run_stats = _nuts_block(
+                        vae, x[rows], starts[chains, rows], num_samples, warmup_steps, bar,
+                        target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, jit_compile=jit_compile,
+                    )
+                z[chains, :, rows] = draws.transpose(0, 1)  # (c, S, b, z_dim)
+                for name, values in run_stats.items():
+                    stats[name][chains, :, rows] = values.transpose(1, 0, 2)  # (c, S, b)
     finally:
         bar.close()
     seconds = time.perf_counter() - start
@@ -228,15 +281,23 @@ def exact_posterior(
         {**{name: (dims, values) for name, values in stats.items()}, "lp": (dims, lp)}, _coords(index, vae)
     )
     attrs = _attrs(
-        "NUTS on the model conditioned on x, weights fixed",
+        "NUTS on the model conditioned on x, weights fixed, blocks of points on their product space",
         sampling_time=seconds,
         sampling_time_per_point=seconds / num_points,
         tuning_steps=warmup_steps,
+        block_size=block_size,
+        batch_chains=int(batch_chains),
     )
     return _build(vae, x, z, index, seed=seed, sample_stats=sample_stats, attrs=attrs)
 
 
-#: The per-transition statistics :class:`_RecordingNUTS` keeps, and their dtypes.
+def _start(loc: torch.Tensor, scale: torch.Tensor, spread: float, seed: int) -> torch.Tensor:
+    """One chain's start for one point, from a seed of its own: ``(z_dim,)``."""
+    with forked_rng(loc.device, seed=seed):
+        return loc + spread * scale * torch.randn_like(loc)
+
+
+#: The per-transition statistics of :func:`exact_posterior`, and their dtypes.
 _NUTS_STATS = {
     "diverging": bool,
     "energy": np.float64,
@@ -249,9 +310,6 @@ _NUTS_STATS = {
 
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
-    # One point's tensors are tiny (a single z through the decoder): intra-op threads
-    # only add synchronisation, which on a busy CPU made NUTS 5-10 times slower
-    # (measured: 1.0 s with one thread, 10.4 s with two, on a loaded 2-core machine).
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -313,38 +371,125 @@ class _RecordingNUTS(NUTS):
         return params
 
 
-def _nuts_chain(
-    kernel: _RecordingNUTS,
+class _BlockNUTS(_RecordingNUTS):
+    """:class:`_RecordingNUTS` on the product space of a block of points, per-point records added.
+
+    The potential is ``-sum log_density(z)`` over the block (``z`` of shape
+    ``(c, b, z_dim)``: chains x points). Besides the shared statistics, each
+    transition records per (chain, point) the start ``z0``, the kinetic energy of the
+    fresh momentum and which points a divergence is charged to: at the diverging
+    leapfrog step, each point's own energy error (its potential from the last
+    evaluation, its kinetic energy from the momentum) against its energy at the start.
+    """
+
+    def __init__(self, log_density: Callable[[torch.Tensor], torch.Tensor], init: torch.Tensor, **kwargs: Any) -> None:
+        self._log_density = log_density
+        self._last = init.new_zeros(init.shape[:-1])  # (c, b): log density at the latest evaluation
+        self._z0 = init  # (c, b, z_dim): the start of the current transition
+        self._r0 = torch.zeros_like(init)  # (c, b, z_dim): its fresh momentum, unscaled
+        self._blamed: torch.Tensor | None = None
+        super().__init__(potential_fn=self._potential, **kwargs)
+
+    def _potential(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        lp = self._log_density(params[LATENT_VAR])  # (c, b)
+        self._last = lp.detach()
+        return -lp.sum()
+
+    def _sample_r(self, name: str):
+        r, r_unscaled = super()._sample_r(name)
+        self._r0 = next(iter(r_unscaled.values())).reshape(self._z0.shape)  # (c, b, z_dim)
+        return r, r_unscaled
+
+    def _build_basetree(self, z, r, z_grads, log_slice, direction, energy_current):
+        tree = super()._build_basetree(z, r, z_grads, log_slice, direction, energy_current)
+        if bool(tree.diverging) and self._blamed is None:
+            r_new = next(iter(tree.r_right_unscaled.values())).reshape(self._z0.shape)  # (c, b, z_dim)
+            energy_new = -self._last + 0.5 * r_new.pow(2).sum(-1)  # (c, b)
+            with torch.no_grad():
+                energy_start = -self._log_density(self._z0) + 0.5 * self._r0.pow(2).sum(-1)  # (c, b)
+            error = (energy_new - energy_start).nan_to_num(nan=math.inf).clamp_min(0.0)  # (c, b)
+            total = error.sum()
+            blamed = error >= 0.1 * total if bool(torch.isfinite(total)) else torch.isinf(error)
+            self._blamed = blamed if bool(blamed.any()) else torch.ones_like(blamed)
+        return tree
+
+    def sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self._z0 = params[LATENT_VAR].detach()
+        self._blamed = None
+        params = super().sample(params)
+        if self.transition:
+            self.transition["z0"] = self._z0
+            self.transition["kinetic"] = 0.5 * self._r0.pow(2).sum(-1)  # (c, b)
+            self.transition["diverging"] = (
+                self._blamed if self._blamed is not None else torch.zeros_like(self._last, dtype=torch.bool)
+            )
+        return params
+
+
+def _nuts_block(
+    vae: VAE,
     x: torch.Tensor,
     init: torch.Tensor,
     num_samples: int,
     warmup_steps: int,
     bar: tqdm,
+    *,
+    target_accept_prob: float,
+    max_tree_depth: int,
+    jit_compile: bool,
 ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-    """One NUTS chain for one data point: draws ``(S, z_dim)`` and per-draw statistics."""
-    stats = {name: np.zeros(num_samples, dtype=dtype) for name, dtype in _NUTS_STATS.items()}
+    """One Pyro NUTS run on the product space of ``c`` chains x ``b`` points.
 
-    def hook(kernel: _RecordingNUTS, params: dict, stage: str, i: int) -> None:
+    Args:
+        vae: The model (weights held fixed by the caller).
+        x: The block's data ``(b, x_dim)``.
+        init: Starts ``(c, b, z_dim)``.
+
+    Returns:
+        Draws ``(S, c, b, z_dim)`` and per-draw statistics ``{name: (S, c, b)}``.
+    """
+    c, b = init.shape[:2]
+
+    def log_density(z: torch.Tensor) -> torch.Tensor:
+        return log_joint(vae, z, x)  # (c, b)
+
+    if jit_compile:
+        with warnings.catch_warnings():
+            # Tracing freezes the model's Python (its checks, plates) for this block's
+            # shapes, which is what the warnings say; torch also deprecates the tracer.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            log_density = torch.jit.trace(log_density, (init.clone(),), check_trace=False)
+    kernel = _BlockNUTS(log_density, init, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth)
+    shape = (num_samples, c, b)
+    stats = {name: np.zeros(shape, dtype=dtype) for name, dtype in _NUTS_STATS.items()}
+    z0 = init.new_empty((num_samples, c, b, init.shape[-1]))  # (S, c, b, z_dim)
+    kinetic = init.new_empty(shape)  # (S, c, b)
+
+    def hook(kernel: _BlockNUTS, params: dict, stage: str, i: int) -> None:
         if stage.startswith("Sample"):
-            for name, value in kernel.transition.items():
-                stats[name][i] = value
+            record = kernel.transition
+            for name in _NUTS_STATS:
+                value = record[name]
+                stats[name][i] = value.cpu().numpy() if isinstance(value, torch.Tensor) else value
+            z0[i], kinetic[i] = record["z0"], record["kinetic"]
         bar.update(1)
 
     mcmc = MCMC(
         kernel,
         num_samples=num_samples,
         warmup_steps=warmup_steps,
-        initial_params={LATENT_VAR: init},  # (1, z_dim): the site's shape for one point
+        initial_params={LATENT_VAR: init},  # (c, b, z_dim)
         num_chains=1,
         hook_fn=hook,
         disable_progbar=True,
     )
-    with warnings.catch_warnings():
-        # Pyro compiles the potential with torch.jit.trace, which torch deprecates.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        mcmc.run(x)
-    draws = mcmc.get_samples()[LATENT_VAR][:, 0]  # (S, z_dim)
-    return draws, stats
+    mcmc.run()
+    with torch.no_grad():
+        # Each point's Hamiltonian at the start of each transition: its own potential
+        # plus its own kinetic energy (the block's is their sum).
+        stats["energy"] = (kinetic - log_joint(vae, z0, x)).double().cpu().numpy()  # (S, c, b)
+    return mcmc.get_samples()[LATENT_VAR], stats  # (S, c, b, z_dim)
 
 
 # ------------------------------------------------------------- importance resampling
@@ -415,25 +560,40 @@ def importance_posterior(
     with frozen(vae), forked_rng(x.device, seed=seed):
         z, lw = collect_weighted(vae, x, num_proposals)  # (K, B, z_dim), (K, B)
         marginal = LogMarginal.from_log_weights(lw)
-        smoothed, pareto_k = _psis(lw.T.double().cpu().numpy())  # (B, K), (B,)
-        weights = torch.from_numpy(np.exp(smoothed)).to(lw.device)  # (B, K), each row sums to 1
-        picks = torch.multinomial(weights, num_chains * num_samples, replacement=True)  # (B, C*S)
-        chosen = z.gather(0, picks.T.unsqueeze(-1).expand(-1, -1, vae.z_dim))  # (C*S, B, z_dim)
-        chosen = chosen.reshape(num_chains, num_samples, *chosen.shape[1:])  # (C, S, B, z_dim)
-        lp = sum(model_densities(vae, chosen, x))  # (C, S, B): log p(x, z)
-    ess = 1.0 / (weights.double() ** 2).sum(-1).cpu().numpy()  # (B,)
-    _warn_if_unreliable(index, ess, pareto_k, num_proposals)
-    sample_stats = _dataset(
-        {
-            "lp": ((*SAMPLE_DIMS, POINT_DIM), lp),
-            "ess": ((POINT_DIM,), ess),
-            "pareto_k": ((POINT_DIM,), pareto_k),
-            "log_marginal": ((POINT_DIM,), marginal.estimate),
-        },
-        _coords(index, vae),
-    )
+        chosen, lp, stats = _resample(vae, x, z, lw, num_samples, num_chains)
+    _warn_if_unreliable(index, stats["ess"][1], stats["pareto_k"][1], num_proposals)
+    stats["log_marginal"] = ((POINT_DIM,), marginal.estimate)
+    sample_stats = _dataset({"lp": ((*SAMPLE_DIMS, POINT_DIM), lp), **stats}, _coords(index, vae))
     attrs = _attrs("sampling-importance-resampling, guide as proposal", num_proposals=num_proposals)
     return _build(vae, x, chosen, index, seed=seed, sample_stats=sample_stats, attrs=attrs)
+
+
+def _resample(
+    vae: VAE, x: torch.Tensor, z: torch.Tensor, log_w: torch.Tensor, num_samples: int, num_chains: int
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[tuple[str, ...], np.ndarray]]]:
+    """Resample weighted proposals by their Pareto-smoothed weights (in the caller's random stream).
+
+    Args:
+        vae: The model.
+        x: The data ``(B, x_dim)``.
+        z: Proposals ``(K, B, z_dim)``.
+        log_w: Their log importance weights ``(K, B)``.
+        num_samples: Draws per chain.
+        num_chains: Chains (a split of the resampled draws).
+
+    Returns:
+        ``(draws, lp, stats)``: draws ``(C, S, B, z_dim)``, their ``log p(x, z)``
+        ``(C, S, B)``, and the weights' ``ess`` and ``pareto_k`` per point as
+        ``{name: (dims, values)}``.
+    """
+    smoothed, pareto_k = _psis(log_w.T.double().cpu().numpy())  # (B, K), (B,)
+    weights = torch.from_numpy(np.exp(smoothed)).to(log_w.device)  # (B, K), each row sums to 1
+    picks = torch.multinomial(weights, num_chains * num_samples, replacement=True)  # (B, C*S)
+    chosen = z.gather(0, picks.T.unsqueeze(-1).expand(-1, -1, vae.z_dim))  # (C*S, B, z_dim)
+    chosen = chosen.reshape(num_chains, num_samples, *chosen.shape[1:])  # (C, S, B, z_dim)
+    lp = sum(model_densities(vae, chosen, x))  # (C, S, B): log p(x, z)
+    ess = 1.0 / (weights.double() ** 2).sum(-1).cpu().numpy()  # (B,)
+    return chosen, lp, {"ess": ((POINT_DIM,), ess), "pareto_k": ((POINT_DIM,), pareto_k)}
 
 
 def _psis(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -476,7 +636,7 @@ def _warn_if_unreliable(index: np.ndarray, ess: np.ndarray, pareto_k: np.ndarray
     warnings.warn(
         f"importance resampling from the guide is unreliable for {details} of {num_proposals} proposals: "
         f"a Pareto k above {k_max:.2f} or an ESS below {_MIN_IMPORTANCE_ESS:.0f} means the guide misses part "
-        "of the posterior; use exact_posterior (NUTS; `mcmc` in pyro-vae inspect) for these points",
+        "of the posterior; use exact_posterior (NUTS: `--method nuts` of pyro-vae inspect), or the grid for z_dim <= 2",
         ImportanceSamplingWarning,
         stacklevel=4,  # the caller of importance_posterior (through torch.no_grad's wrapper)
     )

@@ -220,7 +220,7 @@ def _build(
     with frozen(vae), forked_rng(x.device, seed=_stream_seed(seed, 1)):
         x_post = vae.decode(z).sample()  # (C, S, B, x_dim)
         log_lik = model_densities(vae, z, x).log_likelihood  # (C, S, B), from the model's trace
-        z_prior = vae.prior().sample(z.shape[:-1])  # (C, S, B, z_dim)
+        z_prior = vae.sample_latent(z.shape[:-1])  # (C, S, B, z_dim)
         x_prior = vae.decode(z_prior).sample()  # (C, S, B, x_dim)
         loc, scale = vae.encode(x)  # (B, z_dim) each
     groups = {

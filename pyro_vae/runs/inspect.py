@@ -1,13 +1,16 @@
 """What ``pyro-vae inspect`` does, callable from Python: the guide against a reference.
 
 For a few inputs x, :func:`inspect_points` draws from the amortized guide q(z|x) and
-from a reference for the exact posterior p(z|x) (Pyro's NUTS with ``mcmc=True``,
-else sampling-importance-resampling from the guide), and compares them: posterior
+from a reference for the exact posterior p(z|x), one of :data:`METHODS`: quadrature on
+adaptive grids (``grid``, exact, for z_dim <= 2), Pyro's NUTS (``nuts``) or
+sampling-importance-resampling from the guide (``sir``); :func:`default_method` picks
+``grid`` where the latent is small enough, else ``sir``. It compares them: posterior
 mean and sd per latent dimension side by side, a Gaussian KL between the two, and the
 inference gaps of each point (approximation and amortization, Cremer et al. 2018).
 :func:`write_inspection` saves it all: netCDF files that ``arviz.from_netcdf`` opens,
 CSV tables and PNG figures. :func:`load_points` picks rows of a run's data the way the
-model saw them in training (binarized for a Bernoulli likelihood).
+model saw them in training (binarized for a Bernoulli likelihood), :func:`load_split`
+a whole split (:mod:`pyro_vae.runs.survey` goes over all of it).
 """
 
 from __future__ import annotations
@@ -24,22 +27,64 @@ import torch
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..inference.gaps import InferenceGaps, inference_gaps
+from ..inference.quadrature import MAX_GRID_DIM, check_grid_dim, posterior_quadrature
 from ..model.vae import VAE
 from ..posterior.clouds import PointClouds, plot_clouds, point_clouds
 from ..posterior.compare import compare_posteriors, gaussian_kl
+from ..posterior.grid import grid_posterior
 from ..posterior.plots import plot_forest, plot_latent_ellipses, plot_marginals
 from ..posterior.samplers import exact_posterior, guide_posterior, importance_posterior
 from ..posterior.schema import LATENT_DIM, ArvizData, write_netcdf
 from ..seeding import forked_rng
 from .outputs import check_output_dir
 
-__all__ = ["Inspection", "INSPECT_FILES", "inspect_points", "load_points", "check_outputs", "write_inspection"]
+__all__ = [
+    "METHODS",
+    "Inspection",
+    "INSPECT_FILES",
+    "default_method",
+    "resolve_method",
+    "inspect_points",
+    "load_points",
+    "load_split",
+    "check_outputs",
+    "write_inspection",
+]
+
+#: The references for p(z|x), by name: what each is, for messages and ``--help``.
+METHODS = {
+    "grid": "quadrature on adaptive grids: exact, for z_dim <= 2",
+    "nuts": "Pyro's NUTS, blocks of points on their product space",
+    "sir": "importance resampling from the guide",
+}
 
 #: Every file :func:`write_inspection` may write; ``overwrite=True`` replaces exactly these.
 INSPECT_FILES = (
-    "guide.nc", "nuts.nc", "sir.nc", "summary.csv", "points.csv", "marginals.png", "forest.png", "latent.png",
-    "clouds.png",
+    "guide.nc", "nuts.nc", "sir.nc", "grid.nc", "summary.csv", "points.csv", "marginals.png", "forest.png",
+    "latent.png", "clouds.png",
 )
+
+
+def default_method(vae: VAE) -> str:
+    """``grid`` for a latent of at most 2 dimensions (exact and fast), else ``sir``."""
+    return "grid" if vae.z_dim <= MAX_GRID_DIM else "sir"
+
+
+def resolve_method(vae: VAE, method: str | None, mcmc: bool = False) -> str:
+    """The reference to use: ``method``, ``nuts`` for ``mcmc=True``, else :func:`default_method`.
+
+    Raises:
+        ConfigError: ``method`` is not one of :data:`METHODS`, contradicts ``mcmc``, or
+            is ``grid`` for a latent above 2 dimensions.
+    """
+    if method is not None and method not in METHODS:
+        raise ConfigError(f"unknown `method` {method!r}; choose one of {', '.join(METHODS)}")
+    if mcmc and method not in (None, "nuts"):
+        raise ConfigError(f"`mcmc` asks for NUTS but `method` is {method}; pass one of them")
+    method = "nuts" if mcmc else method or default_method(vae)
+    if method == "grid":
+        check_grid_dim(vae)
+    return method
 
 
 @dataclass
@@ -48,8 +93,9 @@ class Inspection:
 
     Attributes:
         guide: Draws from q(z|x) (:func:`pyro_vae.posterior.samplers.guide_posterior`).
-        reference: Draws from p(z|x): NUTS or importance resampling.
-        reference_name: ``"nuts"`` or ``"sir"``; the prefix of its columns and its file name.
+        reference: Draws from p(z|x): the grid's, NUTS's or importance resampling's.
+        reference_name: ``"grid"``, ``"nuts"`` or ``"sir"``; the prefix of its columns and
+            its file name.
         table: Mean and sd per ``z[point, latent]``, guide beside reference
             (:func:`pyro_vae.posterior.compare.compare_posteriors`).
         points: One row per point: Gaussian KL, log p(x), the ELBOs, the gaps and the
@@ -74,6 +120,12 @@ class Inspection:
         post = self.reference.posterior
         shape = f"{post.sizes['chain']} chains x {post.sizes['draw']} draws"
         attrs = self.reference.attrs
+        if "proposal_nodes" in attrs:
+            error = float(self.reference.sample_stats["quadrature_error"].max())
+            return (
+                f"reference: quadrature on adaptive grids (largest change at the last refinement {error:.1e}); "
+                f"{shape} resampled from the grid"
+            )
         if "sampling_time" in attrs:
             return (
                 f"reference: NUTS, {shape} after {attrs['tuning_steps']} warm-up steps per chain; "
@@ -87,6 +139,7 @@ def inspect_points(
     x: torch.Tensor,
     index: Sequence[int] | np.ndarray | None = None,
     *,
+    method: str | None = None,
     mcmc: bool = False,
     num_samples: int = 500,
     num_chains: int = 4,
@@ -102,9 +155,13 @@ def inspect_points(
         vae: The trained model.
         x: Inputs of shape ``(B, x_dim)``, as the model sees them.
         index: Row index of each input in its data set; default ``0..B-1``.
-        mcmc: Use NUTS (:func:`pyro_vae.posterior.samplers.exact_posterior`) as the reference;
-            else importance resampling from the guide
-            (:func:`pyro_vae.posterior.samplers.importance_posterior`, much faster).
+        method: The reference, one of :data:`METHODS`: ``grid``
+            (:func:`pyro_vae.posterior.grid.grid_posterior`: the mean, sd and KL are the
+            quadrature's, exact), ``nuts``
+            (:func:`pyro_vae.posterior.samplers.exact_posterior`) or ``sir``
+            (:func:`pyro_vae.posterior.samplers.importance_posterior`); default
+            :func:`default_method`.
+        mcmc: The same as ``method="nuts"`` (kept for older callers).
         num_samples: Draws per chain, for the guide and the reference.
         num_chains: Chains, for the guide and the reference.
         warmup_steps: NUTS warm-up steps per chain; default ``num_samples``.
@@ -122,21 +179,29 @@ def inspect_points(
         >>> vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
         >>> found = inspect_points(vae, torch.ones(2, 6), [3, 7], num_samples=50, gap_samples=200)
         >>> list(found.points.index), found.reference_name
-        ([3, 7], 'sir')
+        ([3, 7], 'grid')
     """
+    name = resolve_method(vae, method, mcmc)
     guide = guide_posterior(vae, x, num_samples, num_chains=num_chains, index=index, seed=seed)
-    if mcmc:
-        name = "nuts"
+    exact = None
+    if name == "grid":
+        exact = posterior_quadrature(vae, x)
+        reference = grid_posterior(vae, x, num_samples, num_chains=num_chains, index=index, seed=seed, exact=exact)
+    elif name == "nuts":
         reference = exact_posterior(
             vae, x, num_samples, warmup_steps=warmup_steps, num_chains=num_chains, index=index,
             seed=seed, progress=progress,
         )
     else:
-        name = "sir"
         reference = importance_posterior(
             vae, x, num_samples, num_chains=num_chains, num_proposals=num_proposals, index=index, seed=seed
         )
     table = compare_posteriors(guide, reference, names=("guide", name))
+    if exact is not None:  # the quadrature's moments, not the resampled draws'
+        sd = exact.sd.cpu().numpy()  # (B, z_dim)
+        table[f"{name}_mean"] = exact.mean.cpu().numpy().ravel()
+        table[f"{name}_sd"] = sd.ravel()
+        table[f"{name}_mcse_mean"] = (exact.error.cpu().numpy()[:, None] * sd).ravel()  # quadrature error
     gaps = inference_gaps(vae, x, index=guide.posterior.point.values, num_samples=gap_samples, seed=seed)
     points = pd.DataFrame(gaps.table()).set_index("index")
     points.index.name = "point"
@@ -149,6 +214,10 @@ def inspect_points(
     if "pareto_k" in stats:
         points[f"{name}_ess"] = stats["ess"].values
         points[f"{name}_pareto_k"] = stats["pareto_k"].values
+    if exact is not None:  # exact: KL(q || p(z|x)) = log p(x) - ELBO, by quadrature
+        points[f"{name}_log_px"] = exact.log_marginal.cpu().numpy()
+        points[f"{name}_kl"] = exact.kl.cpu().numpy()
+        points[f"{name}_error"] = exact.error.cpu().numpy()
     clouds = None
     if vae.z_dim == 2:
         labels = [f"row {i}" for i in guide.posterior.point.values]
@@ -156,14 +225,55 @@ def inspect_points(
     return Inspection(guide, reference, name, table, points, gaps, clouds)
 
 
+def load_split(
+    run_dir: str | os.PathLike, *, split: str | None = None, seed: int | None = None
+) -> tuple[RunConfig, VAE, torch.Tensor, str, np.ndarray | None]:
+    """A whole split of a run's data as its model sees it, its labels, and the model.
+
+    The split is binarized as a whole (for a likelihood that needs 0/1 data, with the
+    run's binarization and a generator seeded with ``seed``), so a row looks the same
+    whichever other rows are picked with it.
+
+    Args:
+        run_dir: A training run's directory.
+        split: ``train``, ``val`` or ``test``; default the held-out split (test if the
+            data has one, else validation).
+        seed: Seed of the binarization; default the run's seed.
+
+    Returns:
+        ``(config, vae, x, split, labels)``: ``x`` of shape ``(N, x_dim)``, ``labels``
+        ``(N,)`` or None.
+
+    Raises:
+        CheckpointError: The run directory is damaged.
+        ConfigError: The split does not exist.
+    """
+    from .checkpoint import load_run
+    from .train import load_data, make_transform
+
+    config, vae = load_run(run_dir)
+    data = load_data(config)
+    if split is None:
+        split = "test" if data.test is not None else "val"
+    splits = {"train": (data.train, data.train_labels), "val": (data.val, data.val_labels), "test": (data.test, data.test_labels)}
+    if split not in splits:
+        raise ConfigError(f"`split` must be one of {', '.join(splits)}, got {split!r}")
+    rows, labels = splits[split]
+    if rows is None:
+        raise ConfigError(f"the data {config.data.data!r} has no {split} split; choose `split` train or val")
+    x = torch.from_numpy(rows)
+    vae.likelihood.check_support(x)
+    transform = make_transform(config, vae)
+    if transform is not None:
+        with forked_rng(seed=config.train.seed if seed is None else seed):
+            x = transform(x)
+    return config, vae, x, split, labels
+
+
 def load_points(
     run_dir: str | os.PathLike, index: Sequence[int], *, split: str | None = None, seed: int | None = None
 ) -> tuple[RunConfig, VAE, torch.Tensor, str]:
-    """Rows of a run's data, as its model sees them, and the model.
-
-    The whole split is binarized first (for a likelihood that needs 0/1 data, with the
-    run's binarization and a generator seeded with ``seed``), so a row looks the same
-    whichever other rows are picked with it.
+    """Rows of a run's data, as its model sees them, and the model (:func:`load_split`, then the rows).
 
     Args:
         run_dir: A training run's directory.
@@ -179,36 +289,15 @@ def load_points(
         CheckpointError: The run directory is damaged.
         ConfigError: The split does not exist or an index is out of range or repeated.
     """
-    from .checkpoint import load_run
-    from .evaluate import held_out
-    from .train import load_data, make_transform
-
-    config, vae = load_run(run_dir)
-    data = load_data(config)
-    if split is None:
-        rows, _, split = held_out(data)
-        split = {"validation": "val"}.get(split, split)
-    else:
-        splits = {"train": data.train, "val": data.val, "test": data.test}
-        if split not in splits:
-            raise ConfigError(f"`split` must be one of {', '.join(splits)}, got {split!r}")
-        rows = splits[split]
-        if rows is None:
-            raise ConfigError(f"the data {config.data.data!r} has no {split} split; choose `split` train or val")
-    bad = [i for i in index if not 0 <= i < len(rows)]
+    config, vae, x, split, _ = load_split(run_dir, split=split, seed=seed)
+    bad = [i for i in index if not 0 <= i < len(x)]
     if bad:
         raise ConfigError(
             f"`index` {' '.join(map(str, bad))} out of range: the {split} split of {config.data.data!r} has "
-            f"{len(rows)} rows; pass indices from 0 to {len(rows) - 1}"
+            f"{len(x)} rows; pass indices from 0 to {len(x) - 1}"
         )
     if len(set(index)) != len(index):
         raise ConfigError(f"`index` repeats a row ({' '.join(map(str, index))}); pass each row once")
-    x = torch.from_numpy(rows)
-    vae.likelihood.check_support(x)
-    transform = make_transform(config, vae)
-    if transform is not None:
-        with forked_rng(seed=config.train.seed if seed is None else seed):
-            x = transform(x)
     return config, vae, x[list(index)], split
 
 

@@ -311,9 +311,13 @@ def test_nuts_sample_stats_and_the_model_is_left_alone(corr_vae):
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert all(p.requires_grad for p in corr_vae.parameters()) and corr_vae.training
     corr_vae.eval()
-    # Each (row, chain) has its own random stream: row 7 draws the same with or without row 3.
-    alone = exact_posterior(corr_vae, X_CORR[1:], 30, warmup_steps=30, num_chains=2, index=[7])
-    np.testing.assert_array_equal(alone.posterior.z.sel(point=7).values, data.posterior.z.sel(point=7).values)
+    assert data.attrs["block_size"] == 2 and data.attrs["batch_chains"] == 1  # one block, chains batched
+    # Per-point runs (blocks of 1, chains in turn) give each (row, chain) its own random
+    # stream: row 7 draws the same with or without row 3.
+    per_point = {"warmup_steps": 30, "num_chains": 2, "block_size": 1, "batch_chains": False}
+    both = exact_posterior(corr_vae, X_CORR, 30, index=[3, 7], **per_point)
+    alone = exact_posterior(corr_vae, X_CORR[1:], 30, index=[7], **per_point)
+    np.testing.assert_array_equal(alone.posterior.z.sel(point=7).values, both.posterior.z.sel(point=7).values)
 
 
 # --------------------------------------------------------------- importance sampling
@@ -703,7 +707,8 @@ def digits_run(tmp_path_factory) -> Path:
 
 
 def test_cli_inspect_writes_arviz_files_tables_and_figures(digits_run, capsys):
-    args = ["inspect", str(digits_run), "--index", "0", "4", "--samples", "40", "--chains", "2", "--no-progress"]
+    args = ["inspect", str(digits_run), "--index", "0", "4", "--method", "sir", "--samples", "40", "--chains", "2",
+            "--no-progress"]
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert "guide_mean" in out and "sir_mean" in out and "approximation_gap" in out
