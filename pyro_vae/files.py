@@ -191,7 +191,7 @@ def read_verified(path: str | os.PathLike, *, fix: str = "restore it from a copy
             f"{str(path)!r} is not listed in {MANIFEST}: it was not written there by pyro-vae (copied in, or "
             f"left from another run); {fix}"
         )
-    got = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    got: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     if got not in listed:
         want = listed[-1]
         raise IntegrityError(
@@ -266,7 +266,7 @@ def check_folder(folder: str | os.PathLike) -> FolderCheck | None:
             except FileNotFoundError:
                 (found.missing if name in manifest.files else found.unfinished).append(name)
                 continue
-            got = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            got: dict[str, Any] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
             (found.intact if got in listed else found.damaged).append(name)
     return found
 
@@ -419,7 +419,7 @@ class _Manifest:
                 problem = "it does not match its own checksum"
             elif not (_entries_ok(body["files"]) and _entries_ok(body["pending"])):
                 problem = "its entries are malformed"
-        if problem is None:
+        if problem is None and isinstance(doc, dict):
             return cls(folder, dict(doc["files"]), dict(doc["pending"]))
         if not strict and b"pyro-vae manifest" not in raw:
             return None  # somebody else's manifest.json: not a folder we checksum

@@ -155,7 +155,7 @@ def evaluate_elbo(
     total = 0.0
     try:
         with forked_rng(x.device, seed=seed):
-            kwargs = {} if y is None else {"y": y}
+            kwargs: dict[str, Any] = {} if y is None else {"y": y}
             for step in weighted_passes(vae, x, particles, transform=transform, max_elements=max_elements, **kwargs):
                 total += float(step.draws.log_weights.double().sum())  # sum over draws and rows
     finally:
@@ -322,7 +322,7 @@ def evaluate(
     moments = _Moments()
     was_training = vae.training
     vae.eval()
-    kwargs = {} if y is None else {"y": y}
+    kwargs: dict[str, Any] = {} if y is None else {"y": y}
     plan = pass_plan(vae, x, iw_samples, transform=transform, max_elements=max_elements, **kwargs)
     total = math.ceil(num_points / plan[0]) * math.ceil(iw_samples / plan[1])
     bar = tqdm(total=total, disable=not progress, unit="pass", desc=f"log p(x), K={iw_samples}", dynamic_ncols=True)
@@ -358,5 +358,8 @@ def evaluate(
         iw_samples=iw_samples,
         unit_activity=moments.variance().cpu().numpy(),
         seconds=time.perf_counter() - start_time,
-        **results,
+        elbo=results["elbo"],
+        log_px=results["log_px"],
+        kl=results["kl"],
+        reconstruction=results["reconstruction"],
     )

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Sequence, Union
 
 import numpy as np
 import pyro.distributions as dist
@@ -142,6 +142,10 @@ def gaussian_log_weights(
     return collect_log_weights(vae, x, num_samples, proposal=dist.Normal(loc, scale).to_event(1))
 
 
+#: A shape as torch.distributions accepts one.
+_Shape = Union[torch.Size, list[int], tuple[int, ...]]
+
+
 class EvenMixture(dist.TorchDistribution):
     """The even mixture ``(1/M) sum_m q_m(z)`` of M distributions over z.
 
@@ -166,10 +170,10 @@ class EvenMixture(dist.TorchDistribution):
         first = self.components[0]
         super().__init__(first.batch_shape, first.event_shape, validate_args=False)
 
-    def expand(self, batch_shape: torch.Size, _instance: object = None) -> "EvenMixture":
+    def expand(self, batch_shape: _Shape, _instance: object = None) -> "EvenMixture":
         return EvenMixture([c.expand(batch_shape) for c in self.components])
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: _Shape = torch.Size()) -> torch.Tensor:
         with torch.no_grad():
             draws = torch.stack([c.sample(sample_shape) for c in self.components])  # (M, *S, *batch, *event)
             pick = torch.randint(len(self.components), draws.shape[1 : draws.dim() - len(self.event_shape)], device=draws.device)

@@ -256,7 +256,9 @@ class TracedLoss:
             # The tensors are the conditions (if any), then the model's own parameters and
             # buffers: the tracer sees the model use them and makes them graph inputs.
             y = tensors[0] if given else None
-            return owner()._loss_and_surrogate(model(), x, y, num_data, beta)
+            traced, traced_vae = owner(), model()
+            assert traced is not None and traced_vae is not None  # alive while tracing
+            return traced._loss_and_surrogate(traced_vae, x, y, num_data, beta)
         # Pyro's validation branches on tensor values, so the trace runs without it (the
         # check in loss() runs it). The tracer's warnings flag shape checks too, which the
         # signature makes safe; the check in loss() is what catches a frozen value.

@@ -30,7 +30,7 @@ from .likelihoods import (
     NormalLikelihood,
     PoissonLikelihood,
 )
-from .nn import MLP, ConvDecoder, ConvEncoder
+from .nn import MLP, ConvDecoder, ConvEncoder, size_of
 from .priors import (
     FlowPrior,
     LearnedNormalPrior,
@@ -71,7 +71,7 @@ CONDITIONS: dict[str, Callable[[ModelConfig], Condition | None]] = {
 
 #: Prior factories: ``(config, encoder, guide) -> Prior``. The encoder and guide head
 #: are the VAE's own, already built (the VampPrior reuses them).
-PRIORS: dict[str, Callable[[ModelConfig, MLP, Guide], Prior]] = {
+PRIORS: dict[str, Callable[[ModelConfig, nn.Module, Guide], Prior]] = {
     "normal": lambda c, e, g: StandardNormalPrior(c.z_dim),
     "learned": lambda c, e, g: LearnedNormalPrior(c.z_dim),
     "mixture": lambda c, e, g: MixturePrior(c.z_dim, c.prior_components),
@@ -166,8 +166,8 @@ def build_vae(config: ModelConfig) -> VAE:
     encoder, decoder = choose(NETWORKS, config.net, "net")(config, config.z_dim + c_dim)
     # Likelihood, guide, prior: the prior comes last because the VampPrior reuses the
     # encoder and guide head.
-    likelihood = make_likelihood(config, decoder.out_features)
-    guide = make_guide(config, encoder.out_features + c_dim)
+    likelihood = make_likelihood(config, size_of(decoder))
+    guide = make_guide(config, size_of(encoder) + c_dim)
     if config.top_dim:
         return _hierarchical(config, encoder, decoder, likelihood, guide, condition)
     prior = make_prior(config, encoder, guide)

@@ -21,6 +21,8 @@ The guides here, each with reparameterized draws (``rsample``):
 
 from __future__ import annotations
 
+from typing import cast
+
 import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
@@ -234,5 +236,5 @@ class FlowGuide(Guide):
 
     def forward(self, h: torch.Tensor) -> dist.TorchDistribution:
         # Each ConditionalAffineAutoregressive.condition(h) gives an IAF layer for this h.
-        transforms = [layer.condition(h) for layer in self.layers]
+        transforms = [cast(ConditionalAffineAutoregressive, layer).condition(h) for layer in self.layers]
         return _FlowDistribution(self.base(h), transforms)  # batch h.shape[:-1], event (z_dim,)

@@ -20,6 +20,7 @@ from torch import nn
 
 from .guides import DiagonalNormalGuide, Guide
 from .likelihoods import Likelihood
+from .nn import size_of
 from .priors import Prior
 from .vae import LATENT_SITE, OBS_SITE, VAE, program
 
@@ -73,8 +74,8 @@ class HierarchicalVAE(VAE):
         self.top_dim = top_dim
         self.up = up
         self.down = down
-        self.top_guide = DiagonalNormalGuide(up.out_features, top_dim)  # q(z2 | z1)
-        self.middle = DiagonalNormalGuide(down.out_features, z_dim)  # p(z1 | z2): the same Gaussian head
+        self.top_guide = DiagonalNormalGuide(size_of(up), top_dim)  # q(z2 | z1)
+        self.middle = DiagonalNormalGuide(size_of(down), z_dim)  # p(z1 | z2): the same Gaussian head
 
     @program
     def model(

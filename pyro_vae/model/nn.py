@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "MLP", "ConvEncoder", "ConvDecoder", "SCALE_FLOOR", "softplus_scale", "inverse_softplus_scale", "flow_hidden"]
+__all__ = ["ACTIVATIONS", "MLP", "ConvEncoder", "ConvDecoder", "SCALE_FLOOR", "softplus_scale", "inverse_softplus_scale", "flow_hidden", "size_of"]
 
 #: Hidden-layer non-linearities by name (the one table the CLI and the config use).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -32,6 +32,28 @@ SCALE_FLOOR = 1e-4
 def softplus_scale(raw: torch.Tensor) -> torch.Tensor:
     """Map an unconstrained tensor to a standard deviation: softplus plus a small floor."""
     return nn.functional.softplus(raw) + SCALE_FLOOR
+
+
+def size_of(net: nn.Module, attribute: str = "out_features") -> int:
+    """The size a network declares as ``out_features`` (or ``in_features``).
+
+    A network tells the heads around it its sizes through these attributes; a body
+    without them can still serve when every head is given explicitly.
+
+    Raises:
+        ConfigError: ``net`` declares no such integer attribute.
+
+    Example:
+        >>> size_of(MLP(6, [4, 3])), size_of(MLP(6, [4, 3]), "in_features")
+        (3, 6)
+    """
+    size = getattr(net, attribute, None)
+    if not isinstance(size, int):
+        raise ConfigError(
+            f"{type(net).__name__} declares no integer `{attribute}`; give the network that attribute "
+            "(see examples/custom_network.py), or pass the heads that need it explicitly"
+        )
+    return size
 
 
 def inverse_softplus_scale(scale: float) -> float:

@@ -60,6 +60,9 @@ class StandardNormalPrior(Prior):
         (torch.Size([2]), torch.Size([]))
     """
 
+    loc: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, z_dim: int) -> None:
         super().__init__(z_dim)
         # Buffers, not constants, so that .to(device) moves them with the model.
@@ -234,6 +237,9 @@ class FlowPrior(Prior):
         >>> p.event_shape, p.batch_shape, p.log_prob(torch.zeros(4, 2)).shape
         (torch.Size([2]), torch.Size([]), torch.Size([4]))
     """
+
+    loc: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, z_dim: int, num_layers: int = 2, hidden: int | None = None) -> None:
         super().__init__(z_dim)

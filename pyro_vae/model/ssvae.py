@@ -16,6 +16,8 @@ counted as Pyro counts them).
 
 from __future__ import annotations
 
+from typing import cast
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -26,6 +28,7 @@ from torch import nn
 from ..errors import DataError
 from .guides import Guide
 from .likelihoods import Likelihood
+from .nn import size_of
 from .priors import Prior
 from .vae import LATENT_SITE, OBS_SITE, VAE, program
 
@@ -74,7 +77,7 @@ class SemiSupervisedVAE(VAE):
             raise DataError(f"a semi-supervised VAE needs at least 2 label classes, got {num_classes}")
         super().__init__(encoder, decoder, likelihood, prior=prior, guide=guide, z_dim=z_dim, name=name)
         self.num_classes = num_classes
-        self.classifier = nn.Linear(encoder.out_features, num_classes)
+        self.classifier = nn.Linear(size_of(encoder), num_classes)
 
     # ----------------------------------------------------------------- Pyro program
     @program
@@ -96,7 +99,7 @@ class SemiSupervisedVAE(VAE):
         with self._data_plate(x, num_data, num_points):
             with poutine.scale(scale=beta):
                 z = pyro.sample(LATENT_SITE, pz)
-            label = pyro.sample(LABEL_SITE, py, obs=labels, obs_mask=known)
+            label = pyro.sample(LABEL_SITE, py, obs=labels, obs_mask=cast(torch.BoolTensor, known))
             h = self.decoder(torch.cat([z, self._one_hot(label, z)], -1))
             pyro.sample(OBS_SITE, self.likelihood(h), obs=x)
         return z
@@ -119,7 +122,7 @@ class SemiSupervisedVAE(VAE):
         labels, known = self._labels(y, x.shape[0], x)
         h = self.encoder(x)  # (B, F)
         with self._data_plate(x, num_data, num_points):
-            with poutine.mask(mask=~known):
+            with poutine.mask(mask=cast(torch.BoolTensor, ~known)):
                 guess = pyro.sample(
                     f"{LABEL_SITE}_unobserved",
                     dist.Categorical(logits=self.classifier(h)),

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, overload
 
 import pyro
 import pyro.distributions as dist
@@ -37,8 +37,10 @@ from pyro.poutine.messenger import Messenger
 from torch import nn
 
 from ..errors import ConfigError, DataError
+from .conditions import Condition
 from .guides import DiagonalNormalGuide, Guide
 from .likelihoods import Likelihood
+from .nn import size_of
 from .priors import Prior, StandardNormalPrior
 
 __all__ = ["VAE", "PyroProgram", "program", "local_params", "DATA_PLATE", "LATENT_SITE", "OBS_SITE"]
@@ -147,7 +149,7 @@ class program:
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = pyro_method(fn)
         self.name = fn.__name__
-        functools.update_wrapper(self, fn)
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]  # typeshed wants a callable; a descriptor works
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -210,7 +212,7 @@ class VAE(PyroModule):
         *,
         z_dim: int | None = None,
         name: str | None = None,
-        condition: nn.Module | None = None,
+        condition: Condition | None = None,
     ) -> None:
         super().__init__(name=_next_name() if name is None else name)
         # A PyroModule built in Pyro's default mode has no local parameter state, which
@@ -228,9 +230,9 @@ class VAE(PyroModule):
         self.decoder = decoder
         self.likelihood = likelihood
         self.prior = prior if prior is not None else StandardNormalPrior(z_dim)
-        self.condition = condition
+        self.condition: Condition | None = condition
         c_dim = 0 if condition is None else condition.out_features
-        self.variational = guide if guide is not None else DiagonalNormalGuide(encoder.out_features + c_dim, z_dim)
+        self.variational = guide if guide is not None else DiagonalNormalGuide(size_of(encoder) + c_dim, z_dim)
         if self.prior.z_dim != z_dim or self.variational.z_dim != z_dim:
             raise ValueError(
                 f"prior z_dim {self.prior.z_dim} and guide z_dim {self.variational.z_dim} must both be {z_dim}"
@@ -238,7 +240,8 @@ class VAE(PyroModule):
         # Sizes that do not fit fail here, not at the first step. (A subclass with programs
         # of its own wires its parts its own way.)
         if type(self).model is VAE.__dict__["model"]:
-            _check_sizes("the guide head", self.variational, encoder.out_features + c_dim)
+            encoder_out = getattr(encoder, "out_features", None)
+            _check_sizes("the guide head", self.variational, None if encoder_out is None else encoder_out + c_dim)
             _check_sizes("the likelihood head", likelihood, getattr(decoder, "out_features", None))
             _check_sizes("the decoder", decoder, z_dim + c_dim, attribute="in_features")
 
@@ -373,6 +376,10 @@ class VAE(PyroModule):
             self.condition.check(y, rows)
         return self.condition(y)
 
+    @overload
+    def _flat(self, x: torch.Tensor) -> torch.Tensor: ...
+    @overload
+    def _flat(self, x: None) -> None: ...
     def _flat(self, x: torch.Tensor | None) -> torch.Tensor | None:
         """Image-shaped rows ``(B, ...)`` of ``x_dim`` values, flattened to ``(B, x_dim)``."""
         if x is None or not isinstance(x, torch.Tensor) or x.dim() <= 2:

@@ -41,7 +41,7 @@ _BACKGROUND = 0.55
 _GAP = 1
 
 
-def _image_grid(rows: Sequence[np.ndarray], image_shape: Sequence[int]) -> np.ndarray:
+def _image_grid(rows: Sequence[np.ndarray] | np.ndarray, image_shape: Sequence[int]) -> np.ndarray:
     """Images laid out in rows with a gap between tiles; missing cells (NaN) stay background."""
     h, w = image_shape
     n_rows, n_cols = len(rows), max(len(row) for row in rows)

@@ -50,7 +50,7 @@ def storage_error(err: OSError, doing: str, fix: str) -> StorageError:
         errno.EROFS: "the disk is read-only",
         errno.ENOSPC: "the disk is full: free some space",
         errno.EDQUOT: "your disk quota is full: free some space",
-    }.get(err.errno)
+    }.get(err.errno or -1)
     return StorageError(f"cannot {doing}: {reason}; {hint + ', then ' if hint else ''}{fix}", err.errno)
 
 
