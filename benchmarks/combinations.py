@@ -43,9 +43,9 @@ import pyro
 import torch
 
 import pyro_vae
+from pyro_vae.cli import main as cli_main
 from pyro_vae.inference.bounds import elbo_per_datum, iwae_per_datum, log_weights
 from pyro_vae.runs.checkpoint import load_run
-from pyro_vae.cli import main as cli_main
 from pyro_vae.runs.train import load_data, make_transform
 
 #: name -> the flags that differ from the baseline (diagonal Normal guide, Normal prior,

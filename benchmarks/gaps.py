@@ -32,11 +32,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pyro_vae.runs.checkpoint import atomic_write
 from pyro_vae.config import ModelConfig, RunConfig, TrainConfig
 from pyro_vae.inference.gaps import inference_gaps
-from pyro_vae.runs.inspect import inspect_points, load_points
+from pyro_vae.runs.checkpoint import atomic_write
 from pyro_vae.runs.evaluate import held_out
+from pyro_vae.runs.inspect import inspect_points, load_points
 from pyro_vae.runs.train import load_data, train_run
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "gaps.json"

@@ -46,16 +46,17 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from reference_vae import ReferenceVAE, train_epoch  # noqa: E402
+from speed import machine_description  # noqa: E402
+
 import pyro_vae  # noqa: E402, F401  (imported with torch and Pyro, so the memory baseline holds all three)
-from pyro_vae.inference.objectives import build_objective  # noqa: E402
-from pyro_vae.model.build import build_vae  # noqa: E402
 from pyro_vae.config import ModelConfig, TrainConfig  # noqa: E402
 from pyro_vae.data.datasets import default_data_dir, load_mnist  # noqa: E402
 from pyro_vae.data.transforms import binarize  # noqa: E402
 from pyro_vae.inference.evaluation import DEFAULT_IW_SAMPLES, evaluate  # noqa: E402
+from pyro_vae.inference.objectives import build_objective  # noqa: E402
+from pyro_vae.model.build import build_vae  # noqa: E402
 from pyro_vae.training.loop import fit  # noqa: E402
-from reference_vae import ReferenceVAE, train_epoch  # noqa: E402
-from speed import machine_description  # noqa: E402
 
 HIDDEN, Z_DIM, ACTIVATION = (200, 200), 50, "tanh"
 #: Burda et al. 2015, Table 1: test log-likelihood of MNIST, k = 1 (VAE) and k = 50 (IWAE).

@@ -82,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
 def measure(args: argparse.Namespace, batch_size: int, threads: int) -> dict[str, Any]:
     """Train once and time it; under torchrun every rank calls this, rank 0 reports."""
     from pyro_vae import distributed
-    from pyro_vae.model.build import build_vae
     from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+    from pyro_vae.model.build import build_vae
     from pyro_vae.runs.train import load_data, make_transform, resolve_device
     from pyro_vae.training.loop import fit
 
@@ -225,11 +225,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for bs in args.batch_size:
-        group = [{"mode": "plain", **best(lambda: measure(args, bs, args.threads))}]
+        group = [{"mode": "plain", **best(lambda bs=bs: measure(args, bs, args.threads))}]
         for n in args.nprocs:
-            group.append({"mode": "ddp", **best(lambda: _launch(args, n, [*worker_argv, "--batch-size", str(bs)]))})
+            group.append({"mode": "ddp", **best(lambda n=n, bs=bs: _launch(args, n, [*worker_argv, "--batch-size", str(bs)]))})
         if args.device == "cpu" and default_threads != args.threads and not args.smoke:
-            group.append({"mode": "plain", **best(lambda: measure(args, bs, default_threads))})
+            group.append({"mode": "plain", **best(lambda bs=bs: measure(args, bs, default_threads))})
         for r in group:  # relative to one process with the same batch and threads
             r["speedup"] = r["examples_per_s"] / group[0]["examples_per_s"]
             r["efficiency"] = r["speedup"] / r["processes"]

@@ -51,14 +51,15 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from reference_vae import ReferenceVAE, train_epoch  # noqa: E402
+
 import pyro_vae  # noqa: E402, F401  (imported with torch and Pyro, so the memory baseline holds all three)
-from pyro_vae.inference.objectives import build_objective  # noqa: E402
-from pyro_vae.model.build import build_vae  # noqa: E402
 from pyro_vae.config import ModelConfig, TrainConfig  # noqa: E402
 from pyro_vae.data.datasets import default_data_dir, load_mnist  # noqa: E402
 from pyro_vae.data.transforms import binarize  # noqa: E402
+from pyro_vae.inference.objectives import build_objective  # noqa: E402
+from pyro_vae.model.build import build_vae  # noqa: E402
 from pyro_vae.training.loop import fit  # noqa: E402
-from reference_vae import ReferenceVAE, train_epoch  # noqa: E402
 
 #: name -> (hidden widths, z_dim, activation)
 ARCHS: dict[str, tuple[tuple[int, ...], int, str]] = {
@@ -148,12 +149,12 @@ def interleaved(
     for r in range(rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
-            times[name].append(_timed(lambda: contestants[name].block(rows, batch_size, seed=r), device))
+            times[name].append(_timed(lambda name=name, r=r: contestants[name].block(rows, batch_size, seed=r), device))
     return times
 
 
 def _paired_ratio(numerator: list[float], denominator: list[float]) -> float:
-    return statistics.median(a / b for a, b in zip(numerator, denominator))
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
 
 
 # ---------------------------------------------------------------------- peak memory

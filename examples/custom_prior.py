@@ -26,10 +26,10 @@ import torch
 from torch import nn
 
 from pyro_vae import ModelConfig, Prior, TrainConfig, build_vae, fit, load_dataset
-from pyro_vae.inference.objectives import check_compatible
-from pyro_vae.model.build import PRIORS
 from pyro_vae.data.transforms import binarize
 from pyro_vae.errors import ConfigError
+from pyro_vae.inference.objectives import check_compatible
+from pyro_vae.model.build import PRIORS
 from pyro_vae.model.nn import softplus_scale
 
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pyro_vae.runs.checkpoint import load_run
 from pyro_vae.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from pyro_vae.runs.checkpoint import load_run
 from pyro_vae.runs.inspect import inspect_points, load_points, write_inspection
 from pyro_vae.runs.train import train_run
 

@@ -32,13 +32,13 @@ from pathlib import Path
 
 import matplotlib as mpl
 import numpy as np
-from matplotlib.axes import Axes
 import torch
+from matplotlib.axes import Axes
 from pyro import poutine
 
 from pyro_vae import MLP, VAE, BernoulliLikelihood, DiagonalNormalGuide, TrainConfig, fit
-from pyro_vae.posterior.clouds import PointClouds, colours, draw_point_clouds, point_clouds, sigma_ellipse
 from pyro_vae.plotting import new_figure, save_png
+from pyro_vae.posterior.clouds import PointClouds, colours, draw_point_clouds, point_clouds, sigma_ellipse
 
 #: Where the normal run writes the figure the README shows.
 FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "seed_diagram.png"
@@ -120,7 +120,7 @@ def draw_network(ax: Axes, vae: VAE, x: torch.Tensor, colour: str) -> None:
         terms = "".join(
             f"{'-' if w < 0 else ('' if j == 0 else '+')}{' ' if j else ''}{abs(w):.2f}×{a:.2f} "
             if a >= 0 else f"{'-' if w < 0 else ('' if j == 0 else '+')}{' ' if j else ''}{abs(w):.2f}×({a:.2f}) "
-            for j, (w, a) in enumerate(zip(w_mu[i], hidden.tolist()))
+            for j, (w, a) in enumerate(zip(w_mu[i], hidden.tolist(), strict=True))
         )
         bias = f"{'-' if b_mu[i] < 0 else '+'} {abs(b_mu[i]):.2f}"
         lines.append(f"μ{i + 1} = {terms}{bias} = {mu[i]:.2f}")
@@ -295,7 +295,7 @@ def main() -> None:
         loc, scale = vae.encode(inputs)  # (5, 2) each
         hidden = vae.encoder(inputs)  # (5, 4)
     print("input x                 mu_1(x)  mu_2(x)  sigma_1(x)  sigma_2(x)  mean of hidden layer")
-    for x, m, s, h in zip(inputs, loc, scale, hidden):
+    for x, m, s, h in zip(inputs, loc, scale, hidden, strict=True):
         bits = " ".join(str(int(v)) for v in x)
         print(f"{bits}    {m[0]:8.3f} {m[1]:8.3f}  {s[0]:10.3f}  {s[1]:10.3f}  {h.mean():8.3f}")
     print(

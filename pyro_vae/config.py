@@ -8,6 +8,7 @@ same architecture. Nothing else holds a default.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -180,7 +181,7 @@ class ModelConfig:
         """
         x = max(self.x_dim, 1)
         widths = [x, *self.hidden, self.z_dim]
-        encoder = sum(a * b for a, b in zip(widths, widths[1:]))
+        encoder = sum(a * b for a, b in itertools.pairwise(widths))
         last = widths[-2]
         decoder = encoder + last * x  # the reversed stack, with a second output per feature
         prior = self.prior_components * (x + 2 * self.z_dim)

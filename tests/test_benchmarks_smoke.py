@@ -65,7 +65,7 @@ def test_quality_smoke(tmp_path):
     # follow as reference rows that carry no measurement.
     body = [line for line in (tmp_path / "quality.md").read_text().splitlines()[2:] if line.startswith("|")]
     measured, published = body[: len(rows)], body[len(rows) :]
-    for line, r in zip(measured, rows):
+    for line, r in zip(measured, rows, strict=True):
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert cells[0] == r["model"] and cells[1].startswith(r["objective"])
         assert float(cells[5]) == pytest.approx(r["test_elbo"], abs=0.005)
@@ -90,8 +90,8 @@ def test_reference_computes_pyro_vaes_estimator(arch):
     torch.manual_seed(1)
     theirs = reference.loss(x, 1000)
     assert torch.allclose(ours, theirs, rtol=1e-5)
-    g_ours = dict(zip((n for n, _ in vae.named_parameters()), torch.autograd.grad(ours, list(vae.parameters()))))
-    g_theirs = dict(zip((n for n, _ in reference.named_parameters()), torch.autograd.grad(theirs, list(reference.parameters()))))
+    g_ours = dict(zip((n for n, _ in vae.named_parameters()), torch.autograd.grad(ours, list(vae.parameters())), strict=True))
+    g_theirs = dict(zip((n for n, _ in reference.named_parameters()), torch.autograd.grad(theirs, list(reference.parameters())), strict=True))
     assert g_ours.keys() == g_theirs.keys()
     for name in g_ours:
         scale = float(g_ours[name].abs().max())

@@ -43,7 +43,7 @@ def test_seed_diagram_prints_per_input_mu_sigma_and_matching_moments(tmp_path):
     means = re.findall(r"dimension (\d):\s+mu\s+=\s+(\S+)\s+(\S+)\s+\((\S+)\)\s+(\S+)", out)
     sds = re.findall(r"dimension (\d):\s+sigma\s+=\s+(\S+)\s+(\S+) \(sd of z\)\s+\((\S+)\)\s+(\S+)", out)
     assert len(means) == len(sds) == 2
-    for (_, mu, mean, _, guide_mean), (_, sigma, sd, _, guide_sd) in zip(means, sds):
+    for (_, mu, mean, _, guide_mean), (_, sigma, sd, _, guide_sd) in zip(means, sds, strict=True):
         mu, mean, guide_mean, sigma, sd, guide_sd = map(float, (mu, mean, guide_mean, sigma, sd, guide_sd))
         se_mean, se_sd = sigma / math.sqrt(n), sigma / math.sqrt(2 * (n - 1))
         for m in (mean, guide_mean):

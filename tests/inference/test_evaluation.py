@@ -320,10 +320,10 @@ def test_traced_trace_elbo_has_pyros_value_and_gradients(prior, guide, likelihoo
             results.append((loss.detach(), torch.autograd.grad(loss, params)))
         (l1, g1), (l2, g2) = results
         assert torch.allclose(l1, l2, rtol=1e-5, atol=1e-4)
-        for a, b in zip(g1, g2):
+        for a, b in zip(g1, g2, strict=True):
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
         if prior != "vamp":
-            assert all(torch.equal(a, b) for a, b in zip(g1, g2))
+            assert all(torch.equal(a, b) for a, b in zip(g1, g2, strict=True))
 
 
 def test_traced_trace_elbo_keys_graphs_on_batch_shape_and_draws_like_pyro():

@@ -124,7 +124,7 @@ def test_contract(prior, guide, likelihood, net, tmp_path):
     save_weights(tmp_path, vae)
     _, loaded = load_run(tmp_path)
     vae.eval()
-    for a, b in zip(vae.encode(x), loaded.encode(x)):
+    for a, b in zip(vae.encode(x), loaded.encode(x), strict=True):
         assert torch.equal(a, b)
     torch.manual_seed(1)
     expected = log_weights(vae, x, 3)  # (3, BATCH)

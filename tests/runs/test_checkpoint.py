@@ -41,7 +41,7 @@ def test_save_then_load_gives_identical_encode_outputs(tmp_path):
     _, vae = saved_run(tmp_path)
     x = torch.rand(9, 6)
     loaded = load(tmp_path)
-    for a, b in zip(vae.encode(x), loaded.encode(x)):
+    for a, b in zip(vae.encode(x), loaded.encode(x), strict=True):
         assert torch.equal(a, b)
     assert type(loaded.likelihood) is type(vae.likelihood)
 
@@ -164,5 +164,5 @@ def test_training_state_round_trip(tmp_path):
     opt2 = torch.optim.Adam(fresh.parameters(), lr=1e-3)
     opt2.load_state_dict(state["optimizer"])
     assert state["history"][0]["epoch"] == 1
-    for a, b in zip(vae.parameters(), fresh.parameters()):
+    for a, b in zip(vae.parameters(), fresh.parameters(), strict=True):
         assert torch.equal(a, b)

@@ -499,7 +499,7 @@ def test_fresh_run_directories_never_collide(data_file, scratch):
 
 def _read_only(folder):
     """Make ``folder`` and everything in it read-only (for its owner too)."""
-    for root, dirs, files in os.walk(folder):
+    for root, _dirs, files in os.walk(folder):
         for name in files:
             os.chmod(os.path.join(root, name), 0o444)
         os.chmod(root, 0o555)

@@ -103,7 +103,7 @@ def test_latent_plot_has_one_point_per_input_and_an_ellipse_for_every_25th(tmp_p
     np.testing.assert_array_equal(points.get_array(), labels)  # coloured by label
     ellipses = [p for p in ax.patches if isinstance(p, Ellipse)]
     assert len(ellipses) == 3  # inputs 0, 25, 50
-    for patch, i in zip(ellipses, (0, 25, 50)):
+    for patch, i in zip(ellipses, (0, 25, 50), strict=True):
         assert patch.center == pytest.approx(tuple(loc[i]))
         assert (patch.width, patch.height) == pytest.approx(tuple(2 * scale[i]))  # 1 sigma each side
     assert len(drawn[0].axes) == 2  # the colour bar of the labels
