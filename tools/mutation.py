@@ -7,12 +7,22 @@ files that exercise it, so that a run fits a small machine. Writes the kill rate
 module, and every surviving mutant with its diff and the reason it survives, to
 ``benchmarks/results/mutation.md`` and ``mutation.json``.
 
-Not part of CI (it takes an hour or more on two cores). Usage::
+Not part of CI (it takes hours on two cores). Usage::
 
     pip install 'mutmut>=3.8,<4'
-    nice -n 10 python tools/mutation.py                  # every module, HEAD
-    python tools/mutation.py --module pyro_vae/files.py  # one module
+    nice -n 19 python tools/mutation.py                  # every module, HEAD
+    python tools/mutation.py --module pyro_vae/files.py  # one module (merged into the results)
     python tools/mutation.py --ref WORKTREE              # the uncommitted working tree
+    python tools/mutation.py --sample 30 --seed 0        # a uniform random sample per module
+    python tools/mutation.py --recheck --module pyro_vae/inference/bounds.py
+        # after adding tests: re-run only that module's recorded survivors, at HEAD
+
+``--sample N`` tests N mutants drawn uniformly (seeded) from each module's mutants and
+reports the kill rate with its binomial standard error, for machines where every mutant
+does not fit (a full run of all targets is about 2,300 mutants).
+
+``--recheck`` is valid only while the module's source is the one the recorded run
+mutated (mutant names are numbered along the source); the tool checks this.
 
 A mutant is *killed* when a selected test fails (or times out) with it in place. A
 survivor is either equivalent (no test can tell it from the original: the reason is
@@ -23,7 +33,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -51,6 +63,7 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "pyro_vae/inference/bounds.py",
         (
+            "tests/inference/test_bounds.py",
             "tests/inference/test_evaluation.py",
             "tests/inference/test_objectives.py",
             "tests/model/test_components.py",
@@ -89,6 +102,9 @@ TARGETS: tuple[Target, ...] = (
 #: to the commit the results name.
 REASONS: dict[str, str] = {}
 
+#: Why a module of :data:`TARGETS` has no row in the results (written into mutation.md).
+NOT_MEASURED: dict[str, str] = {}
+
 #: mutmut's exit codes, as its ``mutmut.stats.status_by_exit_code`` reads them.
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 
@@ -101,6 +117,9 @@ class ModuleResult:
     statuses: dict[str, str] = field(default_factory=dict)
     survivors: list[dict[str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: Mutants of the module in all; more than ``total`` when only a sample was run.
+    population: int = 0
+    seed: int | None = None
 
     @property
     def total(self) -> int:
@@ -123,12 +142,40 @@ class ModuleResult:
             "what": self.why,
             "tests": self.tests,
             "mutants": self.total,
+            "population": self.population or self.total,
+            "sample_seed": self.seed,
             "killed": self.killed,
             "kill_rate": round(self.rate, 4),
+            # Binomial standard error of the rate over the module's mutants (0: all were run).
+            "kill_rate_se": _standard_error(self.killed, self.total, self.population or self.total),
             "by_status": counts,
             "survivors": self.survivors,
             "seconds": round(self.seconds, 1),
         }
+
+
+def _standard_error(killed: int, tested: int, population: int) -> float:
+    """Standard error of killed / tested as an estimate over ``population`` (finite population)."""
+    if tested <= 1 or tested >= population:
+        return 0.0
+    p = killed / tested
+    return round(math.sqrt(p * (1 - p) / tested * (population - tested) / (population - 1)), 4)
+
+
+def _mutant_names(copy: Path, target: Target) -> list[str]:
+    """Every mutant name of ``target`` (mutmut's generation step alone, no tests run)."""
+    generate = (
+        "import mutmut.__main__ as m; from mutmut.utils.file_utils import copy_src_dir, setup_source_paths; "
+        "m.set_mutant_under_test('mutant_generation'); copy_src_dir(); setup_source_paths(); m.create_mutants(1)"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(copy / "mutants"), os.environ.get("PYTHONPATH", "")])))
+    subprocess.run([sys.executable, "-c", generate], cwd=copy, env=env, check=True, capture_output=True)
+    from fnmatch import fnmatch
+
+    meta = json.loads((copy / "mutants" / (target.path + ".meta")).read_text())
+    return sorted(
+        name for name in meta["exit_code_by_key"] if not target.only or any(fnmatch(name, p) for p in target.only)
+    )
 
 
 def _copy_repository(ref: str, into: Path) -> str:
@@ -179,7 +226,16 @@ def _mutmut(copy: Path, *args: str, capture: bool = False) -> subprocess.Complet
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MPLBACKEND", "Agg")
     # `mutmut run`, not `python -m mutmut`: the latter re-executes mutmut's __main__.
-    command = [sys.executable, "-c", "import sys; from mutmut.__main__ import cli; sys.argv[0] = 'mutmut'; cli()", *args]
+    # Given mutant names, mutmut 3.8 looks up each one's tests with [] and fails on a
+    # function no test reaches: such names are left out of the lookup (they are then
+    # reported `no tests`, as in a full run).
+    launch = (
+        "import sys, mutmut.__main__ as m; f = m.tests_for_mutant_names; "
+        "m.tests_for_mutant_names = lambda names: f([n for n in names "
+        "if m.state().tests_by_mangled_function_name.get(m.mangled_name_from_mutant_name(n))]); "
+        "sys.argv[0] = 'mutmut'; m.cli()"
+    )
+    command = [sys.executable, "-c", launch, *args]
     return subprocess.run(command, cwd=copy, env=env, text=True, capture_output=capture)
 
 
@@ -196,7 +252,26 @@ def _statuses(copy: Path, target: Target) -> dict[str, str]:
     }
 
 
-def run_target(target: Target, ref: str, max_children: int, keep: bool) -> tuple[ModuleResult, str]:
+def _survivor(copy: Path, name: str, status: str) -> dict[str, str]:
+    diff = _mutmut(copy, "show", name, capture=True).stdout.strip()
+    return {
+        "mutant": name,
+        "status": status,
+        "reason": REASONS.get(name, "not yet explained"),
+        "diff": "\n".join(line for line in diff.splitlines() if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))),
+    }
+
+
+def run_target(
+    target: Target,
+    ref: str,
+    max_children: int,
+    keep: bool,
+    names: tuple[str, ...] = (),
+    sample: int | None = None,
+    seed: int = 0,
+) -> tuple[ModuleResult, str]:
+    """Mutate ``target`` in a copy at ``ref``: every mutant, only ``names``, or a random ``sample``."""
     work = Path(tempfile.mkdtemp(prefix="pyro-vae-mutation-"))
     copy = work / "repo"
     version = _copy_repository(ref, copy)
@@ -205,67 +280,137 @@ def run_target(target: Target, ref: str, max_children: int, keep: bool) -> tuple
     # system caches the missing folder on PYTHONPATH and loads the unmutated package.
     (copy / "mutants").mkdir()
     start = time.perf_counter()
+    population = 0
+    if sample is not None:
+        every = _mutant_names(copy, target)
+        population = len(every)
+        if sample < population:
+            names = tuple(sorted(random.Random(seed).sample(every, sample)))
     print(f"== {target.path}: {', '.join(target.tests)} (copy in {copy})", flush=True)
-    result = _mutmut(copy, "run", "--max-children", str(max_children), *target.only)
+    result = _mutmut(copy, "run", "--max-children", str(max_children), *(names or target.only))
     if result.returncode != 0:
         raise SystemExit(f"mutmut failed on {target.path} (exit {result.returncode}); the copy is in {copy}")
     module = ModuleResult(target.path, list(target.tests), target.why, seconds=time.perf_counter() - start)
     module.statuses = _statuses(copy, target)
-    for name, status in module.statuses.items():
-        if status in KILLED:
-            continue
-        diff = _mutmut(copy, "show", name, capture=True).stdout.strip()
-        module.survivors.append({
-            "mutant": name,
-            "status": status,
-            "reason": REASONS.get(name, "not yet explained"),
-            "diff": "\n".join(line for line in diff.splitlines() if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))),
-        })
+    module.population = population or len(module.statuses)
+    module.seed = seed if sample is not None and sample < population else None
+    if names:
+        module.statuses = {name: module.statuses[name] for name in names}
+    module.survivors = [_survivor(copy, name, status) for name, status in module.statuses.items() if status not in KILLED]
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
     return module, version
 
 
-def write_results(modules: list[ModuleResult], version: str, command: str, out: Path) -> None:
+def recheck_target(target: Target, ref: str, row: dict, max_children: int, keep: bool) -> tuple[dict, str]:
+    """Re-run a recorded module's survivors at ``ref`` (new tests); the killed stay killed.
+
+    Survivors already explained as equivalent (in :data:`REASONS`) are not re-run: no
+    test can kill them. Valid only where the module's source at ``ref`` is the one the
+    recorded run mutated, so that the mutant names mean the same mutants.
+    """
+    source = row["source"].split()[0]
+    if _git("rev-parse", f"{source}:{target.path}") != _git("rev-parse", f"{ref}:{target.path}"):
+        raise SystemExit(
+            f"{target.path} changed between {source} (the recorded run) and {ref}: "
+            f"run it whole (python tools/mutation.py --module {target.path} --ref {ref})"
+        )
+    names = tuple(s["mutant"] for s in row["survivors"] if s["mutant"] not in REASONS)
+    kept = [{**s, "reason": REASONS[s["mutant"]]} for s in row["survivors"] if s["mutant"] in REASONS]
+    version = _git("rev-parse", "--short", ref)
+    seconds = 0.0
+    statuses: dict[str, str] = {}
+    survivors = list(kept)
+    if names:
+        module, version = run_target(target, ref, max_children, keep, names)
+        statuses, seconds = module.statuses, module.seconds
+        survivors += module.survivors
+    newly_killed = sum(s in KILLED for s in statuses.values())
+    counts = dict(row["by_status"])
+    for s in row["survivors"]:
+        if s["mutant"] in statuses:
+            counts[s["status"]] -= 1
+    for status in statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    killed = row["killed"] + newly_killed
+    population = row.get("population", row["mutants"])
+    new_row = {
+        **row,
+        "what": target.why,
+        "tests": list(target.tests),
+        "killed": killed,
+        "kill_rate": round(killed / row["mutants"], 4),
+        "kill_rate_se": _standard_error(killed, row["mutants"], population),
+        "by_status": {k: v for k, v in counts.items() if v},
+        "survivors": sorted(survivors, key=lambda s: s["mutant"]),
+        "seconds": round(row["seconds"] + seconds, 1),
+        "source": f"{source} (its {len(names)} unexplained survivors re-run at {version})",
+        "command": f"python tools/mutation.py --recheck --module {target.path}",
+    }
+    print(f"   {newly_killed} of {len(names)} re-run survivors killed; {killed}/{row['mutants']} in all", flush=True)
+    return new_row, version
+
+
+def _previous_rows(out: Path) -> dict[str, dict]:
+    previous = out / "mutation.json"
+    if not previous.is_file():
+        return {}
+    return {row["module"]: row for row in json.loads(previous.read_text())["modules"]}
+
+
+def write_results(modules: list[ModuleResult | dict], version: str, command: str, out: Path) -> None:
     """Write mutation.json and mutation.md; modules not run now keep their earlier rows."""
     from importlib.metadata import version as package_version
 
-    rows = {m.path: {**m.to_dict(), "source": version, "command": command} for m in modules}
-    previous = out / "mutation.json"
-    if previous.is_file():
-        for row in json.loads(previous.read_text())["modules"]:
-            rows.setdefault(row["module"], row)
+    rows = {}
+    for m in modules:
+        row = m if isinstance(m, dict) else {**m.to_dict(), "source": version, "command": command}
+        rows[row["module"]] = row
+    for path, row in _previous_rows(out).items():
+        rows.setdefault(path, row)
     order = [t.path for t in TARGETS]
     rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     total = sum(r["mutants"] for r in rows.values())
     killed = sum(r["killed"] for r in rows.values())
     report = {
         "tool": f"mutmut {package_version('mutmut')}",
-        "command": "nice -n 10 python tools/mutation.py [--module PATH ...]",
+        "command": "nice -n 19 python tools/mutation.py [--module PATH ...] [--max-children N]",
         "total": {"mutants": total, "killed": killed, "kill_rate": round(killed / total, 4) if total else None},
         "modules": list(rows.values()),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "mutation.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    sources = sorted({r["source"] for r in rows.values()})
     lines = [
         "# Mutation testing",
         "",
-        f"{report['tool']}, each module mutated in a copy of the repository at {', '.join(sources)} and run",
-        "against only the test files listed (`nice -n 10 python tools/mutation.py`, OMP_NUM_THREADS=1,",
-        "one mutant at a time). A mutant is killed when one of those tests fails (or times out) with it",
-        "in place.",
+        f"{report['tool']}, each module mutated in a copy of the repository at the commit its row names",
+        "and run against only the tests listed (`nice -n 19 python tools/mutation.py`, OMP_NUM_THREADS=1).",
+        "A mutant is killed when one of those tests fails (or times out) with it in place; `no tests`",
+        "means no listed test reaches the mutated function, and counts as a survivor.",
         "",
-        "| module | what | tests | mutants | killed | kill rate |",
-        "| --- | --- | --- | ---: | ---: | ---: |",
+        "Where `mutants` reads `n of N`, a uniform random sample of n of the module's N mutants was",
+        "run (`--sample`, seed in the JSON) and the kill rate is an estimate, given with its standard",
+        "error (binomial, finite population).",
+        "",
+        "| module | what | source | tests | mutants | killed | kill rate |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: |",
     ]
     for r in rows.values():
         tests = ", ".join(f"`{t.removeprefix('tests/')}`" for t in r["tests"])
-        lines.append(
-            f"| `{r['module']}` | {r['what']} | {tests} | {r['mutants']} | {r['killed']} | {100 * r['kill_rate']:.1f} % |"
-        )
+        population = r.get("population", r["mutants"])
+        tested = f"{r['mutants']} of {population}" if population > r["mutants"] else f"{r['mutants']}"
+        rate = f"{100 * r['kill_rate']:.1f} %"
+        if r.get("kill_rate_se"):
+            rate += f" ± {100 * r['kill_rate_se']:.1f}"
+        lines.append(f"| `{r['module']}` | {r['what']} | {r['source']} | {tests} | {tested} | {r['killed']} | {rate} |")
     if total:
-        lines.append(f"| **all** | | | {total} | {killed} | **{100 * killed / total:.1f} %** |")
+        lines.append(
+            f"| **all measured** (mutants tested, pooled) | | | | {total} | {killed} | **{100 * killed / total:.1f} %** |"
+        )
+    missing = [t for t in TARGETS if t.path not in rows]
+    if missing:
+        lines += ["", "## Not measured", ""]
+        lines += [f"- `{t.path}` ({t.why}): {NOT_MEASURED.get(t.path, 'no run recorded yet')}" for t in missing]
     lines += ["", "## Surviving mutants", ""]
     survivors = [s for r in rows.values() for s in r["survivors"]]
     if not survivors:
@@ -283,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=1, help="mutants tested at once (default 1)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder of mutation.md and mutation.json")
     parser.add_argument("--keep", action="store_true", help="keep the temporary copies (to inspect mutants)")
+    parser.add_argument("--sample", type=int, help="run only this many mutants per module, drawn at random")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
+    parser.add_argument(
+        "--recheck", action="store_true", help="re-run only the recorded survivors of each module (after adding tests)"
+    )
     args = parser.parse_args(argv)
     try:
         import mutmut  # noqa: F401
@@ -292,12 +442,22 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.module or ()) - {t.path for t in targets}
     if unknown:
         parser.error(f"unknown module(s) {sorted(unknown)}; choose from {[t.path for t in TARGETS]}")
-    modules, version = [], ""
+    modules: list[ModuleResult | dict] = []
+    version = ""
+    previous = _previous_rows(args.out)
     for target in targets:
-        module, version = run_target(target, args.ref, args.max_children, args.keep)
+        if args.recheck:
+            if target.path not in previous:
+                parser.error(f"--recheck: {target.path} has no recorded run in {args.out / 'mutation.json'}")
+            row, version = recheck_target(target, args.ref, previous[target.path], args.max_children, args.keep)
+            modules.append(row)
+            continue
+        module, version = run_target(target, args.ref, args.max_children, args.keep, sample=args.sample, seed=args.seed)
         modules.append(module)
         print(f"   {module.killed}/{module.total} killed ({100 * module.rate:.1f} %) in {module.seconds:.0f} s", flush=True)
     command = "python tools/mutation.py" + "".join(f" --module {m}" for m in args.module or ())
+    if args.sample is not None:
+        command += f" --sample {args.sample} --seed {args.seed}"
     write_results(modules, version, command, args.out)
     print(f"results in {args.out / 'mutation.md'}")
     return 0
