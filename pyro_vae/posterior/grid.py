@@ -170,8 +170,8 @@ def grid_posterior(
         ArviZ data with every group of :mod:`.schema`; ``sample_stats`` holds ``lp``
         (chain, draw, point), the resampling weights' ``ess`` and ``pareto_k``, and the
         quadrature's exact values per point: ``log_marginal`` (log p(x)), ``elbo`` (of
-        the guide), ``kl`` (KL(q || p(z|x))), ``quadrature_error``, and ``mean`` and
-        ``sd`` (point, latent).
+        the guide), ``kl`` (KL(q || p(z|x))), ``quadrature_error``, and ``exact_mean`` and
+        ``exact_sd`` (point, latent; not ``mean``, which would hide xarray's method).
 
     Raises:
         ConfigError: ``z_dim`` is above 2, or a count is below 1.
@@ -203,8 +203,8 @@ def grid_posterior(
             "elbo": (point, exact.elbo),
             "kl": (point, exact.kl),
             "quadrature_error": (point, exact.error),
-            "mean": (latent, exact.mean),
-            "sd": (latent, exact.sd),
+            "exact_mean": (latent, exact.mean),
+            "exact_sd": (latent, exact.sd),
         }
     )
     sample_stats = _dataset({"lp": ((*SAMPLE_DIMS, POINT_DIM), lp), **stats}, _coords(index, vae))
