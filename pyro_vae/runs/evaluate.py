@@ -11,10 +11,14 @@ import numpy as np
 import torch
 
 from ..data.datasets import Dataset
+from ..data.rows import Rows, chunk_rows
 from ..errors import ConfigError
 from ..files import atomic_write
 from ..inference.bounds import DEFAULT_MAX_ELEMENTS
-from ..inference.evaluation import DEFAULT_IW_SAMPLES, evaluate
+from ..inference.evaluation import DEFAULT_IW_SAMPLES, Evaluation, evaluate, posterior_means
+from ..model.vae import VAE
+from ..seeding import forked_rng
+from ..training.batches import block_seed
 from .checkpoint import load_config, load_run
 from .train import (
     EVALUATION_FILE,
@@ -28,7 +32,7 @@ from .train import (
 __all__ = ["SPLITS", "held_out", "evaluate_run"]
 
 
-def held_out(data: Dataset) -> tuple[np.ndarray, np.ndarray | None, str]:
+def held_out(data: Dataset) -> tuple[np.ndarray | Rows, np.ndarray | None, str]:
     """The held-out split used for evaluation: the test set if the data has one, else validation."""
     if data.test is not None:
         return data.test, data.test_labels, "test"
@@ -39,7 +43,7 @@ def held_out(data: Dataset) -> tuple[np.ndarray, np.ndarray | None, str]:
 SPLITS = ("test", "validation", "train")
 
 
-def _split_rows(data: Dataset, split: str | None) -> tuple[np.ndarray, str]:
+def _split_rows(data: Dataset, split: str | None) -> tuple[np.ndarray | Rows, str]:
     if split is None:
         x, _, name = held_out(data)
         return x, name
@@ -107,25 +111,65 @@ def evaluate_run(
     dataset = load_data(config)
     x, split = _split_rows(dataset, split)
     y = conditions(config, dataset, dev).get({"validation": "val"}.get(split, split))
-    xt = torch.from_numpy(x).to(dev)
-    vae.check_x(xt)
-    vae.likelihood.check_support(xt)
-    result = evaluate(
-        vae,
-        xt,
-        iw_samples=iw_samples,
-        max_elements=max_elements,
-        seed=config.train.seed,
-        transform=make_transform(config, vae),
-        progress=progress,
-        y=y,
-    )
+    kwargs = {"iw_samples": iw_samples, "max_elements": max_elements, "transform": make_transform(config, vae), "progress": progress}
+    if isinstance(x, Rows):  # read from a file: a block at a time
+        result = _evaluate_rows(vae, x, y, config.train.seed, dev, **kwargs)
+    else:
+        xt = torch.from_numpy(x).to(dev)
+        vae.check_x(xt)
+        vae.likelihood.check_support(xt)
+        result = evaluate(vae, xt, seed=config.train.seed, y=y, **kwargs)
     report = {"data": config.data.data, "split": split, "condition": config.model.condition, **result.to_dict()}
     truth = {"test": dataset.test_labels, "validation": dataset.val_labels, "train": dataset.train_labels}[split]
     if hasattr(vae, "predict") and truth is not None:  # a semi-supervised VAE's classifier
         with torch.no_grad():
-            predicted = vae.predict(xt).cpu().numpy()
+            blocks = x.chunks() if isinstance(x, Rows) else [(None, x)]
+            predicted = np.concatenate([vae.predict(torch.from_numpy(b).to(dev)).cpu().numpy() for _, b in blocks])
         report["accuracy"] = float((predicted == truth).mean())
     if write:
         atomic_write(Path(run_dir) / EVALUATION_FILE, json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _evaluate_rows(
+    vae: VAE, x: Rows, y: torch.Tensor | None, seed: int, device: torch.device, **kwargs: Any
+) -> Evaluation:
+    """:func:`~pyro_vae.inference.evaluation.evaluate` over rows read a block at a time.
+
+    Rows that fit in one block (:func:`~pyro_vae.data.rows.chunk_rows`) are one call with
+    ``seed``: the result of the same rows as a tensor. Larger ones are evaluated block by
+    block (block ``i`` seeded with :func:`~pyro_vae.training.batches.block_seed`), the
+    per-row results concatenated, and the unit activity (a variance over all rows) pooled
+    from each block's variance and mean of E_q[z | x].
+    """
+    step = chunk_rows(x.x_dim)
+    parts: list[Evaluation] = []
+    means: list[torch.Tensor] = []
+    for block, lo in enumerate(range(0, len(x), step)):
+        span = slice(lo, min(lo + step, len(x)))
+        xb, yb = x.gather(span, device), None if y is None else y[span]  # (b, D)
+        vae.check_x(xb)
+        vae.likelihood.check_support(xb)
+        parts.append(evaluate(vae, xb, seed=block_seed(seed, block), y=yb, **kwargs))
+        if len(x) > step:
+            with forked_rng(device, seed=block_seed(seed, block)), torch.no_grad():
+                transform = kwargs.get("transform")
+                means.append(posterior_means(vae, xb if transform is None else transform(xb), y=yb).double().mean(0))
+    if len(parts) == 1:
+        return parts[0]
+    # Law of total variance, with each block's unbiased variance: sum of squares within
+    # blocks plus between them, over N - 1.
+    counts = torch.tensor([float(p.num_points) for p in parts], dtype=torch.float64)  # (blocks,)
+    within = torch.stack([torch.from_numpy(p.unit_activity).double() for p in parts])  # (blocks, z_dim)
+    block_means = torch.stack(means).cpu()  # (blocks, z_dim)
+    grand = (counts[:, None] * block_means).sum(0) / counts.sum()
+    squares = ((counts[:, None] - 1) * within + counts[:, None] * (block_means - grand) ** 2).sum(0)
+    return Evaluation(
+        iw_samples=parts[0].iw_samples,
+        elbo=np.concatenate([p.elbo for p in parts]),
+        log_px=np.concatenate([p.log_px for p in parts]),
+        kl=np.concatenate([p.kl for p in parts]),
+        reconstruction=np.concatenate([p.reconstruction for p in parts]),
+        unit_activity=(squares / (counts.sum() - 1)).numpy(),
+        seconds=sum(p.seconds for p in parts),
+    )

@@ -12,13 +12,14 @@ import numpy as np
 import torch
 
 from ..data.formats import ARRAY_SUFFIXES, load_array, read_splits
+from ..data.rows import Rows
 from ..errors import ConfigError
 from ..files import atomic_write
 from ..seeding import forked_rng
 from .checkpoint import load_run
 from .figures import plot_samples
 from .outputs import check_output_file
-from .train import load_data, resolve_paths
+from .train import encode_rows, load_data, resolve_paths
 
 __all__ = ["ENCODE_SPLITS", "encode_run", "sample_run"]
 
@@ -27,7 +28,7 @@ ENCODE_SPLITS = ("train", "val", "test", "all")
 
 
 class _Rows(NamedTuple):
-    x: np.ndarray  # (N, D)
+    parts: list[np.ndarray | Rows]  # the chosen splits' rows, (N_i, D) each, N in all
     split: np.ndarray  # (N,) the split each row comes from
     row: np.ndarray  # (N,) its row in that split
     labels: np.ndarray | None  # (N,) or None
@@ -37,7 +38,7 @@ def _rows(config, data: str | None, data_dir: str | None, split: str) -> _Rows: 
     name = data or config.data.data
     if data is not None and Path(name).suffix in ARRAY_SUFFIXES and read_splits(name) is None:
         x, labels = load_array(name)
-        return _Rows(x, np.full(len(x), "file"), np.arange(len(x)), labels)
+        return _Rows([x], np.full(len(x), "file"), np.arange(len(x)), labels)
     if data is not None:
         config = dataclasses.replace(
             config, data=resolve_paths(dataclasses.replace(config.data, data=name, data_dir=data_dir, val_data=None, test_data=None))
@@ -56,7 +57,7 @@ def _rows(config, data: str | None, data_dir: str | None, split: str) -> _Rows: 
     xs = [splits[s][0] for s in chosen]
     has_labels = all(splits[s][1] is not None for s in chosen)
     return _Rows(
-        np.concatenate(xs),
+        xs,
         np.concatenate([np.full(len(x), s) for s, x in zip(chosen, xs, strict=True)]),
         np.concatenate([np.arange(len(x)) for x in xs]),
         np.concatenate([splits[s][1] for s in chosen]) if has_labels else None,
@@ -96,15 +97,19 @@ def encode_run(
     out = check_output_file(out, (".npz", ".csv"), overwrite=overwrite)
     config, vae = load_run(run_dir)
     rows = _rows(config, data, data_dir, split)
-    x = torch.from_numpy(rows.x)
-    vae.check_x(x)
-    vae.likelihood.check_support(x)
+    for part in rows.parts:  # rows read from a file are checked and encoded a block at a time
+        for _, block in part.chunks() if isinstance(part, Rows) else [(None, part)]:
+            x = torch.from_numpy(block)
+            vae.check_x(x)
+            vae.likelihood.check_support(x)
     y = None
     if vae.condition is not None:  # a conditional VAE encodes each row with its label
         if rows.labels is None:
             raise ConfigError("this run's VAE is conditioned on labels, but the data to encode has none; pass data with labels")
         y = torch.from_numpy(rows.labels)
-    loc, scale = (t.numpy() for t in vae.encode(x, y))  # (N, z_dim) each
+    ends = np.cumsum([0] + [len(part) for part in rows.parts])
+    encoded = [encode_rows(vae, part, None if y is None else y[lo:hi]) for part, lo, hi in zip(rows.parts, ends[:-1], ends[1:], strict=True)]
+    loc, scale = (torch.cat(t).numpy() for t in zip(*encoded, strict=True))  # (N, z_dim) each
     if out.suffix == ".npz":
         arrays = {"loc": loc, "scale": scale, "split": rows.split, "row": rows.row}
         if rows.labels is not None:

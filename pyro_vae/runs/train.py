@@ -33,6 +33,7 @@ import torch
 
 from ..config import DataConfig, RunConfig
 from ..data.datasets import BUILT_IN_DATA, Dataset, load_dataset
+from ..data.rows import Rows, sample_rows
 from ..data.transforms import BatchTransform, binarize, resolve_binarize
 from ..errors import (
     CheckpointError,
@@ -55,6 +56,7 @@ from ..inference.objectives import check_compatible
 from ..model.build import build_vae
 from ..model.vae import VAE
 from ..seeding import forked_rng
+from ..training.batches import streamed_mean
 from ..training.distributed import (
     barrier,
     is_initialized,
@@ -80,7 +82,7 @@ from .checkpoint import (
 from .figures import plot_history, plot_latent, plot_reconstructions, plot_samples
 from .rundir import claim_run_dir, lock_run_dir, storage_error
 
-__all__ = ["RunResult", "train_run", "resume_run", "load_data", "make_transform", "resolve_device"]
+__all__ = ["RunResult", "train_run", "resume_run", "load_data", "make_transform", "resolve_device", "encode_rows"]
 
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
@@ -213,10 +215,12 @@ def _warn_if_far_from_unit_scale(config: RunConfig, vae: VAE, data: Dataset) -> 
     """
     if config.model.likelihood != "normal":
         return
-    sd, mean = float(data.train.std()), float(np.abs(data.train.mean()))
+    # Rows read from a file are judged on a sample of them: a warning needs no full pass.
+    x = sample_rows(data.train) if isinstance(data.train, Rows) else data.train
+    sd, mean = float(x.std()), float(np.abs(x.mean()))
     if sd > 10 or sd < 0.1 or mean > 10:
         warnings.warn(
-            f"data {config.data.data!r} has mean {data.train.mean():.4g} and sd {sd:.4g}: far from unit scale, "
+            f"data {config.data.data!r} has mean {x.mean():.4g} and sd {sd:.4g}: far from unit scale, "
             "where the normal likelihood's scales start; standardize it ((x - mean) / sd per feature) or "
             "rescale it to about [0, 1] before training",
             DataScaleWarning,
@@ -245,17 +249,42 @@ def _check_data(config: RunConfig, vae: VAE, data: Dataset) -> None:
     for split, x in (("training", data.train), ("validation", data.val), ("test", data.test)):
         if x is None:
             continue
-        try:
-            vae.likelihood.check_support(torch.from_numpy(x))
-        except DataError as err:
-            raise DataError(f"{split} data {config.data.data!r}: {err}") from None
+        # Rows read from a file are checked a block at a time (the error names the block).
+        blocks = x.chunks() if isinstance(x, Rows) else [(None, x)]
+        for span, block in blocks:
+            try:
+                vae.likelihood.check_support(torch.from_numpy(block))
+            except DataError as err:
+                where = "" if span is None else f" (rows {span.start}..{span.stop - 1}, counted from the first of that block)"
+                raise DataError(f"{split} data {config.data.data!r}{where}: {err}") from None
     needs_binary = vae.likelihood.needs_binary
-    if needs_binary and config.data.binarize == "none" and not np.isin(data.train, (0.0, 1.0)).all():
+    if needs_binary and config.data.binarize == "none" and not _all_binary(data.train):
         raise ConfigError(
             f"`likelihood` {config.model.likelihood} needs 0/1 data but {config.data.data!r} has values "
             "between 0 and 1 and `binarize` none was given; use `binarize` dynamic or threshold, "
             "or a likelihood for [0, 1] data"
         )
+
+
+@torch.no_grad()
+def encode_rows(vae: VAE, x: np.ndarray | Rows, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """mu(x) and sigma(x) of every row, ``(N, z_dim)`` each on the model's device; rows read
+    from a file are encoded a block at a time (:func:`~pyro_vae.data.rows.chunk_rows`)."""
+    device = next(vae.parameters()).device
+    if not isinstance(x, Rows):
+        return vae.encode(torch.from_numpy(x).to(device), y)
+    locs, scales = [], []
+    for span, block in x.chunks():
+        loc, scale = vae.encode(torch.from_numpy(block).to(device), None if y is None else y[span])
+        locs.append(loc)
+        scales.append(scale)
+    return torch.cat(locs), torch.cat(scales)
+
+
+def _all_binary(x: np.ndarray | Rows) -> bool:
+    if isinstance(x, Rows):
+        return all(np.isin(block, (0.0, 1.0)).all() for _, block in x.chunks())
+    return bool(np.isin(x, (0.0, 1.0)).all())
 
 
 def kept_epoch(history: list[EpochRecord], keep: str) -> int | None:
@@ -282,7 +311,8 @@ def _write_figures(run_dir: Path, config: RunConfig, vae: VAE, data: Dataset, hi
     transform = make_transform(config, vae)
     val_y = conditions(config, data, device).get("val")
     with forked_rng(device, seed=config.train.seed):
-        x = torch.from_numpy(data.val[:12]).to(device)
+        first = data.val.read(slice(0, 12)) if isinstance(data.val, Rows) else data.val[:12]
+        x = torch.from_numpy(first).to(device)
         y = None if val_y is None else val_y[:12]
         if transform is not None:
             x = transform(x)  # the inputs as the model saw them (binarized)
@@ -305,7 +335,7 @@ def _write_figures(run_dir: Path, config: RunConfig, vae: VAE, data: Dataset, hi
             samples = vae.decode(vae.sample_latent((64,))).mean
             plot_samples(samples.cpu().numpy(), image_shape, run_dir / "samples.png")
     if vae.z_dim == 2:
-        loc, scale = vae.encode(torch.from_numpy(data.val).to(device), val_y)
+        loc, scale = encode_rows(vae, data.val, val_y)
         plot_latent(loc.cpu().numpy(), scale.cpu().numpy(), data.val_labels, run_dir / "latent.png")
 
 
@@ -374,8 +404,9 @@ def _run(
 ) -> RunResult:
     start = time.perf_counter()
     device = next(vae.parameters()).device
-    train = torch.from_numpy(data.train).to(device)
-    val = torch.from_numpy(data.val).to(device)
+    # Rows read from a file stay there: fit reads each minibatch (and validation block) on its own.
+    train = data.train if isinstance(data.train, Rows) else torch.from_numpy(data.train).to(device)
+    val = data.val if isinstance(data.val, Rows) else torch.from_numpy(data.val).to(device)
     transform = make_transform(config, vae)
     labels = conditions(config, data, device)  # a conditional VAE's y per split, else {}
 
@@ -453,12 +484,18 @@ def _start_loss(config: RunConfig, vae: VAE, data: Dataset) -> float | None:
     if not config.train.divergence_guard:
         return None
     device = next(vae.parameters()).device
-    x = torch.from_numpy(data.val).to(device)
     y = conditions(config, data, device).get("val")
-    return -evaluate_elbo(
-        vae, x, particles=config.train.eval_particles, seed=config.train.seed, transform=make_transform(config, vae),
-        **({} if y is None else {"y": y}),
-    )
+    transform = make_transform(config, vae)
+
+    def elbo(x: torch.Tensor, x_y: torch.Tensor | None, seed: int) -> float:
+        return evaluate_elbo(
+            vae, x, particles=config.train.eval_particles, seed=seed, transform=transform,
+            **({} if x_y is None else {"y": x_y}),
+        )
+
+    if isinstance(data.val, Rows):
+        return -streamed_mean(elbo, data.val, y, config.train.seed, device)
+    return -elbo(torch.from_numpy(data.val).to(device), y, config.train.seed)
 
 
 def train_run(

@@ -15,13 +15,13 @@ rows): see :data:`PREFETCH`.
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
-from ..data.rows import Rows
+from ..data.rows import Rows, chunk_rows
 
-__all__ = ["PREFETCH", "minibatches", "default_prefetch"]
+__all__ = ["PREFETCH", "minibatches", "default_prefetch", "block_seed", "streamed_mean"]
 
 #: Whether ``fit`` assembles the next minibatch of rows read from a file in a background
 #: thread, per device type. Measured on CPU (2 shared cores, MNIST-sized rows, the default
@@ -88,3 +88,57 @@ def minibatches(
             if step + 1 < len(spans):
                 pending = pool.submit(source.gather, spans[step + 1], device, pin=pin)
             yield rows, x
+
+
+def block_seed(seed: int, block: int) -> int:
+    """The seed of block ``block`` of a streamed statistic seeded with ``seed`` (block 0 keeps it).
+
+    Example:
+        >>> block_seed(5, 0), block_seed(5, 1) != 5
+        (5, True)
+    """
+    return seed if block == 0 else (seed * 1_000_003 + block * 104_729) % (2**63 - 1)
+
+
+def streamed_mean(
+    fn: Callable[[torch.Tensor, "torch.Tensor | None", int], float],
+    x: Rows,
+    y: torch.Tensor | None,
+    seed: int,
+    device: torch.device,
+    *,
+    rows: int | None = None,
+) -> float:
+    """The mean over the rows of ``x`` of a per-row statistic, read a block at a time.
+
+    ``fn(block, its y, seed)`` returns the statistic's mean over ``block`` (e.g.
+    :func:`~pyro_vae.inference.evaluation.evaluate_elbo`). Rows that fit in one block
+    (the split of a data set held in memory, or a small file) go in one call seeded with
+    ``seed``, so the value is the one the same rows give as a tensor; larger ones go in
+    blocks of :func:`~pyro_vae.data.rows.chunk_rows` (16 MiB of float32), block ``i``
+    seeded with :func:`block_seed`, so memory holds one block and the value differs from
+    one call over all rows by Monte Carlo noise only.
+
+    Args:
+        fn: The statistic.
+        x: The rows.
+        y: One condition per row, or None.
+        seed: Seed of the draws.
+        device: Where each block goes.
+        rows: Rows per block; default :func:`~pyro_vae.data.rows.chunk_rows`.
+
+    Example:
+        >>> from pyro_vae.data.rows import ArrayRows
+        >>> import numpy as np
+        >>> x = ArrayRows(np.arange(10, dtype=np.uint8).reshape(5, 2))
+        >>> streamed_mean(lambda b, _, s: float(b.mean()), x, None, 0, torch.device("cpu"), rows=2)
+        4.5
+    """
+    step = rows or chunk_rows(x.x_dim)
+    n = len(x)
+    total = 0.0
+    for block, lo in enumerate(range(0, n, step)):
+        span = slice(lo, min(lo + step, n))
+        part = x.gather(span, device)  # (b, D)
+        total += fn(part, None if y is None else y[span], block_seed(seed, block)) * part.shape[0]
+    return total / n

@@ -1,10 +1,13 @@
 """How a process takes part in training: alone, or as one DDP replica under ``torchrun``.
 
-Every process holds a full replica of the VAE and the full training data. Each epoch,
-every process draws the same permutation of the rows (seeded from ``(seed, epoch)``,
-exactly as single-process training does) and takes its own shard of it with
-:class:`~torch.utils.data.DistributedSampler`; so the data is reshuffled every epoch and
-each row is seen by one process. ``DistributedDataParallel`` averages the gradients.
+Every process holds a full replica of the VAE and sees the full training data: a copy in
+memory for a small data set, or the same memory-mapped file, whose pages the processes of
+one machine share through the page cache (:mod:`pyro_vae.data.rows`). Each epoch, every
+process draws the same permutation of the rows (seeded from ``(seed, epoch)``, exactly as
+single-process training does) and takes its own shard of it, the positions
+:class:`~torch.utils.data.DistributedSampler` gives it; so the data is reshuffled every
+epoch, each row is seen by one process, and a process reads only its shard's rows.
+``DistributedDataParallel`` averages the gradients.
 
 **Why the loss runs inside a module's forward.** DDP arms its gradient all-reduce in
 ``DistributedDataParallel.forward`` (``Reducer.prepare_for_backward``). The VAE's loss is
@@ -40,13 +43,15 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
 
+from ..data.rows import Rows
+from ..data.rows import part as rows_part
 from ..data.transforms import BatchTransform
 from ..errors import ConfigError, DataError
 from ..inference.objectives import Objective
 from ..model.vae import VAE
 from ..seeding import forked_rng
+from .batches import streamed_mean
 from .distributed import is_initialized, rank_seed
 
 __all__ = ["Parallelism", "DataParallel", "parallelism"]
@@ -99,11 +104,19 @@ class Parallelism:
         return value
 
     def shard_mean(
-        self, fn: Callable[[torch.Tensor, torch.Tensor | None, int], float], x: torch.Tensor, y: torch.Tensor | None, seed: int
+        self, fn: Callable[[torch.Tensor, torch.Tensor | None, int], float], x: torch.Tensor | Rows, y: torch.Tensor | None, seed: int
     ) -> float:
         """Mean of the per-row statistic ``fn(rows, their y, seed)`` over all rows of ``x``,
-        each process evaluating its own contiguous slice."""
-        return fn(x, y, self.seed(seed))
+        each process evaluating its own contiguous slice; :class:`~pyro_vae.data.rows.Rows`
+        are read a block at a time (:func:`~pyro_vae.training.batches.streamed_mean`)."""
+        return self._mean_of(fn, x, y, self.seed(seed))
+
+    def _mean_of(
+        self, fn: Callable[[torch.Tensor, torch.Tensor | None, int], float], x: torch.Tensor | Rows, y: torch.Tensor | None, seed: int
+    ) -> float:
+        if isinstance(x, Rows):
+            return streamed_mean(fn, x, y, seed, next(self.vae.parameters()).device)
+        return fn(x, y, seed)
 
 
 class DataParallel(Parallelism):
@@ -181,8 +194,12 @@ class DataParallel(Parallelism):
         # same length on every rank, so every rank runs the same number of steps of the
         # same size. Step s of all ranks together covers the same rows as step s of one
         # process with W times the batch.
-        sampler = DistributedSampler(range(order.shape[0]), num_replicas=self.world_size, rank=self.rank, shuffle=False)
-        return order[torch.tensor(list(sampler), dtype=torch.long, device=order.device)]
+        # The sampler's positions are rank, rank + W, ... over the permutation repeated to
+        # a multiple of W: computed here as one arange (its list of Python ints would
+        # take seconds and hundreds of MB for 10^7 rows). Tested against the sampler.
+        n = order.shape[0]
+        total = -(-n // self.world_size) * self.world_size
+        return order[torch.arange(self.rank, total, self.world_size, device=order.device) % n]
 
     def loss(self, x: torch.Tensor, num_data: int, beta: float, **program_kwargs: Any) -> torch.Tensor:
         return self.ddp(x, num_data, beta, **program_kwargs)
@@ -195,10 +212,10 @@ class DataParallel(Parallelism):
     def shard_mean(
         self, fn: Callable[[torch.Tensor, torch.Tensor | None, int], float], x: torch.Tensor, y: torch.Tensor | None, seed: int
     ) -> float:
-        part = torch.tensor_split(x, self.world_size)[self.rank]
+        part = rows_part(x, self.world_size, self.rank)
         part_y = None if y is None else torch.tensor_split(y, self.world_size)[self.rank]
         n = part.shape[0]
-        value = fn(part, part_y, self.seed(seed)) if n else 0.0
+        value = self._mean_of(fn, part, part_y, self.seed(seed)) if n else 0.0
         stats = torch.tensor([value * n, n], dtype=torch.float64, device=self.device)
         dist.all_reduce(stats)
         return float(stats[0] / stats[1])
@@ -229,7 +246,7 @@ def _unused_parameters(
         x = transform(probe) if transform is not None else probe
         loss = objective.loss(vae, x, num_data, 1.0, **probe_kwargs)
         grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
-    return [name for (name, _), g in zip(named, grads) if g is None]
+    return [name for (name, _), g in zip(named, grads, strict=True) if g is None]
 
 
 def parallelism(
