@@ -14,6 +14,7 @@ import torch.distributions as td
 from pyro_vae import ModelConfig, build_vae
 from pyro_vae.inference.bounds import (
     _AsPyro,
+    collect_weighted,
     log_weight_terms,
     logmeanexp_chunks,
     weighted_draws,
@@ -103,3 +104,25 @@ def test_logmeanexp_chunks_without_a_chunk_says_what_to_pass():
     with pytest.raises(ValueError) as error:
         logmeanexp_chunks([])
     assert str(error.value) == "logmeanexp_chunks got no chunk; pass at least one (K_i, B) tensor"
+
+
+def test_collect_weighted_keeps_to_the_memory_budget_it_is_given(tiny_binary):
+    """``collect_weighted`` runs the passes its ``max_elements`` allows, not the default's.
+
+    With 60 numbers a pass holds one row (the default budget holds all five at once), so
+    the draws are those of :func:`weighted_passes` under the same budget, and differ from
+    the one-pass draws of the default budget: both comparisons are exact (same seed).
+    """
+    vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+    x = tiny_binary[:5]
+    torch.manual_seed(11)
+    z, log_w = collect_weighted(vae, x, 10, max_elements=60)
+    torch.manual_seed(11)
+    passes = list(weighted_passes(vae, x, 10, max_elements=60))
+    assert len(passes) > 1
+    for p in passes:
+        k = slice(p.start, p.start + p.draws.log_weights.shape[0])
+        assert torch.equal(log_w[k, p.rows], p.draws.log_weights) and torch.equal(z[k, p.rows], p.draws.z)
+    torch.manual_seed(11)
+    z_default, _ = collect_weighted(vae, x, 10)
+    assert not torch.equal(z_default, z)
