@@ -155,13 +155,22 @@ def kl_from_moments(m_q: np.ndarray, s_q: np.ndarray, m_p: np.ndarray, s_p: np.n
         s_p: Covariances ``(B, D, D)``.
 
     Returns:
-        ``(B,)`` in nats.
+        ``(B,)`` in nats; NaN where a covariance is not positive definite (draws that
+        do not span the latent space, e.g. chains that hardly moved: no Gaussian fits them).
 
     Example:
         >>> eye = np.eye(2)[None]
         >>> float(kl_from_moments(np.zeros((1, 2)), eye, np.ones((1, 2)), eye)[0])  # |m_p - m_q|^2 / 2
         1.0
     """
+    ok = (np.linalg.eigvalsh(s_q)[..., 0] > 0) & (np.linalg.eigvalsh(s_p)[..., 0] > 0)  # (B,)
+    kl = np.full(len(m_q), np.nan)
+    if ok.any():
+        kl[ok] = _kl_positive_definite(m_q[ok], s_q[ok], m_p[ok], s_p[ok])
+    return kl
+
+
+def _kl_positive_definite(m_q: np.ndarray, s_q: np.ndarray, m_p: np.ndarray, s_p: np.ndarray) -> np.ndarray:
     chol_q, chol_p = np.linalg.cholesky(s_q), np.linalg.cholesky(s_p)  # (B, D, D) each
     a = np.linalg.solve(chol_p, chol_q)  # L_p^-1 L_q: tr(S_p^-1 S_q) = |a|^2, (B, D, D)
     b = np.linalg.solve(chol_p, (m_p - m_q)[..., None])[..., 0]  # L_p^-1 (m_p - m_q), (B, D)

@@ -34,7 +34,7 @@ from pyro_vae.inference.gaps import (
     log_marginal,
 )
 from pyro_vae.model.nn import SCALE_FLOOR
-from pyro_vae.posterior.compare import compare_posteriors, gaussian_kl
+from pyro_vae.posterior.compare import compare_posteriors, gaussian_kl, kl_from_moments
 from pyro_vae.posterior.plots import plot_forest, plot_latent_ellipses, plot_marginals
 from pyro_vae.posterior.samplers import (
     ImportanceSamplingWarning,
@@ -507,6 +507,15 @@ def _with_draws(data, z: np.ndarray):
     copy = data.copy(deep=True) if ARVIZ_1 else data.copy()
     copy.posterior["z"].values[...] = z
     return copy
+
+
+def test_kl_from_moments_is_nan_where_the_draws_do_not_span_the_latent():
+    # Chains that hardly moved give a singular covariance: no Gaussian KL, and no LinAlgError.
+    eye = np.eye(2)[None].repeat(2, 0)  # (2, 2, 2)
+    flat = eye.copy()
+    flat[1] = [[1.0, 1.0], [1.0, 1.0]]  # rank 1
+    kl = kl_from_moments(np.zeros((2, 2)), eye, np.ones((2, 2)), flat)
+    assert kl[0] == pytest.approx(1.0) and np.isnan(kl[1])
 
 
 def test_gaussian_kl_is_kl_of_the_guide_from_the_posterior_in_closed_form(corr_vae):
