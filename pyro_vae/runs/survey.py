@@ -413,7 +413,7 @@ def plot_survey(
                s=14, edgecolors="none")
     ax.axhline(1.0, color="grey", lw=1, ls="--")
     ax.set(xlabel="largest |guide mean - exact mean| over z's dimensions, in exact sds",
-           ylabel="guide sd / exact sd (geometric mean of the worst two)", yscale="log",
+           ylabel="guide sd / exact sd (sqrt of its smallest x largest over z)", yscale="log",
            title="Mean error and spread of the guide (colour: KL)")
     ax.grid(alpha=0.3)
 
@@ -426,13 +426,13 @@ def plot_survey(
         cols = 4
         rows_n = math.ceil(len(top) / cols)
         positions = {row: k for k, row in enumerate(table.index)}
-        for k, (row, values) in enumerate(top.iterrows()):
+        for k, row in enumerate(top.index):
             sub = ax.inset_axes([(k % cols) / cols + 0.01, 1 - (k // cols + 1) / rows_n * 0.95, 1 / cols - 0.02,
                                  0.95 / rows_n - 0.08])
             sub.imshow(np.asarray(images[positions[row]]).reshape(image_shape), cmap="gray_r", interpolation="nearest")
             sub.set_xticks([]), sub.set_yticks([])
-            label = f" (label {values['label']})" if "label" in top else ""
-            sub.set_title(f"row {row}{label}\nKL {values['kl']:.2f}", fontsize=9)
+            label = f", label {top.loc[row, 'label']}" if "label" in top else ""  # .loc keeps the int dtype
+            sub.set_title(f"row {row}{label}\nKL {top.loc[row, 'kl']:.2f}", fontsize=8)
     else:
         ax.set_axis_off()
         shown_cols = [c for c in ("label", "kl", "gap", "max_abs_mean_error", "min_sd_ratio") if c in top]
