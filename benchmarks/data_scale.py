@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         worker(args)
         return 0
     if args.smoke:
-        args.rows, args.steps, args.warmup, args.rounds, args.batch_size = [3_000, 6_000], 6, 2, 1, 16
+        args.rows, args.steps, args.warmup, args.rounds, args.batch_size = [3_000], 6, 2, 1, 16
     root = args.dir or Path(tempfile.mkdtemp(prefix="pyro_vae_data_scale_"))
     torchrun_rows = args.torchrun_rows or max(args.rows)
     results: list[dict[str, Any]] = []

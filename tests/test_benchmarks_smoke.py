@@ -1,4 +1,4 @@
-"""Smoke runs of benchmarks/speed.py and benchmarks/quality.py (tiny sizes, generated data),
+"""Smoke runs of benchmarks/speed.py, quality.py and data_scale.py (tiny sizes, generated data),
 and the reference VAE's equivalence to pyro_vae's estimator.
 
 The benchmarks themselves are not tests; these check that they run end to end and write
@@ -96,3 +96,14 @@ def test_reference_computes_pyro_vaes_estimator(arch):
     for name in g_ours:
         scale = float(g_ours[name].abs().max())
         assert torch.allclose(g_ours[name], g_theirs[name], rtol=1e-3, atol=1e-4 * scale), name
+
+
+def test_data_scale_smoke(tmp_path):
+    _run("data_scale.py", "--smoke", "--out", str(tmp_path / "data_scale"), "--dir", str(tmp_path / "data"))
+    rows = json.loads((tmp_path / "data_scale.json").read_text())["results"]
+    assert [r["variant"] for r in rows] == ["mapped", "mapped+prefetch", "memory", "torchrun x2"]
+    for r in rows:
+        assert r["VmHWM_mb"] > 0 and r["examples_per_s"] > 0 and r["first_step_s"] > 0
+    assert rows[-1]["VmHWM_sum_mb"] >= rows[-1]["VmHWM_mb"] and rows[0]["vs_memory"] > 0
+    assert "| peak RSS / process |" in (tmp_path / "data_scale.md").read_text()
+    assert not any((tmp_path / "data").iterdir())  # the generated data is deleted

@@ -24,12 +24,14 @@ from ..data.rows import Rows, chunk_rows
 __all__ = ["PREFETCH", "minibatches", "default_prefetch", "block_seed", "streamed_mean"]
 
 #: Whether ``fit`` assembles the next minibatch of rows read from a file in a background
-#: thread, per device type. Measured on CPU (2 shared cores, MNIST-sized rows, the default
-#: model; ``benchmarks/results/data_scale.md``): a batch's gather and conversion take 1-5%
-#: of a training step there, and a thread that competes for the same cores gains nothing
-#: measurable, so CPU assembles in line. On CUDA the step is far shorter and the host work
-#: (gather, convert, copy to the GPU) overlaps the GPU's, so it is on; that was not
-#: measured here (no GPU), and ``fit(..., prefetch=False)`` turns it off.
+#: thread, per device type. Measured on CPU (2 shared cores, MNIST-sized uint8 rows, the
+#: default model, batch 64; ``benchmarks/results/data_scale.md``): a batch's gather and
+#: conversion take 0.2-1.4 ms of a 15-20 ms step, and the thread, competing for the same
+#: cores, was 2-7% slower than assembling in line at 10^5, 10^6 and 10^7 rows; so CPU
+#: assembles in line (and DataLoader worker processes, which could at best hide the same
+#: few percent, are not used). On CUDA the step is far shorter and the host work (gather,
+#: convert, copy through pinned memory) can overlap the GPU's, so it is on; that was not
+#: measured (no GPU here), and ``fit(..., prefetch=False)`` turns it off.
 PREFETCH = {"cpu": False, "cuda": True}
 
 
