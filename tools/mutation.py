@@ -89,8 +89,16 @@ TARGETS: tuple[Target, ...] = (
         ),
         why="Trace_ELBO, mean-field ELBO, IWAE losses and their checks",
     ),
-    Target("pyro_vae/model/priors.py", ("tests/model/test_components.py",), why="p(z)"),
-    Target("pyro_vae/model/guides.py", ("tests/model/test_components.py", "tests/model/test_vae.py"), why="q(z|x)"),
+    Target(
+        "pyro_vae/model/priors.py",
+        ("tests/model/test_components.py", "tests/model/test_component_details.py"),
+        why="p(z)",
+    ),
+    Target(
+        "pyro_vae/model/guides.py",
+        ("tests/model/test_components.py", "tests/model/test_vae.py", "tests/model/test_component_details.py"),
+        why="q(z|x)",
+    ),
     Target("pyro_vae/model/likelihoods.py", ("tests/model/test_components.py",), why="p(x|z)"),
     Target("pyro_vae/training/loop.py", ("tests/training/test_loop.py",), why="fit, the KL schedule, early stopping"),
     Target(
@@ -99,7 +107,9 @@ TARGETS: tuple[Target, ...] = (
         only=("pyro_vae.config.xǁTrainConfigǁkl_weight__mutmut_*",),
         why="TrainConfig.kl_weight only (the KL schedule)",
     ),
-    Target("pyro_vae/data/transforms.py", ("tests/data/test_data.py", "tests/training/test_loop.py"), why="binarization"),
+    Target(
+        "pyro_vae/data/transforms.py", ("tests/data/test_data.py", "tests/training/test_loop.py"), why="binarization"
+    ),
     Target("pyro_vae/files.py", ("tests/test_files.py", "tests/runs/test_checkpoint.py"), why="atomic writes"),
 )
 
@@ -195,7 +205,9 @@ def _mutant_names(copy: Path, target: Target) -> list[str]:
         "import mutmut.__main__ as m; from mutmut.utils.file_utils import copy_src_dir, setup_source_paths; "
         "m.set_mutant_under_test('mutant_generation'); copy_src_dir(); setup_source_paths(); m.create_mutants(1)"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(copy / "mutants"), os.environ.get("PYTHONPATH", "")])))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(copy / "mutants"), os.environ.get("PYTHONPATH", "")]))
+    )
     subprocess.run([sys.executable, "-c", generate], cwd=copy, env=env, check=True, capture_output=True)
     from fnmatch import fnmatch
 
@@ -209,10 +221,16 @@ def _copy_repository(ref: str, into: Path) -> str:
     """The repository at ``ref`` (a commit, or WORKTREE for the files as they are) in ``into``."""
     into.mkdir(parents=True)
     if ref == "WORKTREE":
-        files = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT, check=True, capture_output=True,
-        ).stdout.decode().split("\0")
+        files = (
+            subprocess.run(
+                ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
+            .stdout.decode()
+            .split("\0")
+        )
         for name in filter(None, files):
             source = ROOT / name
             if source.is_file():
@@ -285,7 +303,9 @@ def _survivor(copy: Path, name: str, status: str) -> dict[str, str]:
         "mutant": name,
         "status": status,
         "reason": REASONS.get(name, "not yet explained"),
-        "diff": "\n".join(line for line in diff.splitlines() if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))),
+        "diff": "\n".join(
+            line for line in diff.splitlines() if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))
+        ),
     }
 
 
@@ -323,7 +343,9 @@ def run_target(
     module.seed = seed if sample is not None and sample < population else None
     if names:
         module.statuses = {name: module.statuses[name] for name in names}
-    module.survivors = [_survivor(copy, name, status) for name, status in module.statuses.items() if status not in KILLED]
+    module.survivors = [
+        _survivor(copy, name, status) for name, status in module.statuses.items() if status not in KILLED
+    ]
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
     return module, version
@@ -481,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         module, version = run_target(target, args.ref, args.max_children, args.keep, sample=args.sample, seed=args.seed)
         modules.append(module)
-        print(f"   {module.killed}/{module.total} killed ({100 * module.rate:.1f} %) in {module.seconds:.0f} s", flush=True)
+        print(
+            f"   {module.killed}/{module.total} killed ({100 * module.rate:.1f} %) in {module.seconds:.0f} s",
+            flush=True,
+        )
     command = "python tools/mutation.py" + "".join(f" --module {m}" for m in args.module or ())
     if args.sample is not None:
         command += f" --sample {args.sample} --seed {args.seed}"

@@ -92,7 +92,7 @@ def test_passes_split_per_row_arguments_with_the_rows_and_pass_the_rest_whole(ti
     torch.manual_seed(7)
     expected = [weighted_draws(vae, x[i : i + 1], 3, y=y[i : i + 1], beta=beta, num_data=5) for i in range(5)]
     assert [p.rows for p in passes] == [slice(i, i + 1) for i in range(5)]
-    for got, want in zip(passes, expected):
+    for got, want in zip(passes, expected, strict=True):
         assert torch.equal(got.draws.log_weights, want.log_weights)
     # The labels matter: the same draws under other labels weigh differently.
     torch.manual_seed(7)
