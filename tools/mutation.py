@@ -99,7 +99,11 @@ TARGETS: tuple[Target, ...] = (
         ("tests/model/test_components.py", "tests/model/test_vae.py", "tests/model/test_component_details.py"),
         why="q(z|x)",
     ),
-    Target("pyro_vae/model/likelihoods.py", ("tests/model/test_components.py",), why="p(x|z)"),
+    Target(
+        "pyro_vae/model/likelihoods.py",
+        ("tests/model/test_components.py", "tests/model/test_component_details.py"),
+        why="p(x|z)",
+    ),
     Target("pyro_vae/training/loop.py", ("tests/training/test_loop.py",), why="fit, the KL schedule, early stopping"),
     Target(
         "pyro_vae/config.py",

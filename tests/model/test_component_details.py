@@ -11,8 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_vae import ConfigError, ModelConfig
+from pyro_vae import ConfigError, DataError, ModelConfig
 from pyro_vae.model.guides import DiagonalNormalGuide, FullCovarianceGuide
+from pyro_vae.model.likelihoods import (
+    BernoulliLikelihood,
+    ContinuousBernoulliLikelihood,
+    NegativeBinomialLikelihood,
+    NormalLikelihood,
+    PoissonLikelihood,
+)
 from pyro_vae.model.priors import MixturePrior, VampPrior
 
 
@@ -52,3 +59,34 @@ def test_saved_guides_hold_weights_only():
     fresh.load_state_dict(guide.state_dict(), strict=True)
     h = torch.randn(5, 4)
     assert torch.equal(fresh(h).scale_tril, guide(h).scale_tril)
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        BernoulliLikelihood,
+        ContinuousBernoulliLikelihood,
+        NormalLikelihood,
+        PoissonLikelihood,
+        NegativeBinomialLikelihood,
+    ],
+)
+def test_an_identity_head_adds_no_linear_map(family):
+    """With ``identity_head`` (a decoder with one output per feature) the decoder's output
+    is the parameter itself: no linear layer, and p(x|z) moves with each input alone."""
+    likelihood = family(6, 6, identity_head=True)
+    assert not any(isinstance(m, nn.Linear) for m in likelihood.modules())
+    h = torch.zeros(2, 6)
+    h[0, 3] = 1.0
+    mean = likelihood(h).mean  # (2, 6)
+    moved = (mean[0] != mean[1]).nonzero().flatten().tolist()
+    assert moved == [3]
+    assert any(isinstance(m, nn.Linear) for m in family(4, 6).modules())
+
+
+def test_count_likelihood_errors_are_whole_and_name_the_fix():
+    message = _message(DataError, lambda: PoissonLikelihood(4, 3).check_support(torch.tensor([[1.0, -1.0, 0.5]])))
+    assert message == (
+        "the Poisson likelihood needs counts (non-negative integers), but 2 value(s) are not, the first in "
+        "row 0; the data range is [-1, 1]; pass raw counts, or use `likelihood` normal for real-valued data"
+    )
