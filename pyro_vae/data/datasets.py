@@ -271,6 +271,10 @@ class _Source(NamedTuple):
 
 def _read_in_memory(data: str, data_dir: str | os.PathLike | None) -> _Source:
     """A source read whole into float32 arrays."""
+    labels: np.ndarray | None
+    test: np.ndarray | None
+    test_labels: np.ndarray | None
+    shape: tuple[int, int] | None
     if data == "digits":
         x, labels = load_digits()
         return _Source(x, labels, None, None, None, None, (8, 8))
@@ -283,8 +287,8 @@ def _read_in_memory(data: str, data_dir: str | os.PathLike | None) -> _Source:
         x, labels, shape = _load_array_with_shape(path)
         return _Source(x, labels, None, None, None, None, shape)
     x, labels, shape = splits["train"]
-    val, val_labels, _ = splits.get("val", (None, None, None))
-    test, test_labels, _ = splits.get("test", (None, None, None))
+    val, val_labels = splits["val"][:2] if "val" in splits else (None, None)
+    test, test_labels = splits["test"][:2] if "test" in splits else (None, None)
     return _Source(x, labels, val, val_labels, test, test_labels, shape)
 
 

@@ -21,7 +21,7 @@ import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -55,6 +55,14 @@ _MNIST_LISTING = ", ".join(f"{name}[.gz]" for name in MNIST_FILES.values())
 
 #: File suffixes accepted by :func:`load_array`.
 ARRAY_SUFFIXES = (".npy", ".npz", ".csv")
+
+
+class _ByteReader(Protocol):
+    """What the header checks read from: a plain, gzip or archive-member binary file."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def tell(self) -> int: ...
 
 
 # IDX type code (third magic byte) -> big-endian numpy dtype.
@@ -221,7 +229,7 @@ def _read_idx_parts(path: Path) -> tuple[bytes, tuple[int, ...], np.dtype]:
         ) from exc
 
 
-def _idx_header(f: BinaryIO, path: Path, size: int, compressed: bool) -> tuple[tuple[int, ...], np.dtype]:
+def _idx_header(f: _ByteReader, path: Path, size: int, compressed: bool) -> tuple[tuple[int, ...], np.dtype]:
     """An IDX header's dimensions and type, checked against what the file can hold; ``f`` is
     left at the payload."""
     head = f.read(4)
@@ -335,7 +343,7 @@ def _check_data_path(path: Path) -> tuple[str, str, int]:
     return label, suffix, size
 
 
-def _check_npy_header(f: BinaryIO, room: int, label: str) -> None:
+def _check_npy_header(f: _ByteReader, room: int, label: str) -> None:
     """Check that a ``.npy`` stream holds the bytes its header declares, before reading them.
 
     ``np.load`` allocates the whole array from the header's shape before reading a byte of

@@ -247,7 +247,7 @@ class MappedFile:
             # Measured where possible (one small read of /proc, ~10 us): the estimate
             # cannot know how much a fault maps (large folios map megabytes per row).
             now = _file_resident_bytes() if self._baseline is not None else None
-            grown = self._touched if now is None else now - self._baseline
+            grown = self._touched if now is None or self._baseline is None else now - self._baseline
             if grown > self.resident_bytes:
                 self.release()
 

@@ -50,9 +50,10 @@ def _split_rows(data: Dataset, split: str | None) -> tuple[np.ndarray | Rows, st
     rows = {"test": data.test, "validation": data.val, "val": data.val, "train": data.train}
     if split not in rows:
         raise ConfigError(f"`split` must be one of {', '.join(SPLITS)}, got {split!r}")
-    if rows[split] is None:
+    chosen = rows[split]
+    if chosen is None:
         raise ConfigError(f"the data {data.name!r} has no {split} split; choose `split` validation or train")
-    return rows[split], {"val": "validation"}.get(split, split)
+    return chosen, {"val": "validation"}.get(split, split)
 
 
 def evaluate_run(
@@ -111,7 +112,9 @@ def evaluate_run(
     dataset = load_data(config)
     x, split = _split_rows(dataset, split)
     y = conditions(config, dataset, dev).get({"validation": "val"}.get(split, split))
-    kwargs = {"iw_samples": iw_samples, "max_elements": max_elements, "transform": make_transform(config, vae), "progress": progress}
+    kwargs: dict[str, Any] = {
+        "iw_samples": iw_samples, "max_elements": max_elements, "transform": make_transform(config, vae), "progress": progress
+    }
     if isinstance(x, Rows):  # read from a file: a block at a time
         result = _evaluate_rows(vae, x, y, config.train.seed, dev, **kwargs)
     else:

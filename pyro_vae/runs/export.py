@@ -6,11 +6,12 @@ import dataclasses
 import io
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from ..config import RunConfig
 from ..data.formats import ARRAY_SUFFIXES, load_array, read_splits
 from ..data.rows import Rows
 from ..errors import ConfigError
@@ -34,7 +35,7 @@ class _Rows(NamedTuple):
     labels: np.ndarray | None  # (N,) or None
 
 
-def _rows(config, data: str | None, data_dir: str | None, split: str) -> _Rows:  # type: ignore[no-untyped-def]
+def _rows(config: RunConfig, data: str | None, data_dir: str | None, split: str) -> _Rows:
     name = data or config.data.data
     if data is not None and Path(name).suffix in ARRAY_SUFFIXES and read_splits(name) is None:
         x, labels = load_array(name)
@@ -44,14 +45,15 @@ def _rows(config, data: str | None, data_dir: str | None, split: str) -> _Rows: 
             config, data=resolve_paths(dataclasses.replace(config.data, data=name, data_dir=data_dir, val_data=None, test_data=None))
         )
     dataset = load_data(config)
-    splits = {
+    every = {
         "train": (dataset.train, dataset.train_labels),
         "val": (dataset.val, dataset.val_labels),
         "test": (dataset.test, dataset.test_labels),
     }
+    splits = {s: (x, labels) for s, (x, labels) in every.items() if x is not None}
     if split not in ENCODE_SPLITS:
         raise ConfigError(f"`split` must be one of {', '.join(ENCODE_SPLITS)}, got {split!r}")
-    chosen = [s for s in splits if (split == "all" or s == split) and splits[s][0] is not None]
+    chosen = [s for s in splits if split == "all" or s == split]
     if not chosen:
         raise ConfigError(f"the data {name!r} has no {split} split; choose `split` train, val or all")
     xs = [splits[s][0] for s in chosen]
@@ -111,7 +113,7 @@ def encode_run(
     encoded = [encode_rows(vae, part, None if y is None else y[lo:hi]) for part, lo, hi in zip(rows.parts, ends[:-1], ends[1:], strict=True)]
     loc, scale = (torch.cat(t).numpy() for t in zip(*encoded, strict=True))  # (N, z_dim) each
     if out.suffix == ".npz":
-        arrays = {"loc": loc, "scale": scale, "split": rows.split, "row": rows.row}
+        arrays: dict[str, Any] = {"loc": loc, "scale": scale, "split": rows.split, "row": rows.row}
         if rows.labels is not None:
             arrays["label"] = rows.labels
         buffer = io.BytesIO()

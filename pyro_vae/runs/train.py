@@ -27,6 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,7 +149,8 @@ def load_data(config: RunConfig) -> Dataset:
     d = config.data
     return load_dataset(
         d.data, d.data_dir, val_fraction=d.val_fraction, seed=config.train.seed,
-        val_data=d.val_data, test_data=d.test_data, image_shape=tuple(d.image_shape) or None,
+        val_data=d.val_data, test_data=d.test_data,
+        image_shape=(d.image_shape[0], d.image_shape[1]) if d.image_shape else None,
     )
 
 
@@ -159,13 +161,16 @@ def resolve_paths(config: DataConfig) -> DataConfig:
         >>> resolve_paths(DataConfig(data="digits")).data
         'digits'
     """
-    def absolute(path: str | None) -> str | None:
-        return None if path is None else str(Path(path).expanduser().resolve())
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    def maybe_absolute(path: str | None) -> str | None:
+        return None if path is None else absolute(path)
 
     data = config.data if config.data in BUILT_IN_DATA else absolute(config.data)
     return dataclasses.replace(
-        config, data=data, data_dir=absolute(config.data_dir),
-        val_data=absolute(config.val_data), test_data=absolute(config.test_data),
+        config, data=data, data_dir=maybe_absolute(config.data_dir),
+        val_data=maybe_absolute(config.val_data), test_data=maybe_absolute(config.test_data),
     )
 
 
@@ -413,7 +418,7 @@ def _run(
     keep = config.train.keep
     # The kept model's weights and epoch (rank 0), for the end of the run and for the
     # copy in training_state.pt that lets a resume rebuild model.safetensors.
-    kept = {"state": kept_state, "epoch": kept_epoch(history, keep) if kept_state is not None else None}
+    kept: dict[str, Any] = {"state": kept_state, "epoch": kept_epoch(history, keep) if kept_state is not None else None}
     saved = {"epoch": history[-1].epoch if history else None}  # the checkpoint on disk
     guard = DivergenceGuard(start_loss) if config.train.divergence_guard else None
 
@@ -424,7 +429,7 @@ def _run(
             kept["state"] = {k: v.detach().clone() for k, v in vae.state_dict().items()}
             kept["epoch"] = last
         other = None if keep_this or kept["state"] is None else (kept["epoch"], kept["state"])
-        files = {
+        files: dict[str, bytes | str] = {
             STATE_FILE: training_state_bytes(
                 vae, optimizer, [r.to_dict() for r in records], config=config, kept=other, start_loss=start_loss
             )
@@ -489,8 +494,7 @@ def _start_loss(config: RunConfig, vae: VAE, data: Dataset) -> float | None:
 
     def elbo(x: torch.Tensor, x_y: torch.Tensor | None, seed: int) -> float:
         return evaluate_elbo(
-            vae, x, particles=config.train.eval_particles, seed=seed, transform=transform,
-            **({} if x_y is None else {"y": x_y}),
+            vae, x, particles=config.train.eval_particles, seed=seed, transform=transform, y=x_y
         )
 
     if isinstance(data.val, Rows):
@@ -700,7 +704,7 @@ def _resume(
 ) -> RunResult:
     start = time.perf_counter()
     config, state = found.config, found.state
-    changes = {
+    changes: dict[str, Any] = {
         name: value
         for name, value in (("epochs", epochs), ("device", device), ("patience", patience), ("lr", lr), ("divergence_guard", divergence_guard))
         if value is not None

@@ -221,8 +221,7 @@ def fit(
                 if val is not None:
                     val_elbo = replicas.shard_mean(
                         lambda x, x_y, seed: evaluate_elbo(
-                            vae, x, particles=config.eval_particles, seed=seed, transform=transform,
-                            **({} if x_y is None else {"y": x_y}),
+                            vae, x, particles=config.eval_particles, seed=seed, transform=transform, y=x_y,
                         ),
                         val,
                         val_y,

@@ -210,7 +210,7 @@ class DataParallel(Parallelism):
         return total / self.world_size
 
     def shard_mean(
-        self, fn: Callable[[torch.Tensor, torch.Tensor | None, int], float], x: torch.Tensor, y: torch.Tensor | None, seed: int
+        self, fn: Callable[[torch.Tensor, torch.Tensor | None, int], float], x: torch.Tensor | Rows, y: torch.Tensor | None, seed: int
     ) -> float:
         part = rows_part(x, self.world_size, self.rank)
         part_y = None if y is None else torch.tensor_split(y, self.world_size)[self.rank]
@@ -224,7 +224,7 @@ class DataParallel(Parallelism):
 # torch >= 2.13 names it forward_sync_buffers (buffers still synced at construction);
 # older versions call it broadcast_buffers (which also skips that first sync: harmless
 # for buffers that are constants set identically in __init__ on every rank).
-_NO_PER_STEP_BUFFER_SYNC = (
+_NO_PER_STEP_BUFFER_SYNC: dict[str, Any] = (
     {"forward_sync_buffers": False}
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
     else {"broadcast_buffers": False}
