@@ -126,8 +126,8 @@ def measure(vae, x, *, label: str, draws: int, warmup: int, chains: int, block_s
     )
     seconds = time.perf_counter() - start
     row = summarize(data, seconds)
-    # CPU time of this process: on a shared machine, about the wall time the run would
-    # take alone (one torch thread), which the wall time is not.
+    # CPU time of this process: on a shared machine it depends on the load less than
+    # the wall time does (contention for the caches still inflates it).
     row["cpu_seconds"] = round(time.process_time() - cpu, 2)
     row.update(label=label, block_size=block_size, batch_chains=batch_chains, draws=draws, warmup=warmup, chains=chains)
     print(
@@ -306,8 +306,9 @@ def markdown(report: dict) -> str:
             "Effective draws/s: the sum over points of each point's smallest bulk ESS over the run's wall time "
             "(for the per-point runs: the mean over points of each point's rate). ESS/s per point: that ESS over "
             "the run's time per point. Step size and steps per transition are shared by the points of a block. "
-            "CPU s: the process's CPU time (one torch thread), about what the run takes on an idle core; on a "
-            "shared machine the wall time is longer by the load."
+            "CPU s: the process's CPU time (one torch thread). On a shared machine the wall time grows with the "
+            "load; the CPU time less so, though contention for the caches inflates it too (the per-point runs "
+            "took 2.7 times the CPU time here that they took in wall time on the idle machine of issue 14)."
         ),
     ]
     for name, exp in report["experiments"].items():
