@@ -1,0 +1,88 @@
+"""Checksummed folders: what a check finds, the writer lock, removal, adoption, errors.
+
+Each test closes a blind spot that mutation testing (``tools/mutation.py``) found in
+``pyro_vae/files.py``: functions that the run-directory fault tests reach only through
+whole training runs, checked here on their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from pyro_vae import files
+from pyro_vae.errors import IntegrityError
+from pyro_vae.files import (
+    LOCK_FILE,
+    MANIFEST,
+    FolderCheck,
+    FolderLock,
+    atomic_write_many,
+    check_folder,
+    lock_folder,
+    read_verified,
+    remove_files,
+    start_manifest,
+)
+
+
+def _manifest(folder) -> dict:
+    return json.loads((folder / MANIFEST).read_text())
+
+
+def test_a_folder_check_sorts_every_listed_file_by_its_state(tmp_path):
+    start_manifest(tmp_path)
+    atomic_write_many(tmp_path, {"a": b"alpha", "b": b"beta", "c": b"gamma"})
+    (tmp_path / "b").unlink()  # listed, gone: missing
+    (tmp_path / "c").write_bytes(b"gamma!")  # listed, changed: damaged
+    # A first write killed before its rename: listed as pending only, never there.
+    manifest = files._Manifest.load(tmp_path)
+    manifest.pending["d"] = {"sha256": hashlib.sha256(b"delta").hexdigest(), "bytes": 5}
+    manifest.save(durable=True)
+    assert check_folder(tmp_path) == FolderCheck(intact=["a"], missing=["b"], damaged=["c"], unfinished=["d"])
+    assert check_folder(tmp_path / "nowhere") is None  # no manifest: nothing to check
+
+
+def test_the_writer_lock_is_exclusive_and_names_its_holder(tmp_path):
+    lock = lock_folder(tmp_path)
+    assert isinstance(lock, FolderLock)
+    assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    # flock is per open file: a second taker, even in this process, is refused and told who holds it.
+    assert lock_folder(tmp_path) == os.getpid()
+    lock.release()
+    with lock_folder(tmp_path) as again:
+        assert isinstance(again, FolderLock)
+
+
+def test_removed_files_leave_the_folder_and_its_manifest(tmp_path):
+    start_manifest(tmp_path)
+    atomic_write_many(tmp_path, {"a": b"alpha", "b": b"beta"})
+    remove_files(str(tmp_path), ["a", "never-there"])
+    assert not (tmp_path / "a").exists() and (tmp_path / "b").read_bytes() == b"beta"
+    assert set(_manifest(tmp_path)["files"]) == {"b"}
+
+
+def test_adopting_a_folder_lists_its_plain_files_only(tmp_path):
+    (tmp_path / "weights").write_bytes(b"w")
+    (tmp_path / ".hidden").write_bytes(b"h")
+    (tmp_path / "sub").mkdir()
+    start_manifest(tmp_path, adopt=True)
+    listed = _manifest(tmp_path)["files"]
+    assert listed == {"weights": {"sha256": hashlib.sha256(b"w").hexdigest(), "bytes": 1}}
+    assert read_verified(tmp_path / "weights") == b"w"
+
+
+def test_a_changed_file_is_refused_with_both_checksums(tmp_path):
+    start_manifest(tmp_path)
+    atomic_write_many(tmp_path, {"state": b"original"})
+    (tmp_path / "state").write_bytes(b"changed!!")
+    got, want = hashlib.sha256(b"changed!!").hexdigest(), hashlib.sha256(b"original").hexdigest()
+    with pytest.raises(IntegrityError) as error:
+        read_verified(tmp_path / "state", fix="delete the run")
+    assert str(error.value) == (
+        f"{str(tmp_path / 'state')!r} does not match its checksum in {MANIFEST} (9 bytes, sha256 {got[:12]}..., "
+        f"recorded 8 bytes, {want[:12]}...): it was changed or damaged after it was written; delete the run"
+    )
