@@ -353,8 +353,13 @@ def run_target(
     names: tuple[str, ...] = (),
     sample: int | None = None,
     seed: int = 0,
+    skip: int = 0,
 ) -> tuple[ModuleResult, str]:
-    """Mutate ``target`` in a copy at ``ref``: every mutant, only ``names``, or a random ``sample``."""
+    """Mutate ``target`` in a copy at ``ref``: every mutant, only ``names``, or a random ``sample``.
+
+    With ``skip``, the mutants of the seed's sample of that size are left out (already
+    run): the sample grows from ``skip`` to ``sample`` mutants.
+    """
     work = Path(tempfile.mkdtemp(prefix="pyro-vae-mutation-"))
     copy = work / "repo"
     version = _copy_repository(ref, copy)
@@ -368,7 +373,11 @@ def run_target(
         every = _mutant_names(copy, target)
         population = len(every)
         if sample < population:
-            names = tuple(sorted(random.Random(seed).sample(every, sample)))
+            chosen = set(random.Random(seed).sample(every, sample))
+            done = set(random.Random(seed).sample(every, skip))
+            # random.sample draws one mutant after another: a larger sample holds the smaller.
+            assert done <= chosen, "the smaller sample is not part of the larger one"
+            names = tuple(sorted(chosen - done))
     print(f"== {target.path}: {', '.join(target.tests)} (copy in {copy})", flush=True)
     result = _mutmut(copy, "run", "--max-children", str(max_children), *(names or target.only))
     if result.returncode != 0:
@@ -385,6 +394,40 @@ def run_target(
     if not keep:
         shutil.rmtree(work, ignore_errors=True)
     return module, version
+
+
+def extend_target(
+    target: Target, ref: str, row: dict, sample: int, seed: int, max_children: int, keep: bool
+) -> tuple[dict, str]:
+    """Grow a recorded sample of ``target`` to ``sample`` mutants (same seed, same module source)."""
+    source = row["source"].split()[0]
+    if _git("rev-parse", f"{source}:{target.path}") != _git("rev-parse", f"{ref}:{target.path}"):
+        raise SystemExit(f"{target.path} changed between {source} (the recorded sample) and {ref}: run a new sample")
+    if row.get("sample_seed") != seed or sample <= row["mutants"]:
+        raise SystemExit(
+            f"--extend: {target.path}'s sample has seed {row.get('sample_seed')} and {row['mutants']} mutants"
+        )
+    module, version = run_target(target, ref, max_children, keep, sample=sample, seed=seed, skip=row["mutants"])
+    if module.population != row["population"]:
+        raise SystemExit(f"{target.path}: {module.population} mutants now, {row['population']} in the recorded sample")
+    counts = dict(row["by_status"])
+    for status in module.statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    tested, killed = row["mutants"] + module.total, row["killed"] + module.killed
+    print(f"   {module.killed}/{module.total} of the added mutants killed; {killed}/{tested} in all", flush=True)
+    return {
+        **row,
+        "tests": list(target.tests),
+        "mutants": tested,
+        "killed": killed,
+        "kill_rate": round(killed / tested, 4),
+        "kill_rate_se": _standard_error(killed, tested, row["population"]),
+        "by_status": counts,
+        "survivors": sorted(row["survivors"] + module.survivors, key=lambda s: s["mutant"]),
+        "seconds": round(row["seconds"] + module.seconds, 1),
+        "source": f"{row['source']}; grown to {tested} at {version}",
+        "command": f"python tools/mutation.py --sample {tested} --seed {seed} --extend --module {target.path}",
+    }, version
 
 
 def recheck_target(target: Target, ref: str, row: dict, max_children: int, keep: bool) -> tuple[dict, str]:
@@ -516,6 +559,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=int, help="run only this many mutants per module, drawn at random")
     parser.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     parser.add_argument(
+        "--extend",
+        action="store_true",
+        help="with --sample: grow each module's recorded sample (same seed) to that size",
+    )
+    parser.add_argument(
         "--recheck", action="store_true", help="re-run only the recorded survivors of each module (after adding tests)"
     )
     args = parser.parse_args(argv)
@@ -535,6 +583,14 @@ def main(argv: list[str] | None = None) -> int:
             if target.path not in previous:
                 parser.error(f"--recheck: {target.path} has no recorded run in {args.out / 'mutation.json'}")
             row, version = recheck_target(target, args.ref, previous[target.path], args.max_children, args.keep)
+            modules.append(row)
+            continue
+        if args.extend:
+            if target.path not in previous or args.sample is None:
+                parser.error(f"--extend needs --sample and a recorded sample of {target.path}")
+            row, version = extend_target(
+                target, args.ref, previous[target.path], args.sample, args.seed, args.max_children, args.keep
+            )
             modules.append(row)
             continue
         module, version = run_target(target, args.ref, args.max_children, args.keep, sample=args.sample, seed=args.seed)
