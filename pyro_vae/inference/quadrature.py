@@ -414,7 +414,7 @@ def _warn_if_inaccurate(error: torch.Tensor, tol: float) -> None:
     bad = (error >= tol).cpu().numpy()
     if not bad.any():
         return
-    details = ", ".join(f"row {i} ({e:.1e})" for i, e in zip(np.flatnonzero(bad), error.cpu().numpy()[bad]))
+    details = ", ".join(f"row {i} ({e:.1e})" for i, e in zip(np.flatnonzero(bad), error.cpu().numpy()[bad], strict=True))
     warnings.warn(
         f"grid quadrature did not reach `tol` {tol:g} for {details} within the node budget: the posterior "
         "has structure finer than the grid can resolve (raise `max_nodes`, or check the model)",
