@@ -61,9 +61,10 @@ def test_a_diverging_loss_says_where_and_what_to_do(tiny_binary):
 def test_progress_false_is_silent_and_the_bar_counts_epochs(tiny_binary, capsys):
     fit(tiny_vae(), tiny_binary, None, TrainConfig(epochs=2, batch_size=32), objective=RowSums(), progress=False)
     assert capsys.readouterr().err == ""
-    fit(tiny_vae(), tiny_binary, None, TrainConfig(epochs=2, batch_size=32), objective=RowSums(), progress=True)
+    fit(tiny_vae(), tiny_binary[:48], tiny_binary[48:], TrainConfig(epochs=2, batch_size=16), progress=True)
     bar = capsys.readouterr().err
     assert "2/2" in bar and "3/2" not in bar and "4/2" not in bar
+    assert "loss=" in bar and "val_elbo=" in bar  # the bar shows both numbers of the epoch
 
 
 def test_rows_train_exactly_as_the_tensor_they_hold(tiny_binary):
