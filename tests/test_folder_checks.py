@@ -86,3 +86,10 @@ def test_a_changed_file_is_refused_with_both_checksums(tmp_path):
         f"{str(tmp_path / 'state')!r} does not match its checksum in {MANIFEST} (9 bytes, sha256 {got[:12]}..., "
         f"recorded 8 bytes, {want[:12]}...): it was changed or damaged after it was written; delete the run"
     )
+
+
+def test_a_failed_write_names_the_destination_not_the_temporary_file(tmp_path):
+    missing = tmp_path / "gone" / "weights"
+    with pytest.raises(FileNotFoundError) as error:
+        atomic_write_many(missing.parent, {"weights": b"w"})
+    assert error.value.filename == str(missing)
