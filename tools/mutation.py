@@ -496,6 +496,9 @@ def write_results(modules: list[ModuleResult | dict], version: str, command: str
         rows[row["module"]] = row
     for path, row in _previous_rows(out).items():
         rows.setdefault(path, row)
+    for row in rows.values():  # reasons written since a row was recorded
+        for survivor in row["survivors"]:
+            survivor["reason"] = REASONS.get(survivor["mutant"], survivor["reason"])
     order = [t.path for t in TARGETS]
     rows = dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     total = sum(r["mutants"] for r in rows.values())

@@ -11,15 +11,18 @@ import pytest
 import torch
 import torch.distributions as td
 
-from pyro_vae import ModelConfig, build_vae
+from pyro_vae import ConfigError, ModelConfig, build_vae
 from pyro_vae.inference.bounds import (
     _AsPyro,
+    check_only_latent,
     collect_weighted,
     log_weight_terms,
     logmeanexp_chunks,
+    other_latents,
     weighted_draws,
     weighted_passes,
 )
+from pyro_vae.model.hierarchical import TOP_SITE
 
 
 def cvae():
@@ -126,3 +129,14 @@ def test_collect_weighted_keeps_to_the_memory_budget_it_is_given(tiny_binary):
     torch.manual_seed(11)
     z_default, _ = collect_weighted(vae, x, 10)
     assert not torch.equal(z_default, z)
+
+
+def test_other_latents_are_the_model_sites_that_z_leaves_random(tiny_binary):
+    """p(z | x) is a density of z alone only for a one-layer model: a second layer's z2
+    stays random when z is set, and is named (plates and observations are not)."""
+    x = tiny_binary[:3]
+    assert other_latents(build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(8,))), x) == []
+    two_layers = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(8,), top_dim=2))
+    assert other_latents(two_layers, x) == [TOP_SITE]
+    with pytest.raises(ConfigError, match="NUTS"):
+        check_only_latent(two_layers, x, "NUTS")
