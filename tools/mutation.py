@@ -169,6 +169,10 @@ REASONS: dict[str, str] = {
         "equivalent: when the error already names the path, OSError(errno, strerror, path) rebuilds it "
         "(Python picks the same subclass by errno), so rebuilding it always gives the same error"
     ),
+    "pyro_vae.inference.objectives.x_check_compatible__mutmut_20": (
+        "equivalent: an MLP probe built on 8 x 8 stand-in images (64 features) instead of 1 feature has the "
+        "same prior and guide families, and the check asks only about the families"
+    ),
     "pyro_vae.inference.bounds.xǁ_Proposeǁ__init____mutmut_2": (
         "equivalent: wrapping a Pyro distribution in the torch adapter too (instead of only torch "
         "ones) changes nothing the bounds use: shapes, support, draws and log_prob are delegated"

@@ -89,3 +89,44 @@ def test_compatibility_of_a_convolutional_model_is_checked_before_its_image_shap
     check_compatible(ModelConfig(net="conv", x_dim=784, image_shape=(28, 28)), TrainConfig(elbo="meanfield"))
     with pytest.raises(ConfigError, match="no analytic KL"):
         check_compatible(ModelConfig(net="conv", prior="mixture"), TrainConfig(elbo="meanfield"))
+
+
+def test_objectives_default_to_the_configs_one_particle():
+    assert TraceELBO().particles == TraceMeanFieldELBO().particles == IWAE().particles == TrainConfig().particles == 1
+
+
+def test_the_module_form_has_the_losss_default_weight(tiny_binary):
+    vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(8,)))
+    objective = TraceELBO(jit=False)
+    x = tiny_binary[:8]
+    torch.testing.assert_close(
+        _seeded(lambda: objective(vae)(x, 64)), _seeded(lambda: objective.loss(vae, x, 64)), rtol=0, atol=0
+    )
+
+
+def test_the_mean_field_elbo_with_particles_is_pyros_with_one_data_plate(tiny_binary):
+    """K vectorized particles left of the one data plate: Pyro's estimator, draw for draw."""
+    from pyro.infer import TraceMeanField_ELBO
+
+    from pyro_vae.model.vae import local_params
+
+    vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(8,)))
+    x = tiny_binary[:8]
+    pyros = TraceMeanField_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+
+    def reference():
+        with local_params():
+            return pyros.differentiable_loss(vae.model, vae.guide, x, num_data=64)
+
+    torch.testing.assert_close(_seeded(lambda: TraceMeanFieldELBO(3).loss(vae, x, 64)), _seeded(reference))
+
+
+def test_objective_errors_are_whole():
+    with pytest.raises(ConfigError) as error:
+        SemiSupervisedELBO(alpha=-1.0)
+    assert str(error.value) == "`alpha` must be >= 0, got -1.0"
+
+
+def test_a_convolutional_model_of_known_width_is_checked_at_that_width():
+    """784 features, no image shape yet: the check builds its 8 x 8 stand-in (64 features), not 784 on 8 x 8."""
+    check_compatible(ModelConfig(net="conv", x_dim=784), TrainConfig(elbo="meanfield"))

@@ -20,7 +20,7 @@ from pyro_vae.model.likelihoods import (
     NormalLikelihood,
     PoissonLikelihood,
 )
-from pyro_vae.model.priors import MixturePrior, VampPrior
+from pyro_vae.model.priors import FlowPrior, MixturePrior, VampPrior
 
 
 def _message(error_type, fn) -> str:
@@ -90,3 +90,9 @@ def test_count_likelihood_errors_are_whole_and_name_the_fix():
         "the Poisson likelihood needs counts (non-negative integers), but 2 value(s) are not, the first in "
         "row 0; the data range is [-1, 1]; pass raw counts, or use `likelihood` normal for real-valued data"
     )
+
+
+def test_a_flow_prior_built_directly_has_the_configs_depth_and_the_width_it_is_given():
+    assert len(FlowPrior(2).layers) == ModelConfig().flow_layers == 2
+    first = next(m for m in FlowPrior(2, hidden=7).modules() if isinstance(m, nn.Linear))
+    assert first.out_features == 7
