@@ -173,6 +173,10 @@ REASONS: dict[str, str] = {
         "equivalent: an MLP probe built on 8 x 8 stand-in images (64 features) instead of 1 feature has the "
         "same prior and guide families, and the check asks only about the families"
     ),
+    "pyro_vae.model.likelihoods.x__describe_bad__mutmut_2": (
+        "equivalent: only the first entry is read, and the flattened (row, column) pairs of a 2-D mask "
+        "start with the same first row as its rows that hold a bad value"
+    ),
     "pyro_vae.inference.bounds.xǁ_Proposeǁ__init____mutmut_2": (
         "equivalent: wrapping a Pyro distribution in the torch adapter too (instead of only torch "
         "ones) changes nothing the bounds use: shapes, support, draws and log_prob are delegated"

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pyro_vae import ConfigError, DataError, ModelConfig
-from pyro_vae.model.guides import DiagonalNormalGuide, FullCovarianceGuide
+from pyro_vae.model.guides import DiagonalNormalGuide, FlowGuide, FullCovarianceGuide
 from pyro_vae.model.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
@@ -96,3 +96,21 @@ def test_a_flow_prior_built_directly_has_the_configs_depth_and_the_width_it_is_g
     assert len(FlowPrior(2).layers) == ModelConfig().flow_layers == 2
     first = next(m for m in FlowPrior(2, hidden=7).modules() if isinstance(m, nn.Linear))
     assert first.out_features == 7
+
+
+def test_a_flow_guide_built_directly_has_the_configs_depth():
+    assert len(FlowGuide(4, 2).layers) == ModelConfig().flow_layers
+
+
+def test_a_normal_likelihood_starts_at_unit_scale():
+    """The documented start: p(x|z) = Normal(mean, 1) before training (``init_scale`` 1)."""
+    scale = NormalLikelihood(4, 6)(torch.zeros(3, 4)).base_dist.scale  # (3, 6)
+    torch.testing.assert_close(scale, torch.ones(3, 6))
+
+
+def test_unit_interval_likelihood_errors_are_whole_and_name_the_fix():
+    message = _message(DataError, lambda: BernoulliLikelihood(4, 3).check_support(torch.tensor([[0.0, 2.0, 1.0]])))
+    assert message == (
+        "the Bernoulli likelihood needs data in [0, 1], but 1 value(s) are not, the first in row 0; the data "
+        "range is [0, 2]; rescale the data to [0, 1] or use `likelihood` normal for real-valued data"
+    )
