@@ -117,8 +117,8 @@ def guide_posterior(
 #: evaluate the decoder on more latents per leapfrog step, for the same Python work in
 #: Pyro's NUTS, but need more steps per transition (the step size shrinks like the
 #: block's dimension to the -1/4). benchmarks/posterior_speed.py measures the trade-off:
-#: on a 2-core CPU, 100 points x 4 chains was the fastest per effective draw for the
-#: digits model (z_dim 2) and for an MNIST model (z_dim 10) alike.
+#: on a 2-core CPU, for the digits model (z_dim 2), 100 points x 4 chains gave 48 times
+#: per-point NUTS's effective draws per second, 25 points 26 times (benchmarks/README.md).
 _BLOCK_LATENTS = 400
 
 
