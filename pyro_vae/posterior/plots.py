@@ -70,7 +70,7 @@ def plot_marginals(data: Sequence[ArvizData], names: Sequence[str], path: str | 
             ax = axes[b, j]
             pooled = np.concatenate([d[b, :, j] for d in draws])
             edges = np.linspace(*np.quantile(pooled, [0.001, 0.999]), 41)
-            for d, name, color in zip(draws, names, _colors(len(draws))):
+            for d, name, color in zip(draws, names, _colors(len(draws)), strict=True):
                 ax.hist(d[b, :, j], bins=edges, density=True, histtype="stepfilled", alpha=0.15, color=color)
                 ax.hist(d[b, :, j], bins=edges, density=True, histtype="step", color=color, label=name)
             ax.set_title(f"z[{point}, {j}]", fontsize=9)
@@ -99,7 +99,7 @@ def plot_forest(data: Sequence[ArvizData], names: Sequence[str], path: str | os.
     rows = [(b, j) for b in range(len(points)) for j in range(draws[0].shape[-1])]
     fig, ax = subplots(figsize=(6, 0.8 + 0.22 * len(rows) * (len(data) + 1)))
     offsets = np.linspace(-0.25, 0.25, len(data)) if len(data) > 1 else np.zeros(1)
-    for d, name, color, offset in zip(draws, names, _colors(len(draws)), offsets):
+    for d, name, color, offset in zip(draws, names, _colors(len(draws)), offsets, strict=True):
         for r, (b, j) in enumerate(rows):
             lo94, lo50, median, hi50, hi94 = np.quantile(d[b, :, j], [0.03, 0.25, 0.5, 0.75, 0.97])
             y = -r + offset
@@ -141,7 +141,7 @@ def plot_latent_ellipses(guide: ArvizData, reference: ArvizData, path: str | os.
     fig, axes = subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False, layout="constrained")
     for ax in axes.ravel()[len(points):]:
         ax.set_visible(False)
-    for ax, point in zip(axes.ravel(), points):
+    for ax, point in zip(axes.ravel()[: len(points)], points, strict=True):
         draws = reference.posterior[LATENT_VAR].sel({POINT_DIM: point}).values.reshape(-1, 2)  # (N, 2)
         mu = guide.constant_data["mu"].sel({POINT_DIM: point}).values  # (2,)
         sigma = guide.constant_data["sigma"].sel({POINT_DIM: point}).values  # (2,)

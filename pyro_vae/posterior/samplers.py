@@ -631,7 +631,7 @@ def _warn_if_unreliable(index: np.ndarray, ess: np.ndarray, pareto_k: np.ndarray
     if not bad.any():
         return
     details = ", ".join(
-        f"row {row} (Pareto k {k:.2f}, ESS {e:.1f})" for row, k, e in zip(index[bad], pareto_k[bad], ess[bad])
+        f"row {row} (Pareto k {k:.2f}, ESS {e:.1f})" for row, k, e in zip(index[bad], pareto_k[bad], ess[bad], strict=True)
     )
     warnings.warn(
         f"importance resampling from the guide is unreliable for {details} of {num_proposals} proposals: "

@@ -176,7 +176,7 @@ def _dataset(variables: dict[str, tuple[tuple[str, ...], Any]], coords: dict[str
         name: (dims, values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values))
         for name, (dims, values) in variables.items()
     }
-    sizes = {dim: n for dims, values in arrays.values() for dim, n in zip(dims, values.shape)}
+    sizes = {dim: n for dims, values in arrays.values() for dim, n in zip(dims, values.shape, strict=True)}
     return xr.Dataset(
         arrays, coords={dim: np.arange(n) if dim in SAMPLE_DIMS else coords[dim] for dim, n in sizes.items()}
     )
