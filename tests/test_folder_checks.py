@@ -93,3 +93,61 @@ def test_a_failed_write_names_the_destination_not_the_temporary_file(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         atomic_write_many(missing.parent, {"weights": b"w"})
     assert error.value.filename == str(missing)
+
+
+def _damaged_message(folder, problem: str) -> str:
+    return (
+        f"{str(folder / MANIFEST)!r} is damaged ({problem}), so no file in {str(folder)!r} can be verified; "
+        "restore the folder from a copy, or retrain"
+    )
+
+
+def test_a_manifest_with_malformed_entries_is_refused_whole(tmp_path):
+    # A checksum that matches, over an entry whose sha256 is not a string.
+    files._Manifest(tmp_path, {"a": {"sha256": 5, "bytes": 3}}, {}).save(durable=False)
+    with pytest.raises(IntegrityError) as error:
+        check_folder(tmp_path)
+    assert str(error.value) == _damaged_message(tmp_path, "its entries are malformed")
+
+
+def test_a_manifest_over_its_size_limit_is_refused_unread(tmp_path):
+    """A well-formed manifest larger than the 1 MiB limit is not parsed (a bound on what a
+    damaged or hostile file can cost): it is refused as not ours."""
+    entry = {"sha256": "0" * 64, "bytes": 1}
+    files._Manifest(tmp_path, {f"file-{i:06d}": entry for i in range(20_000)}, {}).save(durable=False)
+    assert (tmp_path / MANIFEST).stat().st_size > files._MAX_MANIFEST_BYTES
+    with pytest.raises(IntegrityError) as error:
+        check_folder(tmp_path)
+    assert str(error.value) == _damaged_message(tmp_path, "it is not a pyro-vae manifest")
+
+
+def test_removing_a_file_drops_its_pending_entry_too(tmp_path):
+    start_manifest(tmp_path)
+    manifest = files._Manifest.load(tmp_path)
+    manifest.pending["p"] = {"sha256": hashlib.sha256(b"p").hexdigest(), "bytes": 1}
+    manifest.save(durable=True)
+    remove_files(tmp_path, ["p"])
+    assert _manifest(tmp_path)["pending"] == {}
+
+
+def test_the_lock_file_gets_the_permissions_a_plain_open_gives(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    with lock_folder(tmp_path):
+        assert (tmp_path / LOCK_FILE).stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_strays_of_dead_writers_go_and_a_live_writers_stays(tmp_path):
+    import fcntl
+
+    dead = tmp_path / ".weights.abcd1234.tmp"
+    dead.write_bytes(b"half")
+    live = tmp_path / ".state.efgh5678.tmp"
+    live.write_bytes(b"in progress")
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # its writer holds it
+    try:
+        assert files.clean_strays(tmp_path) == [dead.name]
+    finally:
+        os.close(fd)
+    assert not dead.exists() and live.exists()

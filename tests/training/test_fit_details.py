@@ -119,3 +119,14 @@ def test_a_conditional_vae_trains_in_a_process_group(tmp_path, tiny_binary):
     finally:
         dist.destroy_process_group()
     assert in_group == plain
+
+
+def test_epoch_seeds_stay_signed_64_bit_for_every_allowed_seed():
+    """Seeds up to 2**63 - 1 are allowed (config LIMITS); each epoch's seed must stay in the
+    signed 64-bit range that torch stores and checkpoints hold, and differ between epochs."""
+    from pyro_vae.training.loop import epoch_seed
+
+    for seed in (0, 1, 2**62 + 12_345, 2**63 - 2):
+        seeds = [epoch_seed(seed, epoch) for epoch in range(4)]
+        assert all(0 <= s < 2**63 - 1 for s in seeds) and len(set(seeds)) == 4
+    assert epoch_seed(2**63 - 2, 0) == (2**63 - 2) * 1_000_003 % (2**63 - 1)
