@@ -1,6 +1,6 @@
 """Fault injection: what a run directory promises under kills, damage, races and I/O faults.
 
-The README's table "What a run directory promises" is this file's summary. Every test
+The command-line guide's table "What a run directory promises" (docs/guides/cli.md) is this file's summary. Every test
 runs tiny runs (80 rows, one hidden layer of 8, 2 epochs); the figure functions are
 replaced by stubs that write a few bytes through the same ``atomic_write`` (matplotlib
 costs far more than the writes under test, and the write windows stay the same).
