@@ -104,7 +104,7 @@ def test_split_reproducible_disjoint_and_covering() -> None:
     a = D.split_train_val(x, labels, 0.2, seed=3)
     b = D.split_train_val(x, labels, 0.2, seed=3)
     c = D.split_train_val(x, labels, 0.2, seed=4)
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=True):
         np.testing.assert_array_equal(u, v)
     assert not np.array_equal(a[1], c[1])
     train, val, train_labels, val_labels = a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -24,8 +25,8 @@ from pyro_vae import (
 )
 from pyro_vae.data.datasets import load_digits
 from pyro_vae.inference.objectives import Objective, TraceELBO
-from pyro_vae.training.loop import EpochRecord, best_epoch, should_stop
 from pyro_vae.runs.checkpoint import WEIGHTS_FILE, load_training_state
+from pyro_vae.training.loop import EpochRecord, best_epoch, should_stop
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def test_resume_continues_the_same_history(tmp_path, digits_npy):
     resumed = resume_run(tmp_path / "part", epochs=4, progress=False)
     strip = lambda hs: [(h.epoch, h.train_loss, h.val_elbo) for h in hs]  # noqa: E731
     assert strip(resumed.history) == strip(full.history)
-    for (k, v), w in zip(full.vae.state_dict().items(), resumed.vae.state_dict().values()):
+    for (k, v), w in zip(full.vae.state_dict().items(), resumed.vae.state_dict().values(), strict=True):
         assert torch.equal(v, w), k
     assert (tmp_path / "part" / "metrics.csv").read_text().count("\n") == 5  # header + 4 epochs
 
@@ -129,7 +130,7 @@ class _Recording(Objective):
 def _betas_per_epoch(history_lengths: list[int], calls: list[tuple[float, torch.Tensor]]) -> list[set[float]]:
     """The set of KL weights used in each epoch, split where ``on_epoch_end`` saw the calls."""
     bounds = [0, *history_lengths]
-    return [{beta for beta, _ in calls[a:b]} for a, b in zip(bounds, bounds[1:])]
+    return [{beta for beta, _ in calls[a:b]} for a, b in itertools.pairwise(bounds)]
 
 
 @pytest.mark.parametrize(
@@ -238,7 +239,7 @@ def _seen_by_the_model(tmp_path, monkeypatch, binarize: str, likelihood: str = "
     epochs = []
     for e in range(3):
         part = slice(e * n_train, (e + 1) * n_train)
-        epoch = dict(zip(ids[part].tolist(), rows[part, 6:]))
+        epoch = dict(zip(ids[part].tolist(), rows[part, 6:], strict=True))
         assert len(epoch) == n_train  # every training row once per epoch
         epochs.append(epoch)
     assert epochs[0].keys() == epochs[1].keys() == epochs[2].keys()
