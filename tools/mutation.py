@@ -193,6 +193,10 @@ REASONS: dict[str, str] = {
     "pyro_vae.files.x_remove_files__mutmut_15": (
         "equivalent: without a manifest file, `_Manifest.load` returns None, which is what the skipped load gives"
     ),
+    "pyro_vae.files.xǁ_Manifestǁload__mutmut_17": (
+        "equivalent but for a manifest of exactly 1 MiB + 1 bytes: only that many bytes are read, and JSON "
+        "cut short does not parse, so without the size test every larger manifest is refused all the same"
+    ),
     "pyro_vae.inference.bounds.xǁ_Proposeǁ__init____mutmut_2": (
         "equivalent: wrapping a Pyro distribution in the torch adapter too (instead of only torch "
         "ones) changes nothing the bounds use: shapes, support, draws and log_prob are delegated"
@@ -201,6 +205,21 @@ REASONS: dict[str, str] = {
 
 #: Why a module of :data:`TARGETS` has no row in the results (written into mutation.md).
 NOT_MEASURED: dict[str, str] = {}
+
+#: How the recorded results were made, for mutation.md (they belong to the commit, as REASONS do).
+NOTES: tuple[str, ...] = (
+    "Every mutant of every module did not fit on the shared 2-core machine (about 2,300 mutants, hours),",
+    "so `transforms.py` and `TrainConfig.kl_weight` were run whole and the other modules by seeded",
+    "random samples (`--sample`, seed 0). Each module's first 25 were run, every survivor was given a",
+    "test or a reason, the unexplained survivors were re-run with the new tests (`--recheck`), then the",
+    "sample was grown to 50 (`--extend`) and the same done again; the source column records each step.",
+    "",
+    "The final rates above count mutants killed by tests written after seeing them. The rate on mutants",
+    "no one had looked at is the second 25 of each sample, run after the first round of new tests:",
+    "bounds 21/25, objectives 19/25, priors 23/25, guides 24/25, likelihoods 22/25, loop 20/25,",
+    "files 18/25: 147/175 = 84.0 % (± 2.8), or 147/168 = 87.5 % leaving out the 7 of them found",
+    "equivalent. That is the estimate of what the suite catches unseen, before the second round.",
+)
 
 #: mutmut's exit codes, as its ``mutmut.stats.status_by_exit_code`` reads them.
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
@@ -496,7 +515,7 @@ def recheck_target(target: Target, ref: str, row: dict, max_children: int, keep:
         "by_status": {k: v for k, v in counts.items() if v},
         "survivors": sorted(survivors, key=lambda s: s["mutant"]),
         "seconds": round(row["seconds"] + seconds, 1),
-        "source": f"{source} (its {len(names)} unexplained survivors re-run at {version})",
+        "source": f"{row['source']}; its {len(names)} unexplained survivors re-run at {version}",
         "command": f"python tools/mutation.py --recheck --module {target.path}",
     }
     print(f"   {newly_killed} of {len(names)} re-run survivors killed; {killed}/{row['mutants']} in all", flush=True)
@@ -529,7 +548,10 @@ def write_results(modules: list[ModuleResult | dict], version: str, command: str
     killed = sum(r["killed"] for r in rows.values())
     report = {
         "tool": f"mutmut {package_version('mutmut')}",
-        "command": "nice -n 19 python tools/mutation.py [--module PATH ...] [--max-children N]",
+        "command": (
+            "nice -n 19 python tools/mutation.py [--module PATH ...] [--max-children N] "
+            "[--sample N --seed S [--extend]] [--recheck]"
+        ),
         "total": {"mutants": total, "killed": killed, "kill_rate": round(killed / total, 4) if total else None},
         "modules": list(rows.values()),
     }
@@ -578,6 +600,8 @@ def write_results(modules: list[ModuleResult | dict], version: str, command: str
     if missing:
         lines += ["", "## Not measured", ""]
         lines += [f"- `{t.path}` ({t.why}): {NOT_MEASURED.get(t.path, 'no run recorded yet')}" for t in missing]
+    if NOTES:
+        lines += ["", "## How these numbers were made", "", *NOTES]
     lines += ["", "## Surviving mutants", ""]
     survivors = [s for r in rows.values() for s in r["survivors"]]
     if not survivors:
