@@ -597,7 +597,7 @@ def write_results(modules: list[ModuleResult | dict], version: str, command: str
         if r.get("kill_rate_se"):
             rate += f" ± {100 * r['kill_rate_se']:.1f}"
         lines.append(
-            f"| `{r['module']}` | {r['what']} | {r['source']} | {tests} | {tested} | {r['killed']} | {rate} "
+            f"| `{r['module']}` | {r['what'].replace('|', '&#124;')} | {r['source']} | {tests} | {tested} | {r['killed']} | {rate} "
             f"| {equivalent} | {score} |"
         )
     if total:
