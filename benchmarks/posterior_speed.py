@@ -204,14 +204,21 @@ def experiment(name: str, vae, x, model: dict, *, base: dict, block_sizes: list[
                             chains=chains, block_size=largest, batch_chains=False, seed=seed))
     for row in runs:
         row["speedup"] = row["eff_draws_per_s"] / reference["eff_draws_per_s"]
-        for key, seconds in (("meets_target", row["seconds"]), ("meets_target_in_cpu_time", row["cpu_seconds"])):
-            row[key] = target_speedup is not None and bool(
-                row["speedup"] >= target_speedup
-                and (target is None or (seconds <= target["seconds"] and row["min_ess_bulk"] >= target["min_ess_bulk"]
-                                        and row["max_r_hat"] <= target["max_r_hat"]))
-            )
     goal = None if target_speedup is None else {"speedup": target_speedup, **(target or {})}
+    for row in runs:
+        row["meets_target"] = meets(row, goal, row["seconds"])
+        row["meets_target_in_cpu_time"] = meets(row, goal, row["cpu_seconds"])
     return {"model": model, "default_block_size": auto, "baseline": reference, "runs": runs, "target": goal}
+
+
+def meets(row: dict, goal: dict | None, seconds: float) -> bool:
+    """Whether a run meets the goal (speed-up, and where the goal names them: time, ESS, R-hat)."""
+    return goal is not None and bool(
+        row["speedup"] >= goal["speedup"]
+        and seconds <= goal.get("seconds", float("inf"))
+        and row["min_ess_bulk"] >= goal.get("min_ess_bulk", 0.0)
+        and row["max_r_hat"] <= goal.get("max_r_hat", float("inf"))
+    )
 
 
 def load_average() -> list[float] | None:
@@ -291,7 +298,7 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
             report["experiments"]["mnist_z10"] = experiment(
                 "mnist_z10", vae, x, model, base={"points": max(1, args.baseline_points - 3), "draws": 150, "warmup": 150},
                 block_sizes=args.mnist_block_sizes, draws=150, warmup=150, chains=4, seed=args.seed,
-                target_speedup=10.0, target=None, in_turn=False,
+                target_speedup=10.0, target={"max_r_hat": 1.01}, in_turn=False,
             )
             report["experiments"]["mnist_z10"] = finish(report["experiments"]["mnist_z10"], where)
     return report
@@ -331,7 +338,8 @@ def markdown(report: dict) -> str:
             (
                 f"Per-point NUTS (the old algorithm) on {base['points']} points, {base['chains']} chains x "
                 f"({base['warmup']} + {base['draws']}) steps: {base['seconds_per_point']:.1f} s "
-                f"({base.get('cpu_seconds_per_point', float('nan')):.1f} CPU s) per point, "
+                f"({_cpu({'cpu_seconds': base['cpu_seconds_per_point']} if 'cpu_seconds_per_point' in base else {})} "
+                "CPU s) per point, "
                 f"**{base['eff_draws_per_s']:.1f} effective draws/s**, min ESS {base['min_ess_bulk']:.0f}, "
                 f"max R-hat {base['max_r_hat']:.4f}, {base['divergences']} divergences, "
                 f"{base['mean_n_steps']:.1f} steps per transition. Default block size: {exp['default_block_size']}."
@@ -359,12 +367,22 @@ def markdown(report: dict) -> str:
         met = [r["label"] for r in exp["runs"] if r["meets_target"]]
         goal = f">= {target['speedup']:g}x"
         if "seconds" in target:
-            goal += (f", under {target['seconds']:g} s, min ESS >= {target['min_ess_bulk']:g} and R-hat <= "
-                     f"{target['max_r_hat']:g} for every point")
+            goal += f", under {target['seconds']:g} s"
+        if "min_ess_bulk" in target:
+            goal += f", min ESS >= {target['min_ess_bulk']:g}"
+        if "max_r_hat" in target:
+            goal += f", R-hat <= {target['max_r_hat']:g} for every point"
         lines += ["", f"Target {goal}: " + (f"met by {', '.join(met)}." if met else "not met.")]
         if "seconds" in target and any("meets_target_in_cpu_time" in r for r in exp["runs"]):
             met_cpu = [r["label"] for r in exp["runs"] if r.get("meets_target_in_cpu_time")]
             lines[-1] += " In CPU time: " + (f"met by {', '.join(met_cpu)}." if met_cpu else "not met.")
+        if "cpu_seconds_per_point" in base:
+            # Effective draws per CPU second against the baseline's: less sensitive to a load that changed.
+            per_cpu = base["eff_draws_per_s"] * base["seconds_per_point"] / base["cpu_seconds_per_point"]
+            lines[-1] += " Speed-up per CPU second: " + ", ".join(
+                f"{r['label']} {r['eff_draws_per_s'] * r['seconds'] / r['cpu_seconds'] / per_cpu:.1f}x"
+                for r in exp["runs"] if "cpu_seconds" in r
+            ) + "."
     return "\n".join(lines) + "\n"
 
 
