@@ -76,7 +76,9 @@ _TRAIN_FLAGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "--device": ("train", "device", {"help": "cpu or cuda"}),
 }
 _RESUMABLE = {"--epochs", "--device", "--patience", "--lr"}
-_SECTIONS = {"model": ModelConfig(), "data": DataConfig(), "train": TrainConfig()}
+_SECTIONS: dict[str, ModelConfig | DataConfig | TrainConfig] = {
+    "model": ModelConfig(), "data": DataConfig(), "train": TrainConfig()
+}
 
 
 def _dest(flag: str) -> str:
@@ -302,24 +304,24 @@ def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
         from .runs.survey import check_survey_outputs, survey_run, write_survey
 
         out = check_survey_outputs(out_dir, overwrite=args.overwrite)  # before the long part
-        found, config, split, x = survey_run(
+        surveyed, config, split, x = survey_run(
             args.run_dir, rows=args.rows, split=args.split, method=method, seed=args.seed,
             progress=not args.no_progress, num_samples=args.samples, num_chains=args.chains, warmup_steps=args.warmup,
         )
-        written = write_survey(found, out, images=x.cpu().numpy(), image_shape=config.data.image_shape or None,
+        written = write_survey(surveyed, out, images=x.cpu().numpy(), image_shape=config.data.image_shape or None,
                                overwrite=args.overwrite)
-        table = found.points
+        table = surveyed.points
         with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
             say(
                 f"rows {table.index[0]}-{table.index[-1]} of the {split} split of {config.data.data!r}: guide against "
-                f"{found.method} for {len(table)} points in {found.seconds:.1f} s"
+                f"{surveyed.method} for {len(table)} points in {surveyed.seconds:.1f} s"
             )
             say(
                 f"KL(q || p): mean {table['kl'].mean():.3f}, median {table['kl'].median():.3f}, largest "
                 f"{table['kl'].max():.3f} nats; inference gap log p(x) - ELBO: mean {table['gap'].mean():.3f} nats"
             )
             say("the points with the largest KL(q || p):")
-            say(found.worst().drop(columns=table.filter(regex=r"^exact_mean_").columns).to_string())
+            say(surveyed.worst().drop(columns=table.filter(regex=r"^exact_mean_").columns).to_string())
         say(f"wrote {', '.join(p.name for p in written)} to {out}")
         return
     out = check_outputs(out_dir, overwrite=args.overwrite)  # before the long part
@@ -448,7 +450,7 @@ def _silence_stdout() -> None:
 def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
     """Show the run directory's warnings as one ``pyro-vae: warning:`` line; others as Python does."""
 
-    def showwarning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    def showwarning(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, UnverifiedFolderWarning):
             print(f"pyro-vae: warning: {message}", file=sys.stderr)
         else:

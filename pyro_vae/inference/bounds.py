@@ -25,7 +25,7 @@ The ELBO per data point is the mean of the log-weights over draws
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Union
 
 import pyro
 import pyro.distributions as dist
@@ -65,7 +65,11 @@ __all__ = [
     "logmeanexp_chunks",
     "draw_width",
     "chunk_plan",
+    "SampleShape",
 ]
+
+#: A shape as torch.distributions accepts one (``expand``, ``sample``).
+SampleShape = Union[torch.Size, list[int], tuple[int, ...]]
 
 #: Name of the vectorized particle plate; it sits left of the data plate (dim -2).
 PARTICLE_PLATE = "particles"
@@ -126,16 +130,16 @@ class _AsPyro(dist.TorchDistribution):
         return self.base.has_rsample
 
     @property
-    def support(self):  # type: ignore[no-untyped-def, override]
+    def support(self):  # noqa: ANN201 - the base distribution's constraint
         return self.base.support
 
-    def expand(self, batch_shape: torch.Size, _instance: object = None) -> "_AsPyro":
+    def expand(self, batch_shape: SampleShape, _instance: object = None) -> "_AsPyro":
         return _AsPyro(self.base.expand(batch_shape))
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: SampleShape = torch.Size()) -> torch.Tensor:
         return self.base.sample(sample_shape)
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape: SampleShape = torch.Size()) -> torch.Tensor:
         return self.base.rsample(sample_shape)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -162,7 +166,7 @@ class _Propose(Messenger):
 
 
 def _sum_log_probs(
-    trace: poutine.Trace, shape: torch.Size, keep: Callable[[dict], bool] | None = None
+    trace: poutine.Trace, shape: torch.Size, keep: Callable[[Any], bool] | None = None
 ) -> torch.Tensor:
     """Sum of ``site["log_prob"]`` (scaled and masked by Pyro) over the sample sites."""
     total: torch.Tensor | None = None
@@ -495,7 +499,7 @@ class _LargestAllocation(TorchDispatchMode):
         super().__init__()
         self.largest = 0
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         inputs = {
             t.untyped_storage().data_ptr()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence, Union
+from typing import Iterator, Sequence
 
 import numpy as np
 import pyro.distributions as dist
@@ -40,7 +40,7 @@ from torch.distributions import constraints
 from ..errors import ConfigError
 from ..model.vae import VAE
 from ..seeding import forked_rng
-from .bounds import collect_log_weights, elbo_per_datum, log_joint
+from .bounds import SampleShape, collect_log_weights, elbo_per_datum, log_joint
 
 __all__ = [
     "InferenceGaps",
@@ -142,10 +142,6 @@ def gaussian_log_weights(
     return collect_log_weights(vae, x, num_samples, proposal=dist.Normal(loc, scale).to_event(1))
 
 
-#: A shape as torch.distributions accepts one.
-_Shape = Union[torch.Size, list[int], tuple[int, ...]]
-
-
 class EvenMixture(dist.TorchDistribution):
     """The even mixture ``(1/M) sum_m q_m(z)`` of M distributions over z.
 
@@ -170,10 +166,10 @@ class EvenMixture(dist.TorchDistribution):
         first = self.components[0]
         super().__init__(first.batch_shape, first.event_shape, validate_args=False)
 
-    def expand(self, batch_shape: _Shape, _instance: object = None) -> "EvenMixture":
+    def expand(self, batch_shape: SampleShape, _instance: object = None) -> "EvenMixture":
         return EvenMixture([c.expand(batch_shape) for c in self.components])
 
-    def sample(self, sample_shape: _Shape = torch.Size()) -> torch.Tensor:
+    def sample(self, sample_shape: SampleShape = torch.Size()) -> torch.Tensor:
         with torch.no_grad():
             draws = torch.stack([c.sample(sample_shape) for c in self.components])  # (M, *S, *batch, *event)
             pick = torch.randint(len(self.components), draws.shape[1 : draws.dim() - len(self.event_shape)], device=draws.device)

@@ -37,6 +37,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -234,7 +235,7 @@ def _quadrature(f: _Integrand, boxes: GridBoxes, nodes: int, rows: torch.Tensor,
     if g[0] is None:
         extra = torch.zeros_like(log_norm)
     else:
-        gg = torch.cat(g)  # (N, b)
+        gg = torch.cat(cast(list[torch.Tensor], g))  # (N, b): all given when the first is
         extra = (p * torch.where(p > 0, gg, torch.zeros_like(gg))).sum(0)  # (b,)
     u = (z64 - boxes.centre.double()) / boxes.half_width.double()  # (N, b, D)
     boundary = (u.abs() > 1 - 1e-9).any(-1)  # (N, b)

@@ -25,7 +25,7 @@ import torch
 from torch.distributions import constraints
 
 from ..errors import ConfigError
-from ..inference.bounds import collect_weighted, log_joint
+from ..inference.bounds import SampleShape, collect_weighted, log_joint
 from ..inference.gaps import frozen
 from ..inference.quadrature import (
     DEFAULT_TOL,
@@ -101,10 +101,10 @@ class GridProposal(dist.TorchDistribution):
         batch_shape = torch.Size((log_mass.shape[0],)) if batch_shape is None else torch.Size(batch_shape)
         super().__init__(batch_shape, torch.Size((dim,)), validate_args=False)
 
-    def expand(self, batch_shape: torch.Size, _instance: object = None) -> GridProposal:
-        return GridProposal(self.log_mass, self.boxes, self.nodes, batch_shape, self._cdf)
+    def expand(self, batch_shape: SampleShape, _instance: object = None) -> GridProposal:
+        return GridProposal(self.log_mass, self.boxes, self.nodes, torch.Size(batch_shape), self._cdf)
 
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+    def sample(self, sample_shape: SampleShape = ()) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape  # (..., B)
         num_points, dim = self.lower.shape
         draws = math.prod(shape[:-1])

@@ -69,7 +69,8 @@ def plot_marginals(data: Sequence[ArvizData], names: Sequence[str], path: str | 
         for j in range(z_dim):
             ax = axes[b, j]
             pooled = np.concatenate([d[b, :, j] for d in draws])
-            edges = np.linspace(*np.quantile(pooled, [0.001, 0.999]), 41)
+            low, high = np.quantile(pooled, [0.001, 0.999])
+            edges = np.linspace(low, high, 41)
             for d, name, color in zip(draws, names, _colors(len(draws)), strict=True):
                 ax.hist(d[b, :, j], bins=edges, density=True, histtype="stepfilled", alpha=0.15, color=color)
                 ax.hist(d[b, :, j], bins=edges, density=True, histtype="step", color=color, label=name)

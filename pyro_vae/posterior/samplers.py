@@ -570,7 +570,7 @@ def importance_posterior(
 
 def _resample(
     vae: VAE, x: torch.Tensor, z: torch.Tensor, log_w: torch.Tensor, num_samples: int, num_chains: int
-) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[tuple[str, ...], np.ndarray]]]:
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[tuple[str, ...], Any]]]:
     """Resample weighted proposals by their Pareto-smoothed weights (in the caller's random stream).
 
     Args:
@@ -591,7 +591,8 @@ def _resample(
     picks = torch.multinomial(weights, num_chains * num_samples, replacement=True)  # (B, C*S)
     chosen = z.gather(0, picks.T.unsqueeze(-1).expand(-1, -1, vae.z_dim))  # (C*S, B, z_dim)
     chosen = chosen.reshape(num_chains, num_samples, *chosen.shape[1:])  # (C, S, B, z_dim)
-    lp = sum(model_densities(vae, chosen, x))  # (C, S, B): log p(x, z)
+    densities = model_densities(vae, chosen, x)
+    lp = densities.log_prior + densities.log_likelihood  # (C, S, B): log p(x, z)
     ess = 1.0 / (weights.double() ** 2).sum(-1).cpu().numpy()  # (B,)
     return chosen, lp, {"ess": ((POINT_DIM,), ess), "pareto_k": ((POINT_DIM,), pareto_k)}
 

@@ -58,7 +58,7 @@ import os
 import warnings
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any, Sequence, Union
+from typing import Any, Sequence
 
 import numpy as np  # noqa: E402
 import pyro  # noqa: E402
@@ -98,7 +98,10 @@ OBSERVED_VAR = OBS_SITE
 _DATATREE_NATIVE = int(az.__version__.split(".")[0]) >= 1
 
 #: What the functions here return: ``xarray.DataTree`` on ArviZ >= 1, else ``InferenceData``.
-ArvizData = Union[xr.DataTree, "az.InferenceData"]
+#: Which of the two depends on the ArviZ installed, and both are read the same way
+#: (``data.posterior``, ``data.sample_stats``, ``data.sel(point=...)``), so the static type
+#: is ``Any``: a union would make every group access an error on one of the two lines.
+ArvizData = Any
 
 # --------------------------------------------------------------------------- schema
 def to_arviz(groups: dict[str, xr.Dataset], attrs: dict[str, Any] | None = None) -> ArvizData:

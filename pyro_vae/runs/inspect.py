@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from ..config import RunConfig
+from ..data.rows import Rows
 from ..errors import ConfigError
 from ..inference.gaps import InferenceGaps, inference_gaps
 from ..inference.quadrature import MAX_GRID_DIM, check_grid_dim, posterior_quadrature
@@ -261,7 +262,8 @@ def load_split(
     rows, labels = splits[split]
     if rows is None:
         raise ConfigError(f"the data {config.data.data!r} has no {split} split; choose `split` train or val")
-    x = torch.from_numpy(rows)
+    # A mapped split is read whole as float32: inspection looks at a held-out split, which is small.
+    x = torch.from_numpy(rows.read(slice(None)) if isinstance(rows, Rows) else rows)
     vae.likelihood.check_support(x)
     transform = make_transform(config, vae)
     if transform is not None:

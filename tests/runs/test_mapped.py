@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from pyro_vae import ModelConfig, RunConfig, TrainConfig, train_run
 from pyro_vae.config import DataConfig
@@ -79,3 +80,20 @@ def test_evaluation_in_many_blocks_pools_the_unit_activity(binary_file, tmp_path
     np.testing.assert_allclose(blocks["unit_activity"], whole["unit_activity"], rtol=1e-6)
     assert blocks["elbo_per_datum"] != whole["elbo_per_datum"]  # other draws
     assert abs(blocks["elbo_per_datum"] - whole["elbo_per_datum"]) < 0.05 * abs(whole["elbo_per_datum"])
+
+
+def test_inspect_reads_a_mapped_split_as_the_in_memory_one(binary_file, tmp_path, monkeypatch):
+    """The inspection's rows of a mapped file are the in-memory rows, binarized alike."""
+    from pyro_vae.runs.inspect import load_points
+
+    config = RunConfig(
+        model=ModelConfig(z_dim=2, hidden=(8,)),
+        data=DataConfig(data=str(binary_file)),
+        train=TrainConfig(epochs=1, batch_size=32, seed=3),
+    )
+    train_run(config, tmp_path / "run", progress=False)
+    _, _, in_memory, split = load_points(tmp_path / "run", [0, 5, 7])
+    monkeypatch.setattr(D, "MAP_ABOVE_BYTES", 0)
+    _, _, mapped, mapped_split = load_points(tmp_path / "run", [0, 5, 7])
+    assert mapped_split == split == "val"
+    assert mapped.shape == (3, 10) and torch.equal(mapped, in_memory)
