@@ -87,16 +87,20 @@ def evaluate(run_dir: Path, samples: int, chunk: int = 50) -> tuple[dict[str, fl
     elbo, log_px = elbo_per_datum(lw), iwae_per_datum(lw)  # (N,) each
     n = x.shape[0]
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {
-        "heldout_elbo": float(elbo.mean()),
-        "heldout_elbo_se": float(elbo.std() / math.sqrt(n)),
-        "log_px": float(log_px.mean()),
-        "log_px_se": float(log_px.std() / math.sqrt(n)),
-        "gap": float((log_px - elbo).mean()),
-        "num_val": n,
-        "train_val_elbo": float(summary["val_elbo_per_datum"]),
-        "train_seconds": float(summary["train_seconds_this_call"]),
-    }, log_px, x
+    return (
+        {
+            "heldout_elbo": float(elbo.mean()),
+            "heldout_elbo_se": float(elbo.std() / math.sqrt(n)),
+            "log_px": float(log_px.mean()),
+            "log_px_se": float(log_px.std() / math.sqrt(n)),
+            "gap": float((log_px - elbo).mean()),
+            "num_val": n,
+            "train_val_elbo": float(summary["val_elbo_per_datum"]),
+            "train_seconds": float(summary["train_seconds_this_call"]),
+        },
+        log_px,
+        x,
+    )
 
 
 def markdown(rows: list[dict], samples: int) -> str:
@@ -120,7 +124,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=1000, help="K, draws per point for both estimates")
     parser.add_argument(
-        "--only", nargs="*", choices=sorted(COMBINATIONS), help="run these combinations only (the first is the reference)"
+        "--only",
+        nargs="*",
+        choices=sorted(COMBINATIONS),
+        help="run these combinations only (the first is the reference)",
     )
     parser.add_argument("--runs-dir", help="keep the run directories here (default: a temporary folder)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the CPU is shared)")
@@ -162,7 +169,10 @@ def main() -> None:
                 "wall_seconds": time.perf_counter() - start,
             }
             rows.append(row)
-            print(f"{name}: ELBO {row['heldout_elbo']:.2f}, log p(x) {row['log_px']:.2f} ({row['wall_seconds']:.0f} s)", flush=True)
+            print(
+                f"{name}: ELBO {row['heldout_elbo']:.2f}, log p(x) {row['log_px']:.2f} ({row['wall_seconds']:.0f} s)",
+                flush=True,
+            )
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

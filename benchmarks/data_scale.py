@@ -83,7 +83,9 @@ def make_data(folder: Path, rows: int) -> Path:
     for prefix, n, seed in (("train", rows, 0), ("t10k", 1_000, 1)):
         write_idx(folder / f"{prefix}-images-idx3-ubyte", n, seed=seed)
         labels = np.random.default_rng(seed).integers(0, 10, size=n, dtype=np.uint8)
-        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + np.array([n], dtype=">u4").tobytes() + labels.tobytes())
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            bytes([0, 0, 8, 1]) + np.array([n], dtype=">u4").tobytes() + labels.tobytes()
+        )
     (folder / "done").write_text("")
     return folder
 
@@ -143,8 +145,15 @@ def worker(args: argparse.Namespace) -> None:
     vae = build_vae(ModelConfig(x_dim=784))
     clock = _Clock(args.steps, args.batch_size)
     try:
-        fit(vae, train, None, TrainConfig(epochs=1, batch_size=args.batch_size, seed=0), transform=clock,
-            progress=False, prefetch=args.prefetch)
+        fit(
+            vae,
+            train,
+            None,
+            TrainConfig(epochs=1, batch_size=args.batch_size, seed=0),
+            transform=clock,
+            progress=False,
+            prefetch=args.prefetch,
+        )
     except _Done:
         pass
     times = clock.times
@@ -180,8 +189,19 @@ def worker(args: argparse.Namespace) -> None:
 
 def _child(args: argparse.Namespace, data_dir: Path, storage: str, prefetch: bool, nprocs: int = 1) -> dict[str, Any]:
     flags = [
-        "worker", "--data-dir", str(data_dir), "--storage", storage, "--steps", str(args.steps),
-        "--warmup", str(args.warmup), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+        "worker",
+        "--data-dir",
+        str(data_dir),
+        "--storage",
+        storage,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch-size",
+        str(args.batch_size),
+        "--threads",
+        str(args.threads),
     ] + ["--prefetch"] * prefetch
     env = dict(os.environ, PYTHONPATH=str(HERE.parent))
     if nprocs == 1:
@@ -194,8 +214,22 @@ def _child(args: argparse.Namespace, data_dir: Path, storage: str, prefetch: boo
         port = s.getsockname()[1]
         s.close()
         report = str(Path(tmp) / "rank-RANK.json")
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nprocs), "--master_addr", "127.0.0.1",
-               "--master_port", str(port), __file__, *flags, "--distributed", "--report", report]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nprocs),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            __file__,
+            *flags,
+            "--distributed",
+            "--report",
+            report,
+        ]
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
         if out.returncode:
             raise RuntimeError(out.stderr[-3000:])
@@ -233,8 +267,12 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--memory-max-rows", type=int, default=1_000_000, help="largest size the in-memory path runs at")
-    parser.add_argument("--torchrun-rows", type=int, default=None, help="size of the two-process run; default the largest")
+    parser.add_argument(
+        "--memory-max-rows", type=int, default=1_000_000, help="largest size the in-memory path runs at"
+    )
+    parser.add_argument(
+        "--torchrun-rows", type=int, default=None, help="size of the two-process run; default the largest"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="where the data is generated (deleted after)")
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results prefix: writes .json and .md")
@@ -266,7 +304,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  torchrun x2: {json.dumps(runs['torchrun x2'][-1])}", flush=True)
             memory = _median(runs["memory"])["examples_per_s"] if "memory" in runs else None
             for name, measured in runs.items():
-                row = {"rows": rows, "file_gb": rows * 784 / 1e9, "variant": name, **_median(measured), "runs": measured}
+                row = {
+                    "rows": rows,
+                    "file_gb": rows * 784 / 1e9,
+                    "variant": name,
+                    **_median(measured),
+                    "runs": measured,
+                }
                 row["vs_memory"] = None if memory is None else row["examples_per_s"] / memory
                 results.append(row)
             if not args.keep:
@@ -278,7 +322,11 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/data_scale.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
         "torch": torch.__version__,
-        "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size, "threads": args.threads, "rounds": args.rounds,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "rounds": args.rounds,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")

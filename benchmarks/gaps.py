@@ -101,8 +101,15 @@ def run(run_dir: str | Path, args: argparse.Namespace) -> dict:
     print(f"  points with a gap below -3 SE: {beyond}")
 
     found = inspect_points(
-        vae, x[: args.nuts_points], index[: args.nuts_points], mcmc=True, num_samples=args.samples,
-        num_chains=args.chains, gap_samples=args.is_samples, seed=args.seed, progress=False,
+        vae,
+        x[: args.nuts_points],
+        index[: args.nuts_points],
+        mcmc=True,
+        num_samples=args.samples,
+        num_chains=args.chains,
+        gap_samples=args.is_samples,
+        seed=args.seed,
+        progress=False,
     )
     attrs = found.reference.attrs
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
@@ -113,8 +120,12 @@ def run(run_dir: str | Path, args: argparse.Namespace) -> dict:
         "data": config.data.data,
         "split": split,
         "model": {
-            "z_dim": config.model.z_dim, "hidden": list(config.model.hidden), "likelihood": config.model.likelihood,
-            "guide": config.model.guide, "prior": config.model.prior, "epochs": config.train.epochs,
+            "z_dim": config.model.z_dim,
+            "hidden": list(config.model.hidden),
+            "likelihood": config.model.likelihood,
+            "guide": config.model.guide,
+            "prior": config.model.prior,
+            "epochs": config.train.epochs,
         },
         "torch_threads": torch.get_num_threads(),
         "gaps": {

@@ -65,19 +65,36 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default=None, metavar="DIR", help="MNIST IDX files (default: env PYRO_VAE_DATA_DIR)")
+    parser.add_argument(
+        "--data-dir", default=None, metavar="DIR", help="MNIST IDX files (default: env PYRO_VAE_DATA_DIR)"
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--points", type=int, default=100, help="held-out points per model (default: 100)")
     parser.add_argument("--baseline-points", type=int, default=5, help="points of the per-point runs (default: 5)")
-    parser.add_argument("--block-sizes", type=int, nargs="+", default=[10, 25, 100], metavar="B",
-                        help="digits block sizes (default: 10 25 100)")
-    parser.add_argument("--mnist-block-sizes", type=int, nargs="+", default=[25, 100], metavar="B",
-                        help="MNIST block sizes (default: 25 100)")
+    parser.add_argument(
+        "--block-sizes",
+        type=int,
+        nargs="+",
+        default=[10, 25, 100],
+        metavar="B",
+        help="digits block sizes (default: 10 25 100)",
+    )
+    parser.add_argument(
+        "--mnist-block-sizes",
+        type=int,
+        nargs="+",
+        default=[25, 100],
+        metavar="B",
+        help="MNIST block sizes (default: 25 100)",
+    )
     parser.add_argument("--skip-mnist", action="store_true", help="only the digits model")
-    parser.add_argument("--skip-digits", action="store_true",
-                        help="only the MNIST model; the digits results already in --out are kept")
+    parser.add_argument(
+        "--skip-digits", action="store_true", help="only the MNIST model; the digits results already in --out are kept"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"folder of posterior_speed.json/.md (default: {DEFAULT_OUT})")
+    parser.add_argument(
+        "--out", default=str(DEFAULT_OUT), help=f"folder of posterior_speed.json/.md (default: {DEFAULT_OUT})"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny models and draws; digits only (z_dim 2 and 10)")
     args = parser.parse_args()
     try:
@@ -96,7 +113,9 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------------------- set-up
-def trained(data_name: str, z_dim: int, hidden: tuple[int, ...], epochs: int, args: argparse.Namespace, device: torch.device):
+def trained(
+    data_name: str, z_dim: int, hidden: tuple[int, ...], epochs: int, args: argparse.Namespace, device: torch.device
+):
     """A VAE trained briefly on ``data_name``, and its first held-out points, binarized."""
     data = load_dataset(data_name, args.data_dir if data_name == "mnist" else None)
     config = RunConfig(
@@ -113,16 +132,32 @@ def trained(data_name: str, z_dim: int, hidden: tuple[int, ...], epochs: int, ar
     with forked_rng(device, seed=args.seed):
         x = torch.bernoulli(torch.from_numpy(held[: args.points]).to(device))
     vae.eval()
-    model = {"data": data_name, "split": split, "z_dim": z_dim, "hidden": list(hidden), "epochs": epochs,
-             "train_rows": int(train.shape[0]), "train_seconds": round(seconds, 1)}
+    model = {
+        "data": data_name,
+        "split": split,
+        "z_dim": z_dim,
+        "hidden": list(hidden),
+        "epochs": epochs,
+        "train_rows": int(train.shape[0]),
+        "train_seconds": round(seconds, 1),
+    }
     return vae, x, model
 
 
-def measure(vae, x, *, label: str, draws: int, warmup: int, chains: int, block_size: int, batch_chains: bool, seed: int) -> dict:
+def measure(
+    vae, x, *, label: str, draws: int, warmup: int, chains: int, block_size: int, batch_chains: bool, seed: int
+) -> dict:
     """One exact_posterior call over all rows of ``x``: time, ESS, R-hat, divergences."""
     start, cpu = time.perf_counter(), time.process_time()
     data = exact_posterior(
-        vae, x, draws, warmup_steps=warmup, num_chains=chains, seed=seed, block_size=block_size, batch_chains=batch_chains
+        vae,
+        x,
+        draws,
+        warmup_steps=warmup,
+        num_chains=chains,
+        seed=seed,
+        block_size=block_size,
+        batch_chains=batch_chains,
     )
     seconds = time.perf_counter() - start
     row = summarize(data, seconds)
@@ -171,11 +206,25 @@ def baseline(vae, x, *, points: int, draws: int, warmup: int, chains: int, seed:
     """Per-point NUTS, point by point: the old algorithm, timed per point."""
     rows = []
     for b in range(min(points, x.shape[0])):
-        rows.append(measure(vae, x[b : b + 1], label=f"per-point NUTS, row {b}", draws=draws, warmup=warmup,
-                            chains=chains, block_size=1, batch_chains=False, seed=seed))
+        rows.append(
+            measure(
+                vae,
+                x[b : b + 1],
+                label=f"per-point NUTS, row {b}",
+                draws=draws,
+                warmup=warmup,
+                chains=chains,
+                block_size=1,
+                batch_chains=False,
+                seed=seed,
+            )
+        )
     rates = [r["eff_draws_per_s"] for r in rows]
     return {
-        "points": len(rows), "draws": draws, "warmup": warmup, "chains": chains,
+        "points": len(rows),
+        "draws": draws,
+        "warmup": warmup,
+        "chains": chains,
         "seconds_per_point": float(np.mean([r["seconds"] for r in rows])),
         "cpu_seconds_per_point": float(np.mean([r["cpu_seconds"] for r in rows])),
         "eff_draws_per_s": float(np.mean(rates)),  # per point, as every point runs alone
@@ -187,21 +236,62 @@ def baseline(vae, x, *, points: int, draws: int, warmup: int, chains: int, seed:
     }
 
 
-def experiment(name: str, vae, x, model: dict, *, base: dict, block_sizes: list[int], draws: int, warmup: int,
-               chains: int, seed: int, target_speedup: float | None, target: dict | None, in_turn: bool = True) -> dict:
-    print(f"{name}: {x.shape[0]} {model['split']} points of {model['data']} (z_dim {model['z_dim']}), "
-          f"trained {model['epochs']} epochs in {model['train_seconds']} s", flush=True)
-    reference = baseline(vae, x, points=base["points"], draws=base["draws"], warmup=base["warmup"], chains=chains, seed=seed)
+def experiment(
+    name: str,
+    vae,
+    x,
+    model: dict,
+    *,
+    base: dict,
+    block_sizes: list[int],
+    draws: int,
+    warmup: int,
+    chains: int,
+    seed: int,
+    target_speedup: float | None,
+    target: dict | None,
+    in_turn: bool = True,
+) -> dict:
+    print(
+        f"{name}: {x.shape[0]} {model['split']} points of {model['data']} (z_dim {model['z_dim']}), "
+        f"trained {model['epochs']} epochs in {model['train_seconds']} s",
+        flush=True,
+    )
+    reference = baseline(
+        vae, x, points=base["points"], draws=base["draws"], warmup=base["warmup"], chains=chains, seed=seed
+    )
     auto = default_block_size(chains)
     runs = []
     for size in sorted(set(block_sizes) | {min(auto, x.shape[0])}):
         label = f"blocks of {size}" + (" (default)" if size == min(auto, x.shape[0]) else "")
-        runs.append(measure(vae, x, label=label, draws=draws, warmup=warmup, chains=chains, block_size=size,
-                            batch_chains=True, seed=seed))
+        runs.append(
+            measure(
+                vae,
+                x,
+                label=label,
+                draws=draws,
+                warmup=warmup,
+                chains=chains,
+                block_size=size,
+                batch_chains=True,
+                seed=seed,
+            )
+        )
     if in_turn:
         largest = max(block_sizes)
-        runs.append(measure(vae, x, label=f"blocks of {largest}, chains in turn", draws=draws, warmup=warmup,
-                            chains=chains, block_size=largest, batch_chains=False, seed=seed))
+        runs.append(
+            measure(
+                vae,
+                x,
+                label=f"blocks of {largest}, chains in turn",
+                draws=draws,
+                warmup=warmup,
+                chains=chains,
+                block_size=largest,
+                batch_chains=False,
+                seed=seed,
+            )
+        )
     for row in runs:
         row["speedup"] = row["eff_draws_per_s"] / reference["eff_draws_per_s"]
     goal = None if target_speedup is None else {"speedup": target_speedup, **(target or {})}
@@ -263,8 +353,15 @@ def keep_earlier(report: dict, path: Path) -> dict:
         if name in report["experiments"]:
             continue
         if "context" not in exp:  # an older report: one context for all its experiments
-            exp = {"context": {"command": earlier.get("command"), "date": earlier.get("date"),
-                               "machine": earlier.get("machine"), "seconds": earlier.get("seconds_total")}, **exp}
+            exp = {
+                "context": {
+                    "command": earlier.get("command"),
+                    "date": earlier.get("date"),
+                    "machine": earlier.get("machine"),
+                    "seconds": earlier.get("seconds_total"),
+                },
+                **exp,
+            }
         report["experiments"][name] = exp
     return report
 
@@ -285,20 +382,42 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
         if not args.skip_digits:
             where = context(device)
             vae, x, model = trained("digits", 2, ModelConfig().hidden, 50, args, device)
-            report["experiments"]["digits_z2"] = finish(experiment(
-                "digits_z2", vae, x, model, base={"points": args.baseline_points, "draws": 500, "warmup": 500},
-                block_sizes=args.block_sizes, draws=750, warmup=250, chains=4, seed=args.seed, target_speedup=15.0,
-                target={"seconds": 60.0, "min_ess_bulk": 400.0, "max_r_hat": 1.01},
-            ), where)
+            report["experiments"]["digits_z2"] = finish(
+                experiment(
+                    "digits_z2",
+                    vae,
+                    x,
+                    model,
+                    base={"points": args.baseline_points, "draws": 500, "warmup": 500},
+                    block_sizes=args.block_sizes,
+                    draws=750,
+                    warmup=250,
+                    chains=4,
+                    seed=args.seed,
+                    target_speedup=15.0,
+                    target={"seconds": 60.0, "min_ess_bulk": 400.0, "max_r_hat": 1.01},
+                ),
+                where,
+            )
         if not args.skip_mnist:
             where = context(device)
             vae, x, model = trained("mnist", 10, ModelConfig().hidden, 5, args, device)
             # Fewer draws: a decoder pass costs 5 times the digits model's, and the
             # rate of effective draws is what the target asks for.
             report["experiments"]["mnist_z10"] = experiment(
-                "mnist_z10", vae, x, model, base={"points": max(1, args.baseline_points - 3), "draws": 150, "warmup": 150},
-                block_sizes=args.mnist_block_sizes, draws=150, warmup=150, chains=4, seed=args.seed,
-                target_speedup=10.0, target={"max_r_hat": 1.01}, in_turn=False,
+                "mnist_z10",
+                vae,
+                x,
+                model,
+                base={"points": max(1, args.baseline_points - 3), "draws": 150, "warmup": 150},
+                block_sizes=args.mnist_block_sizes,
+                draws=150,
+                warmup=150,
+                chains=4,
+                seed=args.seed,
+                target_speedup=10.0,
+                target={"max_r_hat": 1.01},
+                in_turn=False,
             )
             report["experiments"]["mnist_z10"] = finish(report["experiments"]["mnist_z10"], where)
     return report
@@ -379,10 +498,15 @@ def markdown(report: dict) -> str:
         if "cpu_seconds_per_point" in base:
             # Effective draws per CPU second against the baseline's: less sensitive to a load that changed.
             per_cpu = base["eff_draws_per_s"] * base["seconds_per_point"] / base["cpu_seconds_per_point"]
-            lines[-1] += " Speed-up per CPU second: " + ", ".join(
-                f"{r['label']} {r['eff_draws_per_s'] * r['seconds'] / r['cpu_seconds'] / per_cpu:.1f}x"
-                for r in exp["runs"] if "cpu_seconds" in r
-            ) + "."
+            lines[-1] += (
+                " Speed-up per CPU second: "
+                + ", ".join(
+                    f"{r['label']} {r['eff_draws_per_s'] * r['seconds'] / r['cpu_seconds'] / per_cpu:.1f}x"
+                    for r in exp["runs"]
+                    if "cpu_seconds" in r
+                )
+                + "."
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -67,21 +67,36 @@ DEFAULT_EPOCHS = 40
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (default: env PYRO_VAE_DATA_DIR)")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help=f"training epochs of each model (default: {DEFAULT_EPOCHS})")
+    p.add_argument(
+        "--epochs", type=int, default=DEFAULT_EPOCHS, help=f"training epochs of each model (default: {DEFAULT_EPOCHS})"
+    )
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--elbo", default="trace", help="pyro_vae objective: trace (the ELBO) or iwae (default: trace)")
     p.add_argument("--particles", type=int, default=1, help="K of the objective (iwae: 50 in the paper)")
-    p.add_argument("--prior", default="normal", help="pyro_vae prior (normal, vamp, ...); the reference has normal only")
-    p.add_argument("--prior-components", type=int, default=ModelConfig().prior_components,
-                   help="pseudo-inputs of --prior vamp, Gaussians of --prior mixture")
-    p.add_argument("--iw-samples", type=int, default=DEFAULT_IW_SAMPLES, help="K of the test log-likelihood (default: 5000)")
+    p.add_argument(
+        "--prior", default="normal", help="pyro_vae prior (normal, vamp, ...); the reference has normal only"
+    )
+    p.add_argument(
+        "--prior-components",
+        type=int,
+        default=ModelConfig().prior_components,
+        help="pseudo-inputs of --prior vamp, Gaussians of --prior mixture",
+    )
+    p.add_argument(
+        "--iw-samples", type=int, default=DEFAULT_IW_SAMPLES, help="K of the test log-likelihood (default: 5000)"
+    )
     p.add_argument("--test-points", type=int, default=10_000, help="test images evaluated (default: all 10,000)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-reference", action="store_true", help="train pyro_vae only")
-    p.add_argument("--out", type=Path, default=None, help="folder for quality.json and quality.md (default: benchmarks/results; with --smoke a temporary folder)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for quality.json and quality.md (default: benchmarks/results; with --smoke a temporary folder)",
+    )
     p.add_argument("--smoke", action="store_true", help="synthetic data, tiny sizes, seconds (for the test suite)")
     return p
 
@@ -89,7 +104,11 @@ def _parser() -> argparse.ArgumentParser:
 def _data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, str]:
     if args.smoke:
         g = torch.Generator().manual_seed(0)
-        return torch.rand(256, 784, generator=g) ** 3, torch.rand(32, 784, generator=g) ** 3, "synthetic (MNIST's shape)"
+        return (
+            torch.rand(256, 784, generator=g) ** 3,
+            torch.rand(32, 784, generator=g) ** 3,
+            "synthetic (MNIST's shape)",
+        )
     data_dir = args.data_dir or default_data_dir()
     if data_dir is None:
         raise SystemExit("quality.py: pass --data-dir DIR (MNIST IDX files) or set PYRO_VAE_DATA_DIR")
@@ -100,15 +119,23 @@ def _data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, str]:
 def _evaluate(vae: pyro_vae.VAE, test: torch.Tensor, args: argparse.Namespace) -> dict[str, Any]:
     # The test images are binarized once, with the same seed for every model.
     result = evaluate(
-        vae, test, iw_samples=args.iw_samples, seed=args.seed + 1,
-        transform=lambda x: binarize(x, "dynamic"), progress=not args.smoke,
+        vae,
+        test,
+        iw_samples=args.iw_samples,
+        seed=args.seed + 1,
+        transform=lambda x: binarize(x, "dynamic"),
+        progress=not args.smoke,
     )
     summary = result.summary()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "test_elbo": summary["elbo_per_datum"], "test_log_px": summary["log_px_per_datum"],
-        "test_kl": summary["kl_per_datum"], "test_reconstruction": summary["reconstruction_per_datum"],
-        "active_units": summary["active_units"], "eval_seconds": summary["seconds"], "process_peak_rss_mb": peak,
+        "test_elbo": summary["elbo_per_datum"],
+        "test_log_px": summary["log_px_per_datum"],
+        "test_kl": summary["kl_per_datum"],
+        "test_reconstruction": summary["reconstruction_per_datum"],
+        "active_units": summary["active_units"],
+        "eval_seconds": summary["seconds"],
+        "process_peak_rss_mb": peak,
     }
 
 
@@ -125,30 +152,66 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     train, test, data_name = _data(args)
     train, test = train.to(device), test[: args.test_points].to(device)
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         elbo=args.elbo, particles=args.particles)
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        elbo=args.elbo,
+        particles=args.particles,
+    )
     objective = build_objective(config)
     torch.manual_seed(args.seed)
-    vae = build_vae(ModelConfig(x_dim=784, z_dim=Z_DIM, hidden=HIDDEN, activation=ACTIVATION, prior=args.prior,
-                                prior_components=args.prior_components)).to(device)
+    vae = build_vae(
+        ModelConfig(
+            x_dim=784,
+            z_dim=Z_DIM,
+            hidden=HIDDEN,
+            activation=ACTIVATION,
+            prior=args.prior,
+            prior_components=args.prior_components,
+        )
+    ).to(device)
     initial = {k: v.clone() for k, v in vae.state_dict().items()}
     setting = {
-        "objective": args.elbo, "particles": args.particles,
+        "objective": args.elbo,
+        "particles": args.particles,
         "prior": args.prior + (f" ({args.prior_components})" if args.prior in ("vamp", "mixture") else ""),
         "epochs": args.epochs,
-        "batch_size": args.batch_size, "lr": args.lr, "iw_samples": args.iw_samples, "test_points": int(test.shape[0]),
-        "device": device.type, "threads": torch.get_num_threads(), "data": data_name, "machine": machine_description(),
-        "torch": torch.__version__, "pyro": pyro.__version__,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "iw_samples": args.iw_samples,
+        "test_points": int(test.shape[0]),
+        "device": device.type,
+        "threads": torch.get_num_threads(),
+        "data": data_name,
+        "machine": machine_description(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     rows = []
 
     t = time.perf_counter()
-    history = fit(vae, train, config=config, objective=objective, transform=lambda x: binarize(x, "dynamic"), progress=not args.smoke)
+    history = fit(
+        vae,
+        train,
+        config=config,
+        objective=objective,
+        transform=lambda x: binarize(x, "dynamic"),
+        progress=not args.smoke,
+    )
     train_seconds = time.perf_counter() - t
-    rows.append({**setting, "model": "pyro_vae", "train_seconds": train_seconds, "final_train_loss": history[-1].train_loss,
-                 **_evaluate(vae.eval(), test, args)})
+    rows.append(
+        {
+            **setting,
+            "model": "pyro_vae",
+            "train_seconds": train_seconds,
+            "final_train_loss": history[-1].train_loss,
+            **_evaluate(vae.eval(), test, args),
+        }
+    )
     print(_line(rows[-1]), flush=True)
 
     if not args.no_reference and args.prior == "normal" and args.elbo in ("trace", "trace-eager", "iwae"):
@@ -157,14 +220,30 @@ def main(argv: list[str] | None = None) -> int:
         optimizer = torch.optim.Adam(reference.parameters(), lr=args.lr)
         t = time.perf_counter()
         for epoch in range(args.epochs):
-            loss = train_epoch(reference, train, optimizer, args.batch_size, seed=args.seed * 1000 + epoch,
-                               particles=args.particles, iwae=args.elbo == "iwae")
+            loss = train_epoch(
+                reference,
+                train,
+                optimizer,
+                args.batch_size,
+                seed=args.seed * 1000 + epoch,
+                particles=args.particles,
+                iwae=args.elbo == "iwae",
+            )
         train_seconds = time.perf_counter() - t
         # Evaluated by the same code: its weights in a pyro_vae VAE of the same architecture.
         as_vae = build_vae(ModelConfig(x_dim=784, z_dim=Z_DIM, hidden=HIDDEN, activation=ACTIVATION)).to(device)
-        as_vae.load_state_dict({**reference.state_dict(), **{k: v for k, v in as_vae.state_dict().items() if k.startswith("prior.")}})
-        rows.append({**setting, "model": "reference (plain PyTorch)", "train_seconds": train_seconds,
-                     "final_train_loss": loss, **_evaluate(as_vae.eval(), test, args)})
+        as_vae.load_state_dict(
+            {**reference.state_dict(), **{k: v for k, v in as_vae.state_dict().items() if k.startswith("prior.")}}
+        )
+        rows.append(
+            {
+                **setting,
+                "model": "reference (plain PyTorch)",
+                "train_seconds": train_seconds,
+                "final_train_loss": loss,
+                **_evaluate(as_vae.eval(), test, args),
+            }
+        )
         print(_line(rows[-1]), flush=True)
 
     total = time.perf_counter() - started

@@ -61,19 +61,32 @@ DEFAULT_OUT = HERE / "results" / "scaling.json"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--nprocs", type=int, nargs="+", default=[1, 2], help="process counts to launch with torchrun (default: 1 2)")
+    p.add_argument(
+        "--nprocs", type=int, nargs="+", default=[1, 2], help="process counts to launch with torchrun (default: 1 2)"
+    )
     p.add_argument("--device", default="cpu", help="cpu (Gloo) or cuda (NCCL, one GPU per process)")
     p.add_argument("--data", default="digits", help="digits, mnist or a .npy/.npz/.csv file (default: digits)")
     p.add_argument("--data-dir", default=None, help="folder of the MNIST IDX files (env PYRO_VAE_DATA_DIR)")
     p.add_argument("--hidden", type=int, nargs="+", default=[256, 128], help="encoder widths (default: 256 128)")
     p.add_argument("--z-dim", type=int, default=2)
-    p.add_argument("--batch-size", type=int, nargs="+", default=[64], help="rows per step per process; several values make several groups of rows (default: 64)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=[64],
+        help="rows per step per process; several values make several groups of rows (default: 64)",
+    )
     p.add_argument("--epochs", type=int, default=2, help="timed epochs (default: 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed epochs first (default: 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process on CPU (default: 1)")
     p.add_argument("--repeats", type=int, default=3, help="runs per configuration; the fastest is kept (default: 3)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a launch may take (default: 600)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results; the table goes next to it as .md (default: {DEFAULT_OUT})")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"JSON results; the table goes next to it as .md (default: {DEFAULT_OUT})",
+    )
     p.add_argument("--smoke", action="store_true", help="seconds-long check: digits, tiny model, plain and 2 processes")
     p.add_argument("--worker", metavar="REPORT", type=Path, help=argparse.SUPPRESS)
     return p
@@ -108,7 +121,9 @@ def measure(args: argparse.Namespace, batch_size: int, threads: int) -> dict[str
         history = fit(vae, train, None, warm, optimizer=optimizer, transform=transform, progress=False)
     distributed.barrier()
     start, cpu_start = time.perf_counter(), time.process_time()
-    history = fit(vae, train, None, config.train, optimizer=optimizer, transform=transform, history=history, progress=False)
+    history = fit(
+        vae, train, None, config.train, optimizer=optimizer, transform=transform, history=history, progress=False
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     cpu = torch.tensor([time.process_time() - cpu_start], dtype=torch.float64)
@@ -162,7 +177,10 @@ def parallel_capacity(processes: int) -> float:
     """Summed speed of ``processes`` concurrent single-threaded matmul loops over one loop's."""
 
     def run(k: int) -> float:
-        procs = [subprocess.Popen([sys.executable, "-c", _CAPACITY_LOOP], stdout=subprocess.PIPE, text=True) for _ in range(k)]
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _CAPACITY_LOOP], stdout=subprocess.PIPE, text=True)
+            for _ in range(k)
+        ]
         return sum(float(p.communicate()[0]) for p in procs)
 
     return run(processes) / run(1)
@@ -178,13 +196,25 @@ def _launch(args: argparse.Namespace, nprocs: int, argv: list[str]) -> dict[str,
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "row.json"
         cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nprocs),
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-            str(Path(__file__).resolve()), *argv, "--worker", str(report),
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nprocs),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            str(Path(__file__).resolve()),
+            *argv,
+            "--worker",
+            str(report),
         ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
         if done.returncode != 0:
-            raise SystemExit(f"scaling: the {nprocs}-process job failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+            raise SystemExit(
+                f"scaling: the {nprocs}-process job failed (exit {done.returncode}):\n{done.stderr[-4000:]}"
+            )
         return json.loads(report.read_text())
 
 
@@ -213,7 +243,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.data, args.data_dir, args.hidden, args.nprocs, args.batch_size = "digits", None, [16], [2], [64]
         args.epochs, args.warmup, args.repeats = 1, 0, 1
-        argv += ["--data", "digits", "--hidden", "16", "--epochs", "1", "--warmup", "0", "--nprocs", "2", "--repeats", "1"]
+        argv += [
+            "--data",
+            "digits",
+            "--hidden",
+            "16",
+            "--epochs",
+            "1",
+            "--warmup",
+            "0",
+            "--nprocs",
+            "2",
+            "--repeats",
+            "1",
+        ]
     default_threads = torch.get_num_threads()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     worker_argv = [a for a in argv if a != "--smoke"]
@@ -227,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     for bs in args.batch_size:
         group = [{"mode": "plain", **best(lambda bs=bs: measure(args, bs, args.threads))}]
         for n in args.nprocs:
-            group.append({"mode": "ddp", **best(lambda n=n, bs=bs: _launch(args, n, [*worker_argv, "--batch-size", str(bs)]))})
+            group.append(
+                {"mode": "ddp", **best(lambda n=n, bs=bs: _launch(args, n, [*worker_argv, "--batch-size", str(bs)]))}
+            )
         if args.device == "cpu" and default_threads != args.threads and not args.smoke:
             group.append({"mode": "plain", **best(lambda bs=bs: measure(args, bs, default_threads))})
         for r in group:  # relative to one process with the same batch and threads
@@ -249,7 +294,13 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "parallel_capacity": capacity,
         },
-        "config": {"data": args.data, "hidden": args.hidden, "z_dim": args.z_dim, "epochs": args.epochs, "warmup": args.warmup},
+        "config": {
+            "data": args.data,
+            "hidden": args.hidden,
+            "z_dim": args.z_dim,
+            "epochs": args.epochs,
+            "warmup": args.warmup,
+        },
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -260,8 +311,12 @@ def main(argv: list[str] | None = None) -> int:
         "single-threaded matmul loops over one loop's; the ceiling for any speed-up).\n"
         for n, c in capacity.items()
     )
-    load_note = f"\nLoad average (1 min) at start {load:.2f}, at end {report['machine']['load_average_1min_at_end']:.2f}.\n"
-    args.out.with_suffix(".md").write_text(f"# Data-parallel scaling\n\n`{report['command']}`\n\n{table}{notes}{load_note}")
+    load_note = (
+        f"\nLoad average (1 min) at start {load:.2f}, at end {report['machine']['load_average_1min_at_end']:.2f}.\n"
+    )
+    args.out.with_suffix(".md").write_text(
+        f"# Data-parallel scaling\n\n`{report['command']}`\n\n{table}{notes}{load_note}"
+    )
     print(table, end="")
     return 0
 

@@ -80,13 +80,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", nargs="+", default=None, help="cpu and/or cuda (default: cpu, and cuda when present)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--rounds", type=int, default=7, help="interleaved timed blocks per contestant (default: 7)")
-    p.add_argument("--block-rows", type=int, default=4096, help="rows per timed block, at least 8 steps (default: 4096)")
+    p.add_argument(
+        "--block-rows", type=int, default=4096, help="rows per timed block, at least 8 steps (default: 4096)"
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     p.add_argument("--no-scaling", action="store_true", help="skip the particles / latent size / data size sweeps")
     p.add_argument("--particles", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--latent-sizes", type=int, nargs="+", default=[2, 10, 50, 200])
     p.add_argument("--data-sizes", type=int, nargs="+", default=[1000, 10000, 60000])
-    p.add_argument("--out", type=Path, default=None, help="folder for speed.json and speed.md (default: benchmarks/results; with --smoke a temporary folder)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for speed.json and speed.md (default: benchmarks/results; with --smoke a temporary folder)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (for the test suite)")
     p.add_argument("--child", nargs=4, metavar=("IMPL", "ARCH", "BATCH", "DEVICE"), help=argparse.SUPPRESS)
     return p
@@ -94,10 +101,13 @@ def _parser() -> argparse.ArgumentParser:
 
 # ------------------------------------------------------------------------ contestants
 
+
 class Contestant:
     """One implementation training one model; ``block(rows, seed)`` runs one epoch over ``rows``."""
 
-    def __init__(self, impl: str, arch: str, device: torch.device, *, z_dim: int | None = None, particles: int = 1) -> None:
+    def __init__(
+        self, impl: str, arch: str, device: torch.device, *, z_dim: int | None = None, particles: int = 1
+    ) -> None:
         hidden, arch_z, activation = ARCHS[arch]
         z_dim = z_dim or arch_z
         torch.manual_seed(0)  # the same initial weights for every contestant
@@ -120,8 +130,13 @@ class Contestant:
         else:
             config = TrainConfig(epochs=1, batch_size=batch_size, lr=LR, seed=seed, particles=self.particles)
             fit(
-                self.model, rows, config=config, objective=self.objective, optimizer=self.optimizer,
-                transform=lambda x: binarize(x, "dynamic"), progress=False,
+                self.model,
+                rows,
+                config=config,
+                objective=self.objective,
+                optimizer=self.optimizer,
+                transform=lambda x: binarize(x, "dynamic"),
+                progress=False,
             )
 
 
@@ -159,6 +174,7 @@ def _paired_ratio(numerator: list[float], denominator: list[float]) -> float:
 
 # ---------------------------------------------------------------------- peak memory
 
+
 def _status_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -195,10 +211,23 @@ def _child(impl: str, arch: str, batch_size: int, device_name: str, block_rows: 
     print(json.dumps(report))
 
 
-def peak_memory(impl: str, arch: str, batch_size: int, device: torch.device, block_rows: int, threads: int) -> dict[str, float]:
+def peak_memory(
+    impl: str, arch: str, batch_size: int, device: torch.device, block_rows: int, threads: int
+) -> dict[str, float]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, __file__, "--child", impl, arch, str(batch_size), str(device), "--block-rows", str(block_rows),
-           "--threads", str(threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        impl,
+        arch,
+        str(batch_size),
+        str(device),
+        "--block-rows",
+        str(block_rows),
+        "--threads",
+        str(threads),
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"memory child failed: {out.stderr.strip().splitlines()[-1:]}")
@@ -207,7 +236,10 @@ def peak_memory(impl: str, arch: str, batch_size: int, device: torch.device, blo
 
 # ------------------------------------------------------------------------ the sweeps
 
-def batch_table(args: argparse.Namespace, data: torch.Tensor, device: torch.device, meta: dict[str, Any]) -> list[dict[str, Any]]:
+
+def batch_table(
+    args: argparse.Namespace, data: torch.Tensor, device: torch.device, meta: dict[str, Any]
+) -> list[dict[str, Any]]:
     rows_out = []
     for arch in args.archs:
         contestants = {impl: Contestant(impl, arch, device) for impl in IMPLS}
@@ -216,8 +248,15 @@ def batch_table(args: argparse.Namespace, data: torch.Tensor, device: torch.devi
             rows = data[:block].to(device)
             times = interleaved(contestants, rows, batch_size, args.rounds, device)
             row = {
-                **meta, "experiment": "batch_size", "device": device.type, "arch": arch, "batch_size": batch_size,
-                "particles": 1, "z_dim": ARCHS[arch][1], "rows_per_block": block, "rounds": args.rounds,
+                **meta,
+                "experiment": "batch_size",
+                "device": device.type,
+                "arch": arch,
+                "batch_size": batch_size,
+                "particles": 1,
+                "z_dim": ARCHS[arch][1],
+                "rows_per_block": block,
+                "rounds": args.rounds,
                 "examples_per_s": block / statistics.median(times["pyro_vae"]),
                 "reference_examples_per_s": block / statistics.median(times["reference"]),
                 "eager_examples_per_s": block / statistics.median(times["pyro_vae_eager"]),
@@ -231,7 +270,10 @@ def batch_table(args: argparse.Namespace, data: torch.Tensor, device: torch.devi
                 ref = peak_memory("reference", arch, batch_size, device, block, args.threads)
                 row["peak_rss_mb"], row["reference_peak_rss_mb"] = mine["peak_rss_mb"], ref["peak_rss_mb"]
                 # After the imports (torch, Pyro, pyro_vae: the same in both children) and the data.
-                row["baseline_rss_mb"], row["reference_baseline_rss_mb"] = mine["baseline_rss_mb"], ref["baseline_rss_mb"]
+                row["baseline_rss_mb"], row["reference_baseline_rss_mb"] = (
+                    mine["baseline_rss_mb"],
+                    ref["baseline_rss_mb"],
+                )
                 if device.type == "cuda":
                     row["peak_cuda_mb"], row["reference_peak_cuda_mb"] = mine["peak_cuda_mb"], ref["peak_cuda_mb"]
             else:
@@ -241,7 +283,9 @@ def batch_table(args: argparse.Namespace, data: torch.Tensor, device: torch.devi
     return rows_out
 
 
-def scaling(args: argparse.Namespace, data: torch.Tensor, device: torch.device, meta: dict[str, Any]) -> list[dict[str, Any]]:
+def scaling(
+    args: argparse.Namespace, data: torch.Tensor, device: torch.device, meta: dict[str, Any]
+) -> list[dict[str, Any]]:
     arch, batch_size = "784-400-50", 128 if not args.smoke else 16
     out = []
     sweeps = [("particles", p, {"particles": p}) for p in args.particles]
@@ -262,8 +306,15 @@ def scaling(args: argparse.Namespace, data: torch.Tensor, device: torch.device, 
 
 def _scaling_row(meta, experiment, value, arch, batch_size, device, rows, times, kwargs) -> dict[str, Any]:
     return {
-        **meta, "experiment": experiment, "value": value, "device": device.type, "arch": arch, "batch_size": batch_size,
-        "particles": kwargs.get("particles", 1), "z_dim": kwargs.get("z_dim", ARCHS[arch][1]), "rows_per_block": rows,
+        **meta,
+        "experiment": experiment,
+        "value": value,
+        "device": device.type,
+        "arch": arch,
+        "batch_size": batch_size,
+        "particles": kwargs.get("particles", 1),
+        "z_dim": kwargs.get("z_dim", ARCHS[arch][1]),
+        "rows_per_block": rows,
         "seconds_per_block": statistics.median(times["pyro_vae"]),
         "reference_seconds_per_block": statistics.median(times["reference"]),
         "examples_per_s": rows / statistics.median(times["pyro_vae"]),
@@ -274,6 +325,7 @@ def _scaling_row(meta, experiment, value, arch, batch_size, device, rows, times,
 
 
 # ------------------------------------------------------------------------- reporting
+
 
 def _row_line(row: dict[str, Any]) -> str:
     label = f"{row['experiment']}={row.get('value', row['batch_size'])}"
@@ -297,20 +349,31 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             continue
         mem = "-"
         if not math.isnan(r["peak_rss_mb"]):
-            mem = (f"{r['peak_rss_mb']:.0f} / {r['reference_peak_rss_mb']:.0f} "
-                   f"(+{r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} / +{r['reference_peak_rss_mb'] - r['reference_baseline_rss_mb']:.0f})")
+            mem = (
+                f"{r['peak_rss_mb']:.0f} / {r['reference_peak_rss_mb']:.0f} "
+                f"(+{r['peak_rss_mb'] - r['baseline_rss_mb']:.0f} / +{r['reference_peak_rss_mb'] - r['reference_baseline_rss_mb']:.0f})"
+            )
         if "peak_cuda_mb" in r:
             mem += f" (CUDA {r['peak_cuda_mb']:.0f} / {r['reference_peak_cuda_mb']:.0f})"
         lines.append(
             f"| {r['device']} | {r['arch']} | {r['batch_size']} | {r['examples_per_s']:.0f} | {r['reference_examples_per_s']:.0f} | "
             f"**{r['ratio']:.2f}** | {r['eager_ratio']:.2f} | {r['ms_per_step']:.2f} | {r['reference_ms_per_step']:.2f} | {mem} |"
         )
-    for experiment, title in (("particles", "particles K (vectorized)"), ("z_dim", "latent size"), ("data_size", "data set size N (s per epoch)")):
+    for experiment, title in (
+        ("particles", "particles K (vectorized)"),
+        ("z_dim", "latent size"),
+        ("data_size", "data set size N (s per epoch)"),
+    ):
         sub = [r for r in rows if r["experiment"] == experiment]
         if not sub:
             continue
-        lines += ["", f"Scaling with the {title}, {sub[0]['arch']}, batch {sub[0]['batch_size']}:", "",
-                  f"| device | {experiment} | pyro_vae s/block | reference s/block | rows/block | ratio |", "|---|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"Scaling with the {title}, {sub[0]['arch']}, batch {sub[0]['batch_size']}:",
+            "",
+            f"| device | {experiment} | pyro_vae s/block | reference s/block | rows/block | ratio |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for r in sub:
             lines.append(
                 f"| {r['device']} | {r['value']} | {r['seconds_per_block']:.3f} | {r['reference_seconds_per_block']:.3f} | "
@@ -359,8 +422,13 @@ def main(argv: list[str] | None = None) -> int:
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     data, data_name = load_data(args)
     meta = {
-        "machine": machine_description(), "threads": args.threads, "torch": torch.__version__, "pyro": pyro.__version__,
-        "data": data_name, "rounds": args.rounds, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "data": data_name,
+        "rounds": args.rounds,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()

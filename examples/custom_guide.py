@@ -86,8 +86,10 @@ def main() -> None:
         encoder, decoder = MLP(data.x_dim, [width]), MLP(z_dim, [width])
         vae = VAE(encoder, decoder, BernoulliLikelihood(width, data.x_dim), guide=make_guide(width, z_dim), z_dim=z_dim)
         history = fit(vae, train, val, config, transform=dynamic, progress=False)
-        print(f"{make_guide.__name__:20s} held-out ELBO per data point after {config.epochs} epochs "
-              f"(trained on IWAE, K={config.particles}): {history[-1].val_elbo:.2f} nats")
+        print(
+            f"{make_guide.__name__:20s} held-out ELBO per data point after {config.epochs} epochs "
+            f"(trained on IWAE, K={config.particles}): {history[-1].val_elbo:.2f} nats"
+        )
 
     loc, scale = vae.encode(binarize(val[:1], "threshold"))
     print(f"learned degrees of freedom nu_d: {' '.join(f'{v:.1f}' for v in vae.variational.df.detach())}")

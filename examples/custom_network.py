@@ -69,10 +69,17 @@ def main() -> None:
         torch.manual_seed(0)
         vae = build_vae(ModelConfig(x_dim=64, z_dim=2, hidden=(64,), net=net))
         history = fit(
-            vae, train, val, TrainConfig(epochs=epochs, lr=3e-3), transform=lambda x: binarize(x, "dynamic"), progress=False
+            vae,
+            train,
+            val,
+            TrainConfig(epochs=epochs, lr=3e-3),
+            transform=lambda x: binarize(x, "dynamic"),
+            progress=False,
         )
-        print(f"{type(vae.encoder).__name__:<12} held-out ELBO per data point after {epochs} epochs: "
-              f"{history[-1].val_elbo:.2f} nats")
+        print(
+            f"{type(vae.encoder).__name__:<12} held-out ELBO per data point after {epochs} epochs: "
+            f"{history[-1].val_elbo:.2f} nats"
+        )
 
 
 if __name__ == "__main__":

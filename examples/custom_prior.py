@@ -77,7 +77,9 @@ def main() -> None:
         vae = build_vae(ModelConfig(x_dim=data.x_dim, z_dim=8, hidden=(128,), prior=prior))
         history = fit(vae, train, val, config, transform=dynamic, progress=False)
         results[prior] = history[-1].val_elbo
-        print(f"--prior {prior:8s} held-out ELBO per data point after {config.epochs} epochs: {results[prior]:.2f} nats")
+        print(
+            f"--prior {prior:8s} held-out ELBO per data point after {config.epochs} epochs: {results[prior]:.2f} nats"
+        )
 
     scales = softplus_scale(vae.prior.raw_scale).detach()
     print(f"learned Laplace scales b_d: {' '.join(f'{b:.2f}' for b in scales)}")

@@ -64,16 +64,31 @@ def main() -> None:
 
     # 3. Guide and NUTS, compared (see pyro_vae.posterior for the pieces one by one).
     found = inspect_points(
-        vae, x, args.index, mcmc=True, num_samples=samples, warmup_steps=warmup, num_chains=chains,
-        gap_samples=500 if args.smoke else 5000, progress=not args.smoke,
+        vae,
+        x,
+        args.index,
+        mcmc=True,
+        num_samples=samples,
+        warmup_steps=warmup,
+        num_chains=chains,
+        gap_samples=500 if args.smoke else 5000,
+        progress=not args.smoke,
     )
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
         print(f"\nrows {args.index} of the {split} split of {config.data.data!r}; {found.describe_reference()}")
         print("\nposterior mean and sd per latent dimension, guide beside NUTS (ArviZ summaries):")
         print(found.table.to_string())
         print("\nper point: Gaussian KL(guide || NUTS), log p(x), ELBOs and inference gaps (nats):")
-        columns = ["kl_gaussian", "log_px", "elbo_amortized", "elbo_local", "approximation_gap", "amortization_gap",
-                   "nuts_divergences", "nuts_max_r_hat"]
+        columns = [
+            "kl_gaussian",
+            "log_px",
+            "elbo_amortized",
+            "elbo_local",
+            "approximation_gap",
+            "amortization_gap",
+            "nuts_divergences",
+            "nuts_max_r_hat",
+        ]
         print(found.points[columns].to_string())
 
     # 4. Files: netCDF for ArviZ, CSV tables, PNG figures.

@@ -83,8 +83,15 @@ def draw_network(ax: Axes, vae: VAE, x: torch.Tensor, colour: str) -> None:
     sigma_pos = [(2.2, -2.0 - 2.0 * i) for i in range(2)]
 
     def edge(p, q, w, scale, alpha):
-        ax.plot([p[0], q[0]], [p[1], q[1]], color=cmap(0.5 + 0.5 * w / scale), lw=0.6 + 4.5 * abs(w) / scale,
-                alpha=alpha, solid_capstyle="round", zorder=1)
+        ax.plot(
+            [p[0], q[0]],
+            [p[1], q[1]],
+            color=cmap(0.5 + 0.5 * w / scale),
+            lw=0.6 + 4.5 * abs(w) / scale,
+            alpha=alpha,
+            solid_capstyle="round",
+            zorder=1,
+        )
 
     w_in_max = float(np.abs(w_in).max())
     for j, a in enumerate(a_pos):
@@ -110,7 +117,13 @@ def draw_network(ax: Axes, vae: VAE, x: torch.Tensor, colour: str) -> None:
         node(p, f"$\\sigma_{i + 1}$", f"{sigma[i]:.2f}", "#c9e7c4")
 
     ax.text(2.55, 3.0, r"$\mu$ head:" "\n" r"$\mu_i = \sum_j W_{ij}\,a_j + b_i$", va="center", fontsize=10)
-    ax.text(2.55, -3.0, r"$\sigma$ head:" "\n" r"$\sigma_i = \mathrm{softplus}(\sum_j V_{ij}\,a_j + c_i)$", va="center", fontsize=10)
+    ax.text(
+        2.55,
+        -3.0,
+        r"$\sigma$ head:" "\n" r"$\sigma_i = \mathrm{softplus}(\sum_j V_{ij}\,a_j + c_i)$",
+        va="center",
+        fontsize=10,
+    )
     ax.text(0.0, 6.2, "input x", ha="center", fontsize=10)
     ax.text(1.0, 6.2, "hidden a(x) = tanh(...)", ha="center", fontsize=10)
     # The two rows of W at work on this input: mu1 and mu2 are two different weighted sums of a.
@@ -119,7 +132,8 @@ def draw_network(ax: Axes, vae: VAE, x: torch.Tensor, colour: str) -> None:
     for i in range(2):
         terms = "".join(
             f"{'-' if w < 0 else ('' if j == 0 else '+')}{' ' if j else ''}{abs(w):.2f}×{a:.2f} "
-            if a >= 0 else f"{'-' if w < 0 else ('' if j == 0 else '+')}{' ' if j else ''}{abs(w):.2f}×({a:.2f}) "
+            if a >= 0
+            else f"{'-' if w < 0 else ('' if j == 0 else '+')}{' ' if j else ''}{abs(w):.2f}×({a:.2f}) "
             for j, (w, a) in enumerate(zip(w_mu[i], hidden.tolist(), strict=True))
         )
         bias = f"{'-' if b_mu[i] < 0 else '+'} {abs(b_mu[i]):.2f}"
@@ -146,7 +160,9 @@ def draw_head_weights(ax: Axes, vae: VAE) -> None:
     ax.axhline(1.5, color="k", lw=2.5)
     ax.axvline(3.5, color="k", lw=1, ls=":")
     ax.set_xticks(range(5), ["$a_1$", "$a_2$", "$a_3$", "$a_4$", "bias"])
-    ax.set_yticks(range(4), [r"$\mu_1$: row $W_1$", r"$\mu_2$: row $W_2$", r"$\sigma_1$: row $V_1$", r"$\sigma_2$: row $V_2$"])
+    ax.set_yticks(
+        range(4), [r"$\mu_1$: row $W_1$", r"$\mu_2$: row $W_2$", r"$\sigma_1$: row $V_1$", r"$\sigma_2$: row $V_2$"]
+    )
     ax.tick_params(length=0)
     ax.set_title(r"head weights: $\mu_1$ and $\mu_2$ read $a$ with different rows", fontsize=11)
 
@@ -166,8 +182,16 @@ def draw_aggregate(ax: Axes, vae: VAE, data: torch.Tensor, clouds: PointClouds, 
     between = loc.var(axis=0)  # (2,)
     mean = loc.mean(axis=0)  # (2,)
     covariance = np.diag(within) + np.cov(loc, rowvar=False)  # (2, 2)
-    ax.scatter(z[:, 0], z[:, 1], s=4, color="0.55", alpha=0.45, linewidths=0, rasterized=True,
-               label=f"one z ~ q(z|x) for each of {len(data)} inputs")
+    ax.scatter(
+        z[:, 0],
+        z[:, 1],
+        s=4,
+        color="0.55",
+        alpha=0.45,
+        linewidths=0,
+        rasterized=True,
+        label=f"one z ~ q(z|x) for each of {len(data)} inputs",
+    )
     for k in (1, 2):
         ax.add_patch(sigma_ellipse(mean, covariance, k, color="0.45", lw=4.0, alpha=0.8))
         ax.add_patch(sigma_ellipse(np.zeros(2), np.eye(2), k, color="k", lw=1.4, ls="--"))
@@ -179,12 +203,16 @@ def draw_aggregate(ax: Axes, vae: VAE, data: torch.Tensor, clouds: PointClouds, 
     ax.plot([], [], "o", color="w", mec="k", label=r"inputs of (b): $\mu(x)$, 1 $\sigma(x)$")
     sd = np.sqrt(within + between)
     ax.text(
-        0.02, 0.02,
+        0.02,
+        0.02,
         f"data set: mean of z ({mean[0]:+.2f}, {mean[1]:+.2f}), sd of z ({sd[0]:.2f}, {sd[1]:.2f})\n"
         f"  sd² = mean of σ(x)² + variance of μ(x)\n"
         f"      = ({within[0]:.2f} + {between[0]:.2f}, {within[1]:.2f} + {between[1]:.2f})\n"
         f"one input's σ(x): {clouds.scale.min():.2f} to {clouds.scale.max():.2f}",
-        transform=ax.transAxes, fontsize=9, va="bottom", family="monospace",
+        transform=ax.transAxes,
+        fontsize=9,
+        va="bottom",
+        family="monospace",
         bbox={"facecolor": "w", "alpha": 0.9, "edgecolor": "0.7"},
     )
     ax.set_xlabel(r"$z_1$")
@@ -192,8 +220,10 @@ def draw_aggregate(ax: Axes, vae: VAE, data: torch.Tensor, clouds: PointClouds, 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncols=2, frameon=False)
     ax.set_title("(c) the data set's q(z) = average of all q(z|x), vs the prior", loc="left")
-    return (f"aggregate q(z) over {len(data)} inputs: mean ({mean[0]:+.3f}, {mean[1]:+.3f}), "
-            f"sd ({sd[0]:.3f}, {sd[1]:.3f}) = sqrt(mean sigma^2 + var mu) per dimension")
+    return (
+        f"aggregate q(z) over {len(data)} inputs: mean ({mean[0]:+.3f}, {mean[1]:+.3f}), "
+        f"sd ({sd[0]:.3f}, {sd[1]:.3f}) = sqrt(mean sigma^2 + var mu) per dimension"
+    )
 
 
 def draw_moments(ax: Axes, clouds: PointClouds) -> None:
@@ -207,8 +237,14 @@ def draw_moments(ax: Axes, clouds: PointClouds) -> None:
         return f"({v[0]:+.3f}, {v[1]:+.3f})"
 
     rows = [
-        [label, pair(clouds.loc[k]), pair(clouds.mean[k]), pair(clouds.scale[k]), pair(clouds.sd[k]),
-         f"{gap[k].max():.1f}"]
+        [
+            label,
+            pair(clouds.loc[k]),
+            pair(clouds.mean[k]),
+            pair(clouds.scale[k]),
+            pair(clouds.sd[k]),
+            f"{gap[k].max():.1f}",
+        ]
         for k, label in enumerate(clouds.labels)
     ]
     header = ["input x", "μ(x)", "mean of draws", "σ(x)", "sd of draws", "largest gap (s.e.)"]
@@ -244,8 +280,13 @@ def write_figure(vae: VAE, data: torch.Tensor, inputs: torch.Tensor, path: Path,
         ax_clouds, ax_aggregate = middle.subplots(1, 2)
         draw_point_clouds(ax_clouds, clouds, max_points=1500)  # the moments use all NUM_DRAWS
         ax_clouds.legend(
-            fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncols=3, frameon=False,
-            title="input x", title_fontsize=9,
+            fontsize=9,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.11),
+            ncols=3,
+            frameon=False,
+            title="input x",
+            title_fontsize=9,
         )
         ax_clouds.set_title("")  # the library's title, replaced by the panel's own
         ax_clouds.set_title(r"(b) each input $x$: its own cloud $z = \mu(x) + \sigma(x)\,\varepsilon$", loc="left")
@@ -257,7 +298,8 @@ def write_figure(vae: VAE, data: torch.Tensor, inputs: torch.Tensor, path: Path,
         draw_moments(bottom.subplots(), clouds)
         fig.suptitle(
             "The smallest VAE (6 → 4 → 2): μ(x) and σ(x) are outputs of the encoder, one pair for each input x",
-            fontsize=13, fontweight="bold",
+            fontsize=13,
+            fontweight="bold",
         )
         save_png(fig, path, dpi=150)
     return clouds, summary
@@ -268,7 +310,10 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="train briefly (for tests)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--figure", type=Path, default=None, metavar="PNG",
+        "--figure",
+        type=Path,
+        default=None,
+        metavar="PNG",
         help=f"where to write the figure (default: {FIGURE.relative_to(FIGURE.parents[2])}; "
         "with --smoke, a temporary folder, so a briefly trained model never replaces the README's figure)",
     )
@@ -317,12 +362,16 @@ def main() -> None:
     print("                 mu(x) / sigma(x)   mean of z = mu + sigma*eps   (s.e.)    mean of guide's z")
     for d in range(2):
         se = float(sigma[d]) / math.sqrt(n)
-        print(f"  dimension {d + 1}:   mu    = {mu[d]:8.4f}     {z[:, d].mean():8.4f}              "
-              f"({se:.4f})    {z_guide[:, d].mean():8.4f}")
+        print(
+            f"  dimension {d + 1}:   mu    = {mu[d]:8.4f}     {z[:, d].mean():8.4f}              "
+            f"({se:.4f})    {z_guide[:, d].mean():8.4f}"
+        )
     for d in range(2):
         se = float(sigma[d]) / math.sqrt(2 * (n - 1))
-        print(f"  dimension {d + 1}:   sigma = {sigma[d]:8.4f}     {z[:, d].std():8.4f} (sd of z)      "
-              f"({se:.4f})    {z_guide[:, d].std():8.4f}")
+        print(
+            f"  dimension {d + 1}:   sigma = {sigma[d]:8.4f}     {z[:, d].std():8.4f} (sd of z)      "
+            f"({se:.4f})    {z_guide[:, d].std():8.4f}"
+        )
     print("\nThe cloud of z's has mean mu(x) and standard deviation sigma(x), within a few standard errors.\n")
 
     # The same, drawn: panels (a)-(d) of the figure.
@@ -331,8 +380,10 @@ def main() -> None:
     print("  input x  |      mu(x)        mean of draws   |     sigma(x)        sd of draws")
     for k, label in enumerate(clouds.labels):
         m, e, s, d = clouds.loc[k], clouds.mean[k], clouds.scale[k], clouds.sd[k]
-        print(f"  {label}   | {m[0]:7.4f} {m[1]:7.4f}   {e[0]:7.4f} {e[1]:7.4f}   "
-              f"| {s[0]:7.4f} {s[1]:7.4f}   {d[0]:7.4f} {d[1]:7.4f}")
+        print(
+            f"  {label}   | {m[0]:7.4f} {m[1]:7.4f}   {e[0]:7.4f} {e[1]:7.4f}   "
+            f"| {s[0]:7.4f} {s[1]:7.4f}   {d[0]:7.4f} {d[1]:7.4f}"
+        )
     print(aggregate)
     print(f"figure written to {figure}")
 

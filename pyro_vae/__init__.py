@@ -100,8 +100,14 @@ from .training.loop import EpochRecord, fit
 __version__ = "0.1.0"
 
 # The short namespaces are importable modules too: ``from pyro_vae.priors import ...``.
-for _alias, _module in {"priors": priors, "guides": guides, "likelihoods": likelihoods,
-                        "networks": networks, "objectives": objectives, "distributed": distributed}.items():
+for _alias, _module in {
+    "priors": priors,
+    "guides": guides,
+    "likelihoods": likelihoods,
+    "networks": networks,
+    "objectives": objectives,
+    "distributed": distributed,
+}.items():
     sys.modules[f"{__name__}.{_alias}"] = _module
 del _alias, _module
 

@@ -41,29 +41,92 @@ __all__ = ["main", "build_parser"]
 # the user gave (``--resume`` accepts only a few).
 _TRAIN_FLAGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "--data": ("data", "data", {"metavar": "NAME|PATH", "help": "digits (built in), mnist, or a .npy/.npz/.csv file"}),
-    "--data-dir": ("data", "data_dir", {"metavar": "DIR", "help": "folder of the MNIST IDX files (env PYRO_VAE_DATA_DIR)"}),
+    "--data-dir": (
+        "data",
+        "data_dir",
+        {"metavar": "DIR", "help": "folder of the MNIST IDX files (env PYRO_VAE_DATA_DIR)"},
+    ),
     "--binarize": ("data", "binarize", {"choices": BINARIZE_MODES, "help": "how 0/1 observations are made"}),
     "--threshold": ("data", "threshold", {"type": float, "help": "cut-off for --binarize threshold"}),
-    "--val-fraction": ("data", "val_fraction", {"type": float, "help": "share of rows held out for validation when the data has no validation split"}),
+    "--val-fraction": (
+        "data",
+        "val_fraction",
+        {"type": float, "help": "share of rows held out for validation when the data has no validation split"},
+    ),
     "--val-data": ("data", "val_data", {"metavar": "PATH", "help": "a file of validation rows"}),
-    "--test-data": ("data", "test_data", {"metavar": "PATH", "help": "a file of test rows (scored by pyro-vae evaluate)"}),
-    "--label-fraction": ("data", "label_fraction", {"type": float, "help": "share of training labels a semi-supervised VAE sees"}),
-    "--image-shape": ("data", "image_shape", {"type": int, "nargs": 2, "metavar": ("H", "W"), "help": "height and width of image rows, for figures (default: from the data)"}),
+    "--test-data": (
+        "data",
+        "test_data",
+        {"metavar": "PATH", "help": "a file of test rows (scored by pyro-vae evaluate)"},
+    ),
+    "--label-fraction": (
+        "data",
+        "label_fraction",
+        {"type": float, "help": "share of training labels a semi-supervised VAE sees"},
+    ),
+    "--image-shape": (
+        "data",
+        "image_shape",
+        {
+            "type": int,
+            "nargs": 2,
+            "metavar": ("H", "W"),
+            "help": "height and width of image rows, for figures (default: from the data)",
+        },
+    ),
     "--z-dim": ("model", "z_dim", {"type": int, "help": "latent dimensions"}),
-    "--hidden": ("model", "hidden", {"type": int, "nargs": "*", "metavar": "WIDTH", "help": "encoder layer widths (decoder: reversed)"}),
-    "--net": ("model", "net", {"choices": sorted(NETWORKS), "help": "encoder and decoder: dense layers, or convolutions over image rows (--hidden then gives channels, e.g. 32 64)"}),
+    "--hidden": (
+        "model",
+        "hidden",
+        {"type": int, "nargs": "*", "metavar": "WIDTH", "help": "encoder layer widths (decoder: reversed)"},
+    ),
+    "--net": (
+        "model",
+        "net",
+        {
+            "choices": sorted(NETWORKS),
+            "help": "encoder and decoder: dense layers, or convolutions over image rows (--hidden then gives channels, e.g. 32 64)",
+        },
+    ),
     "--activation": ("model", "activation", {"choices": sorted(ACTIVATIONS), "help": "hidden non-linearity"}),
     "--likelihood": ("model", "likelihood", {"choices": sorted(LIKELIHOODS), "help": "p(x|z)"}),
     "--prior": ("model", "prior", {"choices": sorted(PRIORS), "help": "p(z)"}),
     "--guide": ("model", "guide", {"choices": sorted(GUIDES), "help": "q(z|x)"}),
-    "--prior-components": ("model", "prior_components", {"type": int, "help": "K: Gaussians of --prior mixture, pseudo-inputs of --prior vamp"}),
-    "--flow-layers": ("model", "flow_layers", {"type": int, "help": "autoregressive layers of --prior flow and --guide flow"}),
-    "--top-dim": ("model", "top_dim", {"type": int, "help": "size of a second stochastic layer z2 above z (0: one layer)"}),
-    "--top-hidden": ("model", "top_hidden", {"type": int, "nargs": "*", "metavar": "WIDTH", "help": "widths between z and z2"}),
-    "--condition-on": ("model", "condition", {"choices": sorted(CONDITIONS), "help": "labels: a conditional VAE, q(z|x, y) and p(x|z, y), on the data's class labels"}),
+    "--prior-components": (
+        "model",
+        "prior_components",
+        {"type": int, "help": "K: Gaussians of --prior mixture, pseudo-inputs of --prior vamp"},
+    ),
+    "--flow-layers": (
+        "model",
+        "flow_layers",
+        {"type": int, "help": "autoregressive layers of --prior flow and --guide flow"},
+    ),
+    "--top-dim": (
+        "model",
+        "top_dim",
+        {"type": int, "help": "size of a second stochastic layer z2 above z (0: one layer)"},
+    ),
+    "--top-hidden": (
+        "model",
+        "top_hidden",
+        {"type": int, "nargs": "*", "metavar": "WIDTH", "help": "widths between z and z2"},
+    ),
+    "--condition-on": (
+        "model",
+        "condition",
+        {
+            "choices": sorted(CONDITIONS),
+            "help": "labels: a conditional VAE, q(z|x, y) and p(x|z, y), on the data's class labels",
+        },
+    ),
     "--guide-rank": ("model", "guide_rank", {"type": int, "help": "rank of the covariance factor of --guide lowrank"}),
     "--epochs": ("train", "epochs", {"type": int, "help": "passes over the training data (with --resume: total)"}),
-    "--batch-size": ("train", "batch_size", {"type": int, "help": "data points per step (under torchrun: per process)"}),
+    "--batch-size": (
+        "train",
+        "batch_size",
+        {"type": int, "help": "data points per step (under torchrun: per process)"},
+    ),
     "--lr": ("train", "lr", {"type": float, "help": "Adam learning rate"}),
     "--seed": ("train", "seed", {"type": int, "help": "seed of every random draw"}),
     "--elbo": ("train", "elbo", {"choices": sorted(OBJECTIVES), "help": "training objective"}),
@@ -71,13 +134,23 @@ _TRAIN_FLAGS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "--beta": ("train", "beta", {"type": float, "help": "weight of the KL term (beta-VAE when > 1)"}),
     "--kl-warmup": ("train", "kl_warmup", {"type": int, "help": "epochs of linear KL warm-up (0: none)"}),
     "--eval-particles": ("train", "eval_particles", {"type": int, "help": "samples of z for the validation ELBO"}),
-    "--keep": ("train", "keep", {"choices": KEEP_CHOICES, "help": "the model a run keeps: best (by validation ELBO) or last epoch"}),
-    "--patience": ("train", "patience", {"type": int, "help": "stop after this many epochs without a better validation ELBO (0: never)"}),
+    "--keep": (
+        "train",
+        "keep",
+        {"choices": KEEP_CHOICES, "help": "the model a run keeps: best (by validation ELBO) or last epoch"},
+    ),
+    "--patience": (
+        "train",
+        "patience",
+        {"type": int, "help": "stop after this many epochs without a better validation ELBO (0: never)"},
+    ),
     "--device": ("train", "device", {"help": "cpu or cuda"}),
 }
 _RESUMABLE = {"--epochs", "--device", "--patience", "--lr"}
 _SECTIONS: dict[str, ModelConfig | DataConfig | TrainConfig] = {
-    "model": ModelConfig(), "data": DataConfig(), "train": TrainConfig()
+    "model": ModelConfig(),
+    "data": DataConfig(),
+    "train": TrainConfig(),
 }
 
 
@@ -95,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     # one thread per core slows them down badly when another process shares the cores.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--threads", type=int, default=1, metavar="N",
+        "--threads",
+        type=int,
+        default=1,
+        metavar="N",
         help="CPU threads for torch (default: 1, fastest for small models; raise it for "
         "large batches on an otherwise idle machine)",
     )
@@ -111,13 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out, replacing its run files")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
     train.add_argument(
-        "--no-divergence-guard", action="store_true",
+        "--no-divergence-guard",
+        action="store_true",
         help="keep training when the loss rises past 1000 x max(|best|, 1) above its best epoch's "
         "(by default that stops the run, keeping the last good checkpoint)",
     )
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.add_argument(
-        "--dist-timeout", type=float, default=None, metavar="SECONDS",
+        "--dist-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
         help="under torchrun: seconds a rank waits for the others before the job fails "
         f"(default: env {distributed.TIMEOUT_ENV} or {distributed.DEFAULT_TIMEOUT_S:g})",
     )
@@ -132,18 +212,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument(
-        "--iw-samples", dest="iw_samples", type=int, default=DEFAULT_IW_SAMPLES, metavar="K",
+        "--iw-samples",
+        dest="iw_samples",
+        type=int,
+        default=DEFAULT_IW_SAMPLES,
+        metavar="K",
         help=f"draws of z per data point; the published standard is 5000 (default: {DEFAULT_IW_SAMPLES})",
     )
     evaluate.add_argument(
-        "--max-elements", type=int, default=DEFAULT_MAX_ELEMENTS, metavar="N",
+        "--max-elements",
+        type=int,
+        default=DEFAULT_MAX_ELEMENTS,
+        metavar="N",
         help=f"memory budget of one vectorized pass, in numbers per tensor (default: {DEFAULT_MAX_ELEMENTS})",
     )
     evaluate.add_argument("--device", default=None, help="cpu or cuda (default: the run's)")
     evaluate.add_argument("--data", default=None, metavar="NAME|PATH", help="score this data instead of the run's")
-    evaluate.add_argument("--data-dir", default=None, metavar="DIR", help="folder of the MNIST IDX files, with --data mnist")
     evaluate.add_argument(
-        "--split", choices=("test", "validation", "train"), default=None,
+        "--data-dir", default=None, metavar="DIR", help="folder of the MNIST IDX files, with --data mnist"
+    )
+    evaluate.add_argument(
+        "--split",
+        choices=("test", "validation", "train"),
+        default=None,
         help="which split to score (default: test if the data has one, else validation)",
     )
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -153,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--data", default=None, metavar="NAME|PATH", help="data to encode (default: the run's)")
     encode.add_argument("--data-dir", default=None, metavar="DIR", help="folder of the MNIST IDX files")
     encode.add_argument(
-        "--split", choices=("train", "val", "test", "all"), default="all",
+        "--split",
+        choices=("train", "val", "test", "all"),
+        default="all",
         help="for a named data set: which rows (default: all, in the order train, val, test)",
     )
     encode.add_argument("--out", required=True, metavar="FILE", help="output .npz or .csv")
@@ -174,23 +267,30 @@ def build_parser() -> argparse.ArgumentParser:
     which = inspect.add_mutually_exclusive_group(required=True)
     which.add_argument("--index", type=int, nargs="+", metavar="I", help="rows of the data to inspect")
     which.add_argument(
-        "--all", action="store_true",
+        "--all",
+        action="store_true",
         help="every row of the split: survey.csv (guide against exact, per point), survey_summary.csv, survey.png",
     )
     which.add_argument("--rows", default=None, metavar="A:B", help="rows A to B-1 of the split, as --all")
     inspect.add_argument(
-        "--split", choices=("train", "val", "test"), default=None,
+        "--split",
+        choices=("train", "val", "test"),
+        default=None,
         help="which rows --index counts (default: test if the data has one, else val)",
     )
     inspect.add_argument(
-        "--method", choices=("grid", "nuts", "sir"), default=None,
+        "--method",
+        choices=("grid", "nuts", "sir"),
+        default=None,
         help="the reference for p(z|x): grid (quadrature, exact; z_dim <= 2), nuts, or sir (importance "
         "resampling from the guide) (default: grid for z_dim <= 2, else sir)",
     )
     inspect.add_argument("--mcmc", action="store_true", help="the same as --method nuts")
     inspect.add_argument("--samples", type=int, default=500, metavar="N", help="draws per chain (default: 500)")
     inspect.add_argument("--chains", type=int, default=4, help="chains per point (default: 4)")
-    inspect.add_argument("--warmup", type=int, default=None, metavar="N", help="NUTS warm-up steps per chain (default: --samples)")
+    inspect.add_argument(
+        "--warmup", type=int, default=None, metavar="N", help="NUTS warm-up steps per chain (default: --samples)"
+    )
     inspect.add_argument("--seed", type=int, default=None, help="seed of every draw (default: the run's)")
     inspect.add_argument("--out", default=None, metavar="DIR", help="output folder (default: RUN_DIR/inspect)")
     inspect.add_argument("--overwrite", action="store_true", help="replace the files of an earlier inspection in --out")
@@ -222,8 +322,13 @@ def _cmd_train(args: argparse.Namespace, say: Callable[[str], None]) -> None:
                 "(only --epochs, --device, --patience, --lr and --no-divergence-guard can change)"
             )
         result = resume_run(
-            args.resume, epochs=args.epochs, device=args.device, patience=args.patience, lr=args.lr,
-            divergence_guard=False if args.no_divergence_guard else None, progress=progress,
+            args.resume,
+            epochs=args.epochs,
+            device=args.device,
+            patience=args.patience,
+            lr=args.lr,
+            divergence_guard=False if args.no_divergence_guard else None,
+            progress=progress,
         )
     else:
         result = train_run(_config_from_args(args), args.out, overwrite=args.overwrite, progress=progress)
@@ -244,23 +349,34 @@ def _cmd_evaluate(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     from .runs.evaluate import evaluate_run
 
     report = evaluate_run(
-        args.run_dir, iw_samples=args.iw_samples, device=args.device, max_elements=args.max_elements,
-        data=args.data, data_dir=args.data_dir, split=args.split, progress=not args.no_progress,
+        args.run_dir,
+        iw_samples=args.iw_samples,
+        device=args.device,
+        max_elements=args.max_elements,
+        data=args.data,
+        data_dir=args.data_dir,
+        split=args.split,
+        progress=not args.no_progress,
     )
     k = report["iw_samples"]
     say(f"{report['split']} split of {report['data']!r}: {report['num_points']} rows, nats per data point")
     rows = [
         ("ELBO", report["elbo_per_datum"]),
-        (f"{'log p(x|y)' if report.get('condition') == 'labels' else 'log p(x)'} >= "
-         f"(importance-weighted bound, K = {k})", report["log_px_per_datum"]),
+        (
+            f"{'log p(x|y)' if report.get('condition') == 'labels' else 'log p(x)'} >= "
+            f"(importance-weighted bound, K = {k})",
+            report["log_px_per_datum"],
+        ),
         ("reconstruction E_q[log p(x|z)]", report["reconstruction_per_datum"]),
         ("KL(q(z|x) || p(z))", report["kl_per_datum"]),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         say(f"  {name:<{width}}  {value:10.4f}")
-    say(f"  {'active units (Cov_x(E_q[z_u]) > ' + format(report['active_unit_threshold'], 'g') + ')':<{width}}  "
-        f"{report['active_units']:>4} of {report['z_dim']}")
+    say(
+        f"  {'active units (Cov_x(E_q[z_u]) > ' + format(report['active_unit_threshold'], 'g') + ')':<{width}}  "
+        f"{report['active_units']:>4} of {report['z_dim']}"
+    )
     if "accuracy" in report:
         say(f"  {'label accuracy of the classifier q(y|x)':<{width}}  {report['accuracy']:10.4f}")
     say(f"wrote {Path(args.run_dir) / 'evaluation.json'}")
@@ -293,7 +409,11 @@ def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
         write_inspection,
     )
 
-    for flag, value, least in (("--samples", args.samples, 4), ("--chains", args.chains, 1), ("--warmup", args.warmup, 0)):
+    for flag, value, least in (
+        ("--samples", args.samples, 4),
+        ("--chains", args.chains, 1),
+        ("--warmup", args.warmup, 0),
+    ):
         if value is not None and value < least:
             raise ConfigError(f"{flag} must be >= {least}, got {value}")
     if args.mcmc and args.method not in (None, "nuts"):
@@ -305,13 +425,23 @@ def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
 
         out = check_survey_outputs(out_dir, overwrite=args.overwrite)  # before the long part
         surveyed, config, split, x = survey_run(
-            args.run_dir, rows=args.rows, split=args.split, method=method, seed=args.seed,
-            progress=not args.no_progress, num_samples=args.samples, num_chains=args.chains, warmup_steps=args.warmup,
+            args.run_dir,
+            rows=args.rows,
+            split=args.split,
+            method=method,
+            seed=args.seed,
+            progress=not args.no_progress,
+            num_samples=args.samples,
+            num_chains=args.chains,
+            warmup_steps=args.warmup,
         )
-        written = write_survey(surveyed, out, images=x.cpu().numpy(), image_shape=config.data.image_shape or None,
-                               overwrite=args.overwrite)
+        written = write_survey(
+            surveyed, out, images=x.cpu().numpy(), image_shape=config.data.image_shape or None, overwrite=args.overwrite
+        )
         table = surveyed.points
-        with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
+        with pd.option_context(
+            "display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format
+        ):
             say(
                 f"rows {table.index[0]}-{table.index[-1]} of the {split} split of {config.data.data!r}: guide against "
                 f"{surveyed.method} for {len(table)} points in {surveyed.seconds:.1f} s"
@@ -330,8 +460,15 @@ def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ImportanceSamplingWarning)
         found = inspect_points(
-            vae, x, args.index, method=method, num_samples=args.samples, num_chains=args.chains,
-            warmup_steps=args.warmup, seed=seed, progress=not args.no_progress,
+            vae,
+            x,
+            args.index,
+            method=method,
+            num_samples=args.samples,
+            num_chains=args.chains,
+            warmup_steps=args.warmup,
+            seed=seed,
+            progress=not args.no_progress,
         )
     for w in caught:  # the verdict on the importance weights as one line; anything else as Python shows it
         if issubclass(w.category, ImportanceSamplingWarning):
@@ -387,7 +524,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         kept = (
             "; files already written are intact: `pyro-vae train --resume RUN_DIR` continues from the last "
-            "completed epoch" if args.command == "train" else ""
+            "completed epoch"
+            if args.command == "train"
+            else ""
         )
         print(f"pyro-vae: interrupted{kept}", file=sys.stderr)
         return 130

@@ -155,7 +155,9 @@ class ModelConfig:
                 f"`image_shape` must be two sizes H W with H * W = x_dim ({self.x_dim}), got {list(self.image_shape)}"
             )
         if self.top_dim < 0 or any(h < 1 for h in self.top_hidden):
-            raise ConfigError(f"`top_dim` must be >= 0 and `top_hidden` widths >= 1, got {self.top_dim}, {list(self.top_hidden)}")
+            raise ConfigError(
+                f"`top_dim` must be >= 0 and `top_hidden` widths >= 1, got {self.top_dim}, {list(self.top_hidden)}"
+            )
         for name, value in (("top_dim", self.top_dim), *(("top_hidden width", h) for h in self.top_hidden)):
             if value > LIMITS["z_dim"][1] * 16:
                 raise ConfigError(f"`{name.split()[0]}` {value} is out of bounds (at most {LIMITS['z_dim'][1] * 16:,})")
@@ -232,18 +234,14 @@ class DataConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` if a value is out of range."""
         if self.binarize not in ("auto", "dynamic", "threshold", "none"):
-            raise ConfigError(
-                f"`binarize` must be one of auto, dynamic, threshold, none; got {self.binarize!r}"
-            )
+            raise ConfigError(f"`binarize` must be one of auto, dynamic, threshold, none; got {self.binarize!r}")
         if not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"`threshold` must be in (0, 1), got {self.threshold}")
         if not 0.0 < self.label_fraction <= 1.0:
             raise ConfigError(f"`label_fraction` must be in (0, 1], got {self.label_fraction}")
         if self.image_shape:
             if len(self.image_shape) != 2:
-                raise ConfigError(
-                    f"`image_shape` must be (height, width) or empty, got {list(self.image_shape)}"
-                )
+                raise ConfigError(f"`image_shape` must be (height, width) or empty, got {list(self.image_shape)}")
             for side in self.image_shape:
                 _check_range("image_shape", side, "image_shape side")
 
@@ -393,6 +391,7 @@ def _section_from_dict(klass: type, raw: Any, section: str) -> Any:
 
 def _typed(value: Any, annotation: str, where: str) -> Any:
     """``value`` checked against a field's annotation (a string: annotations are postponed)."""
+
     def wrong(expected: str) -> ConfigError:
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
         return ConfigError(f"config {where} must be {expected}, got {shown} ({type(value).__name__})")

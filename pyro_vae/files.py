@@ -123,7 +123,9 @@ def atomic_write_many(folder: str | os.PathLike, files: Mapping[str, Callable[[A
     """
     folder = Path(folder)
     contents = {name: _as_bytes(write) for name, write in files.items()}
-    entries = {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in contents.items()}
+    entries = {
+        name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in contents.items()
+    }
     current = next(iter(contents), None)
     try:
         with ExitStack() as stack:
@@ -443,7 +445,10 @@ class _Manifest:
 
 def _entries_ok(entries: object) -> bool:
     return isinstance(entries, dict) and all(
-        isinstance(k, str) and isinstance(v, dict) and isinstance(v.get("sha256"), str) and isinstance(v.get("bytes"), int)
+        isinstance(k, str)
+        and isinstance(v, dict)
+        and isinstance(v.get("sha256"), str)
+        and isinstance(v.get("bytes"), int)
         for k, v in entries.items()
     )
 

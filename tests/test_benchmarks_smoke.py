@@ -26,9 +26,7 @@ from reference_vae import ReferenceVAE  # noqa: E402
 
 
 def _run(script: str, *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600
-    )
+    out = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
 
@@ -39,7 +37,15 @@ def test_speed_smoke(tmp_path):
     table = [r for r in rows if r["experiment"] == "batch_size"]
     assert {(r["arch"], r["batch_size"]) for r in table} == {("784-400-50", 8), ("784-200-200-50", 8)}
     for r in table:
-        for key in ("device", "arch", "batch_size", "examples_per_s", "reference_examples_per_s", "ratio", "peak_rss_mb"):
+        for key in (
+            "device",
+            "arch",
+            "batch_size",
+            "examples_per_s",
+            "reference_examples_per_s",
+            "ratio",
+            "peak_rss_mb",
+        ):
             assert key in r
         assert r["examples_per_s"] > 0 and r["reference_examples_per_s"] > 0 and r["ratio"] > 0
     assert table[0]["peak_rss_mb"] >= table[0]["baseline_rss_mb"] > 0  # the memory child ran
@@ -52,8 +58,10 @@ def test_quality_smoke(tmp_path):
     _run("quality.py", "--smoke", "--out", str(tmp_path), "--elbo", "iwae", "--particles", "3")
     rows = json.loads((tmp_path / "quality.json").read_text())
     assert [(r["model"], r["objective"]) for r in rows] == [
-        ("pyro_vae", "trace"), ("reference (plain PyTorch)", "trace"),
-        ("pyro_vae", "iwae"), ("reference (plain PyTorch)", "iwae"),
+        ("pyro_vae", "trace"),
+        ("reference (plain PyTorch)", "trace"),
+        ("pyro_vae", "iwae"),
+        ("reference (plain PyTorch)", "iwae"),
     ]
     for r in rows:
         assert r["test_elbo"] <= r["test_log_px"] < 0 and r["iw_samples"] == 20 and r["command"].startswith("python")
@@ -90,8 +98,16 @@ def test_reference_computes_pyro_vaes_estimator(arch):
     torch.manual_seed(1)
     theirs = reference.loss(x, 1000)
     assert torch.allclose(ours, theirs, rtol=1e-5)
-    g_ours = dict(zip((n for n, _ in vae.named_parameters()), torch.autograd.grad(ours, list(vae.parameters())), strict=True))
-    g_theirs = dict(zip((n for n, _ in reference.named_parameters()), torch.autograd.grad(theirs, list(reference.parameters())), strict=True))
+    g_ours = dict(
+        zip((n for n, _ in vae.named_parameters()), torch.autograd.grad(ours, list(vae.parameters())), strict=True)
+    )
+    g_theirs = dict(
+        zip(
+            (n for n, _ in reference.named_parameters()),
+            torch.autograd.grad(theirs, list(reference.parameters())),
+            strict=True,
+        )
+    )
     assert g_ours.keys() == g_theirs.keys()
     for name in g_ours:
         scale = float(g_ours[name].abs().max())

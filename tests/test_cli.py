@@ -88,7 +88,9 @@ def test_python_dash_m_works_the_same(trained, tmp_path):
         for name, launcher in (("module", [sys.executable, "-m", "pyro_vae"]), ("script", [str(script)])):
             argv = [a.replace("OUT", str(tmp_path / name)) for a in args]
             proc = subprocess.run([*launcher, *argv], capture_output=True, text=True, timeout=120)
-            proc.stdout, proc.stderr = (text.replace(str(tmp_path / name), "OUT") for text in (proc.stdout, proc.stderr))
+            proc.stdout, proc.stderr = (
+                text.replace(str(tmp_path / name), "OUT") for text in (proc.stdout, proc.stderr)
+            )
             runs.append(proc)
         return runs
 
@@ -142,7 +144,16 @@ def test_bad_input_exits_2_with_one_clear_line_and_touches_nothing(case, message
         "outside_support": ["train", "--data", d("big.npy"), "--out", str(run), *FAST],
         "empty": ["train", "--data", d("empty.csv"), "--out", str(run), *FAST],
         "missing_idx": ["train", "--data", "mnist", "--data-dir", str(tmp_path), "--out", str(run), *FAST],
-        "corrupt_idx": ["train", "--data", "mnist", "--data-dir", str(_mnist_dir(tmp_path, True)) if case == "corrupt_idx" else "", "--out", str(run), *FAST],
+        "corrupt_idx": [
+            "train",
+            "--data",
+            "mnist",
+            "--data-dir",
+            str(_mnist_dir(tmp_path, True)) if case == "corrupt_idx" else "",
+            "--out",
+            str(run),
+            *FAST,
+        ],
         "non_empty_out": ["train", "--data", d("digits.npy"), "--out", str(trained), *FAST],
         "mismatched_config": ["evaluate", str(tmp_path / "copy")],
         "unknown_name": ["train", "--likelihood", "gamma", "--out", str(run)],
@@ -184,7 +195,10 @@ def test_overwrite_replaces_a_run(tmp_path, data_dir):
     run = tmp_path / "r"
     assert main(["train", "--data", str(data_dir / "digits.npy"), "--out", str(run), *FAST]) == 0
     (run / "notes.txt").write_text("mine")
-    assert main(["train", "--data", str(data_dir / "digits.npy"), "--out", str(run), "--overwrite", "--seed", "3", *FAST]) == 0
+    assert (
+        main(["train", "--data", str(data_dir / "digits.npy"), "--out", str(run), "--overwrite", "--seed", "3", *FAST])
+        == 0
+    )
     assert json.loads((run / "config.json").read_text())["train"]["seed"] == 3
     assert (run / "notes.txt").read_text() == "mine"  # files that are not the run's are left alone
 

@@ -57,5 +57,7 @@ def test_the_api_reference_documents_every_module():
         for p in (ROOT / "pyro_vae").rglob("*.py")
         if p.name not in ("__init__.py", "__main__.py")
     }
-    documented = set(re.findall(r"\.\. automodule:: (\S+)", "".join(p.read_text() for p in (ROOT / "docs" / "api").glob("*.rst"))))
+    documented = set(
+        re.findall(r"\.\. automodule:: (\S+)", "".join(p.read_text() for p in (ROOT / "docs" / "api").glob("*.rst")))
+    )
     assert not modules - documented, f"not in docs/api/*.rst: {sorted(modules - documented)}"

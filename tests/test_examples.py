@@ -22,7 +22,9 @@ def test_seed_diagram_prints_per_input_mu_sigma_and_matching_moments(tmp_path):
     figure = tmp_path / "seed_diagram.png"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "seed_diagram.py"), "--smoke", "--figure", str(figure)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout

@@ -35,7 +35,13 @@ def test_the_destination_holds_the_old_content_until_the_new_one_is_complete(tmp
     assert during == [b"old"]
     assert path.read_bytes() == b"half of it, the rest"
     atomic_write(path, content)
-    expected = content.encode() if isinstance(content, str) else content if isinstance(content, bytes) else b"written by a function"
+    expected = (
+        content.encode()
+        if isinstance(content, str)
+        else content
+        if isinstance(content, bytes)
+        else b"written by a function"
+    )
     assert path.read_bytes() == expected
     assert os.listdir(tmp_path) == ["f.bin"]  # no temporary file left behind
 
@@ -118,7 +124,8 @@ def test_a_writer_killed_mid_write_leaves_the_previous_file(tmp_path):
     atomic_write(path, b"old")
     proc = subprocess.run(
         [sys.executable, "-c", _KILLED_WRITER, str(path), str(Path(files.__file__).parent)],
-        capture_output=True, timeout=120,
+        capture_output=True,
+        timeout=120,
     )
     assert proc.returncode == -9, proc.stderr
     assert path.read_bytes() == b"old"

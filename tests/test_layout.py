@@ -68,7 +68,7 @@ def test_no_import_cycles():
 
     def find_cycle(node: str, path: list[str]) -> list[str] | None:
         if node in path:
-            return path[path.index(node):] + [node]
+            return path[path.index(node) :] + [node]
         if node in finished:
             return None
         for nxt in sorted(graph.get(node, ())):

@@ -204,7 +204,9 @@ def test_fit_trains_and_isolates_whatever_the_users_mode(local, tiny_binary):
         for elbo in ("trace", "trace-eager", "iwae"):
             a, b = small_vae(), small_vae()
             before_a, before_b = snapshot(a), snapshot(b)
-            history = fit(a, tiny_binary, tiny_binary[:16], TrainConfig(epochs=3, batch_size=16, elbo=elbo), progress=False)
+            history = fit(
+                a, tiny_binary, tiny_binary[:16], TrainConfig(epochs=3, batch_size=16, elbo=elbo), progress=False
+            )
             assert changed(before_a, a) == len(before_a) and changed(before_b, b) == 0, elbo
             assert len(history) == 3
             evaluate(a, tiny_binary[:8], iw_samples=10)
@@ -390,7 +392,9 @@ def test_bounds_count_masked_and_scaled_sites_as_pyros_trace_elbo(labelled, weig
     assert float(elbo_per_datum(log_w).sum()) == pytest.approx(expected, rel=1e-6)
     assert torch.equal(iwae_per_datum(log_w), elbo_per_datum(log_w))
     pyro.set_rng_seed(3)
-    assert float(IWAE(1).loss(vae, x, x.shape[0], y=y, known=known, weight=weight)) == pytest.approx(-expected, rel=1e-6)
+    assert float(IWAE(1).loss(vae, x, x.shape[0], y=y, known=known, weight=weight)) == pytest.approx(
+        -expected, rel=1e-6
+    )
     # A mask that dropped the label sites would change the value: they carry weight.
     draws = weighted_draws(vae, x, 4, **kwargs)
     assert draws.log_prior.shape == draws.log_proposal.shape == (4, x.shape[0])

@@ -440,9 +440,7 @@ def split_train_val(
         raise ConfigError(f"`val_fraction` must be in (0, 1), got {val_fraction}; 0.1 is a good default")
     n = int(x.shape[0])
     if labels is not None and labels.shape[0] != n:
-        raise DataError(
-            f"got {labels.shape[0]} labels for {n} rows; pass one label per data point or no labels"
-        )
+        raise DataError(f"got {labels.shape[0]} labels for {n} rows; pass one label per data point or no labels")
     n_val = max(1, round(val_fraction * n))
     if n - n_val < 1:
         raise DataError(
@@ -465,9 +463,7 @@ def _mnist_folder(data_dir: str | os.PathLike | None) -> Path:
     """The MNIST folder: ``data_dir``, else the environment variable, checked to exist."""
     chosen = data_dir if data_dir is not None else default_data_dir()
     if chosen is None:
-        raise DataError(
-            f"`data` mnist needs the folder of the IDX files: pass `data_dir` DIR or set {DATA_DIR_ENV}"
-        )
+        raise DataError(f"`data` mnist needs the folder of the IDX files: pass `data_dir` DIR or set {DATA_DIR_ENV}")
     folder = Path(chosen)
     if not folder.is_dir():
         raise DataError(
@@ -510,8 +506,13 @@ def _map_mnist(data_dir: str | os.PathLike | None) -> _Source | None:
         assert m is not None
         rows[split], _ = _mapped_rows(m, repr(str(paths[f"{split}_images"])), scale=255.0)
     return _Source(
-        rows["train"], arrays["train_labels"].astype(np.int64), None, None,
-        rows["test"], arrays["test_labels"].astype(np.int64), shape,
+        rows["train"],
+        arrays["train_labels"].astype(np.int64),
+        None,
+        None,
+        rows["test"],
+        arrays["test_labels"].astype(np.int64),
+        shape,
     )
 
 

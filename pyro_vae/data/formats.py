@@ -206,27 +206,22 @@ def _read_idx_parts(path: Path) -> tuple[bytes, tuple[int, ...], np.dtype]:
     """
     if not path.exists():
         raise DataError(
-            f"IDX file {str(path)!r} does not exist; check the path "
-            f"(an MNIST folder holds {_MNIST_LISTING})"
+            f"IDX file {str(path)!r} does not exist; check the path (an MNIST folder holds {_MNIST_LISTING})"
         )
     if not path.is_file():
         raise DataError(f"IDX path {str(path)!r} is not a file; pass the path of an IDX file")
     try:
         size = path.stat().st_size
         compressed = _is_gzip(path)
-        with (gzip.open(path, "rb") if compressed else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as f:
             dims, dtype = _idx_header(f, path, size, compressed)
             payload = f.read(math.prod(dims) * dtype.itemsize + 1)
         return payload, dims, dtype
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
         kind = "zlib.error" if isinstance(exc, zlib.error) else type(exc).__name__
-        raise DataError(
-            f"gzip file {str(path)!r} is corrupt or truncated ({kind}: {exc}); re-download it"
-        ) from exc
+        raise DataError(f"gzip file {str(path)!r} is corrupt or truncated ({kind}: {exc}); re-download it") from exc
     except OSError as exc:
-        raise DataError(
-            f"cannot read IDX file {str(path)!r}: {exc}; check the file and its permissions"
-        ) from exc
+        raise DataError(f"cannot read IDX file {str(path)!r}: {exc}; check the file and its permissions") from exc
 
 
 def _idx_header(f: _ByteReader, path: Path, size: int, compressed: bool) -> tuple[tuple[int, ...], np.dtype]:
@@ -303,8 +298,7 @@ def _read_error(exc: BaseException, label: str, suffix: str) -> DataError:
             f"safety; re-save it as a numeric array with {_WRITERS[suffix]}"
         )
     return DataError(
-        f"cannot read data file {label} as {suffix} ({_first_line(exc)}); "
-        f"re-save it with {_WRITERS[suffix]}"
+        f"cannot read data file {label} as {suffix} ({_first_line(exc)}); re-save it with {_WRITERS[suffix]}"
     )
 
 
@@ -326,9 +320,7 @@ def _check_data_path(path: Path) -> tuple[str, str, int]:
         with open(path, "rb") as f:
             head = f.read(6)
     except OSError as exc:
-        raise DataError(
-            f"cannot read data file {label}: {exc.strerror or exc}; check the file's permissions"
-        ) from None
+        raise DataError(f"cannot read data file {label}: {exc.strerror or exc}; check the file's permissions") from None
     if size == 0:
         raise DataError(f"data file {label} is empty (0 bytes); {_FIX_ARRAY}")
 
@@ -388,8 +380,10 @@ def _check_npz_headers(path: Path, label: str) -> None:
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
                 continue
-            bound = info.compress_size if info.compress_type == zipfile.ZIP_STORED else (
-                _MAX_DEFLATE_RATIO * info.compress_size + (1 << 20)
+            bound = (
+                info.compress_size
+                if info.compress_type == zipfile.ZIP_STORED
+                else (_MAX_DEFLATE_RATIO * info.compress_size + (1 << 20))
             )
             if info.compress_size > size or info.file_size > bound:
                 raise DataError(
@@ -414,9 +408,7 @@ def _read_npz(path: Path, label: str) -> tuple[np.ndarray, np.ndarray | None]:
 def _npz_keys(keys: list[str], label: str) -> tuple[str, str | None]:
     """The names of the data array and of the labels (or None) among an archive's arrays."""
     if not keys:
-        raise DataError(
-            f"data file {label} is empty: it holds no arrays; save one with {_WRITERS['.npz']}"
-        )
+        raise DataError(f"data file {label} is empty: it holds no arrays; save one with {_WRITERS['.npz']}")
     data_key = next((k for k in _NPZ_DATA_KEYS if k in keys), None)
     label_key = next((k for k in _NPZ_LABEL_KEYS if k in keys), None)
     if data_key is None:
@@ -449,7 +441,11 @@ def _read_csv(path: Path, label: str) -> np.ndarray:
             warnings.filterwarnings("ignore", message="loadtxt: input contained no data")
             # skiprows counts every physical line (blank and comment lines included).
             x = np.loadtxt(
-                path, delimiter=",", dtype=np.float64, ndmin=2, comments="#",
+                path,
+                delimiter=",",
+                dtype=np.float64,
+                ndmin=2,
+                comments="#",
                 skiprows=first_lineno if has_header else 0,
             )
     except ValueError:
@@ -486,9 +482,7 @@ def _csv_error(path: Path, label: str, *, skip_first: bool) -> DataError:
                     f"data file {label} has {len(fields)} columns on line {lineno} but {n_cols} before; "
                     "every row must have the same number of comma-separated values"
                 )
-    return DataError(
-        f"cannot parse data file {label} as CSV; pass comma-separated numbers, one data point per row"
-    )
+    return DataError(f"cannot parse data file {label} as CSV; pass comma-separated numbers, one data point per row")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -515,10 +509,7 @@ def _as_2d_float32(x: np.ndarray, label: str) -> np.ndarray:
 def _check_array_kind(shape: tuple[int, ...], dtype: np.dtype, label: str) -> None:
     """Raise unless an array of ``shape`` and ``dtype`` is 2-D or 3-D real rows, at least one."""
     if not (np.issubdtype(dtype, np.number) or dtype == np.bool_) or np.issubdtype(dtype, np.complexfloating):
-        raise DataError(
-            f"data file {label} holds {dtype} values, not real numbers; "
-            f"{_FIX_ARRAY}, with a numeric dtype"
-        )
+        raise DataError(f"data file {label} holds {dtype} values, not real numbers; {_FIX_ARRAY}, with a numeric dtype")
     if len(shape) not in (2, 3):
         hint = " (use x.reshape(-1, 1) if each value is one data point)" if len(shape) == 1 else ""
         raise DataError(
@@ -528,9 +519,7 @@ def _check_array_kind(shape: tuple[int, ...], dtype: np.dtype, label: str) -> No
     if shape[0] == 0:
         raise DataError(f"data file {label} is empty: it holds 0 rows; {_FIX_ARRAY}")
     if math.prod(shape[1:]) == 0:
-        raise DataError(
-            f"data file {label} holds {shape[0]} rows of 0 features (shape {tuple(shape)}); {_FIX_ARRAY}"
-        )
+        raise DataError(f"data file {label} holds {shape[0]} rows of 0 features (shape {tuple(shape)}); {_FIX_ARRAY}")
 
 
 def _as_labels(labels: np.ndarray, n: int, label: str) -> np.ndarray:
@@ -626,7 +615,9 @@ def read_splits(path: str | os.PathLike) -> dict[str, Split] | None:
         return None  # not a readable archive: load_array says what is wrong with it
     dims = {split: x.shape[1] for split, (x, _, _) in splits.items()}
     if len(set(dims.values())) > 1:
-        raise DataError(f"data file {label} has splits with different numbers of features {dims}; every split needs the same")
+        raise DataError(
+            f"data file {label} has splits with different numbers of features {dims}; every split needs the same"
+        )
     return splits
 
 
@@ -728,7 +719,9 @@ def open_array(path: str | os.PathLike) -> tuple[ArrayRows, np.ndarray | None, t
     return rows, labels, image_shape
 
 
-def open_splits(path: str | os.PathLike) -> dict[str, tuple[ArrayRows, np.ndarray | None, tuple[int, int] | None]] | None:
+def open_splits(
+    path: str | os.PathLike,
+) -> dict[str, tuple[ArrayRows, np.ndarray | None, tuple[int, int] | None]] | None:
     """:func:`read_splits` memory-mapped, or ``None`` when the archive names no split or one
     of its split arrays is compressed (then read it with :func:`read_splits`).
 
@@ -768,7 +761,9 @@ def open_splits(path: str | os.PathLike) -> dict[str, tuple[ArrayRows, np.ndarra
         return None  # not a readable archive: load_array says what is wrong with it
     dims = {split: rows.x_dim for split, (rows, _, _) in splits.items()}
     if len(set(dims.values())) > 1:
-        raise DataError(f"data file {label} has splits with different numbers of features {dims}; every split needs the same")
+        raise DataError(
+            f"data file {label} has splits with different numbers of features {dims}; every split needs the same"
+        )
     return splits
 
 

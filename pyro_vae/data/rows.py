@@ -340,7 +340,9 @@ class ArrayRows(Rows):
         if self._file is not None:
             count = block.shape[0]
             contiguous = isinstance(positions, slice) and positions.step in (None, 1)
-            self._file.touched(count * self._row_bytes if contiguous else count * (self._row_bytes + FAULT_AROUND_BYTES))
+            self._file.touched(
+                count * self._row_bytes if contiguous else count * (self._row_bytes + FAULT_AROUND_BYTES)
+            )
         out = block.astype(np.float32)  # a copy: never a view of the file or of the caller's array
         if self._scale is not None:
             out /= self._scale

@@ -165,9 +165,7 @@ class _Propose(Messenger):
             msg["fn"] = self.proposal.expand(msg["fn"].batch_shape)
 
 
-def _sum_log_probs(
-    trace: poutine.Trace, shape: torch.Size, keep: Callable[[Any], bool] | None = None
-) -> torch.Tensor:
+def _sum_log_probs(trace: poutine.Trace, shape: torch.Size, keep: Callable[[Any], bool] | None = None) -> torch.Tensor:
     """Sum of ``site["log_prob"]`` (scaled and masked by Pyro) over the sample sites."""
     total: torch.Tensor | None = None
     for name, site in trace.nodes.items():
@@ -329,13 +327,16 @@ def model_densities(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> ModelDensitie
     vae.check_x(x)
     batch = x.shape[0]
     if z.dim() < 2 or z.shape[-2:] != (batch, vae.z_dim):
-        raise ConfigError(f"expected z of shape (..., {batch}, {vae.z_dim}) for x with {batch} rows, got {tuple(z.shape)}")
+        raise ConfigError(
+            f"expected z of shape (..., {batch}, {vae.z_dim}) for x with {batch} rows, got {tuple(z.shape)}"
+        )
     leading = z.shape[:-2]
     flat = z.reshape(-1, batch, vae.z_dim)  # (K, B, z_dim)
     shape = torch.Size(flat.shape[:2])
     with local_params(), pyro.plate(PARTICLE_PLATE, flat.shape[0], dim=-2):
         trace = poutine.trace(poutine.condition(vae.model, data={LATENT_SITE: flat})).get_trace(x)
     trace.compute_log_prob()
+
     # Conditioning marks the latent site observed: it still counts as the prior's.
     def is_data(site: dict) -> bool:
         return site["is_observed"] and site["name"] != LATENT_SITE
@@ -387,7 +388,8 @@ def other_latents(vae: VAE, x: torch.Tensor) -> list[str]:
     with torch.no_grad(), local_params(), pyro.plate(PARTICLE_PLATE, 1, dim=-2):
         trace = poutine.trace(poutine.condition(vae.model, data={LATENT_SITE: z})).get_trace(x)
     return [
-        name for name, site in trace.nodes.items()
+        name
+        for name, site in trace.nodes.items()
         if site["type"] == "sample" and not site_is_subsample(site) and not site["is_observed"]
     ]
 
@@ -436,7 +438,9 @@ def guide_log_density(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tenso
     vae.check_x(x)
     batch = x.shape[0]
     if z.dim() < 2 or z.shape[-2:] != (batch, vae.z_dim):
-        raise ConfigError(f"expected z of shape (..., {batch}, {vae.z_dim}) for x with {batch} rows, got {tuple(z.shape)}")
+        raise ConfigError(
+            f"expected z of shape (..., {batch}, {vae.z_dim}) for x with {batch} rows, got {tuple(z.shape)}"
+        )
     leading = z.shape[:-2]
     flat = z.reshape(-1, batch, vae.z_dim)  # (K, B, z_dim)
     with local_params(), pyro.plate(PARTICLE_PLATE, flat.shape[0], dim=-2):
@@ -502,9 +506,7 @@ class _LargestAllocation(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         inputs = {
-            t.untyped_storage().data_ptr()
-            for t in (*args, *(kwargs or {}).values())
-            if isinstance(t, torch.Tensor)
+            t.untyped_storage().data_ptr() for t in (*args, *(kwargs or {}).values()) if isinstance(t, torch.Tensor)
         }
         for t in out if isinstance(out, (tuple, list)) else (out,):
             # A view (transpose, expand, reshape of an input) allocates nothing.
@@ -556,7 +558,9 @@ def draw_width(
     return max(vae.x_dim, math.ceil(recorder.largest / (probe_samples * row.shape[0])))
 
 
-def chunk_plan(num_points: int, num_samples: int, width: int, max_elements: int = DEFAULT_MAX_ELEMENTS) -> tuple[int, int]:
+def chunk_plan(
+    num_points: int, num_samples: int, width: int, max_elements: int = DEFAULT_MAX_ELEMENTS
+) -> tuple[int, int]:
     """How N data points x K draws are split into passes: the one chunking rule.
 
     Args:
@@ -772,6 +776,4 @@ def collect_log_weights(
         >>> collect_log_weights(vae, torch.ones(3, 6), 10, max_elements=60).shape
         torch.Size([10, 3])
     """
-    return collect_weighted(
-        vae, x, num_samples, proposal=proposal, max_elements=max_elements, **program_kwargs
-    )[1]
+    return collect_weighted(vae, x, num_samples, proposal=proposal, max_elements=max_elements, **program_kwargs)[1]

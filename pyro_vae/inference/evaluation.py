@@ -350,7 +350,9 @@ def evaluate(
                 results["kl"][step.rows] = -mean_latent
                 results["elbo"][step.rows] = mean_reconstruction + mean_latent
                 results["log_px"][step.rows] = (lse - math.log(iw_samples)).cpu().numpy()
-                moments.add(posterior_means(vae, step.x, num_samples=mean_samples, y=None if y is None else y[step.rows]))
+                moments.add(
+                    posterior_means(vae, step.x, num_samples=mean_samples, y=None if y is None else y[step.rows])
+                )
     finally:
         bar.close()
         vae.train(was_training)

@@ -172,7 +172,9 @@ class EvenMixture(dist.TorchDistribution):
     def sample(self, sample_shape: SampleShape = torch.Size()) -> torch.Tensor:
         with torch.no_grad():
             draws = torch.stack([c.sample(sample_shape) for c in self.components])  # (M, *S, *batch, *event)
-            pick = torch.randint(len(self.components), draws.shape[1 : draws.dim() - len(self.event_shape)], device=draws.device)
+            pick = torch.randint(
+                len(self.components), draws.shape[1 : draws.dim() - len(self.event_shape)], device=draws.device
+            )
             pick = pick.reshape(pick.shape + (1,) * len(self.event_shape)).expand(draws.shape[1:])
             return draws.gather(0, pick.unsqueeze(0)).squeeze(0)
 
@@ -399,8 +401,17 @@ class InferenceGaps:
     def table(self) -> dict[str, np.ndarray]:
         """Every per-point column, gaps included, keyed by name (for a DataFrame or CSV)."""
         names = (
-            "index", "log_px", "log_px_se", "log_px_ess", "elbo_amortized", "elbo_amortized_se", "elbo_local",
-            "elbo_local_se", "inference_gap", "approximation_gap", "amortization_gap",
+            "index",
+            "log_px",
+            "log_px_se",
+            "log_px_ess",
+            "elbo_amortized",
+            "elbo_amortized_se",
+            "elbo_local",
+            "elbo_local_se",
+            "inference_gap",
+            "approximation_gap",
+            "amortization_gap",
         )
         return {name: np.asarray(getattr(self, name)) for name in names}
 
@@ -412,7 +423,14 @@ class InferenceGaps:
         """
         out: dict[str, float] = {"num_points": float(len(self.index))}
         n = len(self.index)
-        for name in ("log_px", "elbo_amortized", "elbo_local", "inference_gap", "approximation_gap", "amortization_gap"):
+        for name in (
+            "log_px",
+            "elbo_amortized",
+            "elbo_local",
+            "inference_gap",
+            "approximation_gap",
+            "amortization_gap",
+        ):
             values = np.asarray(getattr(self, name), dtype=np.float64)
             out[name] = float(values.mean())
             out[f"{name}_se"] = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")

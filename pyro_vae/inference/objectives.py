@@ -121,14 +121,10 @@ class TraceELBO(Objective):
     def __init__(self, particles: int = 1, *, jit: bool = True) -> None:
         self.particles = particles
         self.jit = jit
-        self._elbo = Trace_ELBO(
-            num_particles=particles, vectorize_particles=particles > 1, max_plate_nesting=1
-        )
+        self._elbo = Trace_ELBO(num_particles=particles, vectorize_particles=particles > 1, max_plate_nesting=1)
         self._traced = TracedLoss(self) if jit else None
 
-    def loss(
-        self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any
-    ) -> torch.Tensor:
+    def loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any) -> torch.Tensor:
         # The traced graph takes x and a conditional VAE's y; other program arguments run eagerly.
         if self._traced is not None and set(program_kwargs) <= {"y"}:
             return self._traced.loss(vae, x, num_data, beta, program_kwargs.get("y"))
@@ -201,9 +197,7 @@ class TraceMeanFieldELBO(Objective):
                 ) from None
         self._checked.add(vae)
 
-    def loss(
-        self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any
-    ) -> torch.Tensor:
+    def loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any) -> torch.Tensor:
         if vae not in self._checked:
             self.check(vae)
         with local_params():
@@ -245,9 +239,7 @@ class IWAE(Objective):
             raise ConfigError(f"`particles` must be >= 1 for the IWAE bound, got {particles}")
         self.particles = particles
 
-    def loss(
-        self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any
-    ) -> torch.Tensor:
+    def loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any) -> torch.Tensor:
         if beta != 1.0:
             raise ConfigError(
                 f"the IWAE bound has no KL weight, got beta {beta}; use `beta` 1 `kl_warmup` 0 or `elbo` trace"
@@ -286,12 +278,12 @@ class SemiSupervisedELBO(Objective):
         if not hasattr(vae, "classify"):
             raise ConfigError("the semi-supervised ELBO trains a semi-supervised VAE (`condition` semisupervised)")
 
-    def loss(
-        self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any
-    ) -> torch.Tensor:
+    def loss(self, vae: VAE, x: torch.Tensor, num_data: int, beta: float = 1.0, **program_kwargs: Any) -> torch.Tensor:
         self.check(vae)
         with local_params():
-            loss = self._elbo.differentiable_loss(vae.model, vae.guide, x, num_data=num_data, beta=beta, **program_kwargs)
+            loss = self._elbo.differentiable_loss(
+                vae.model, vae.guide, x, num_data=num_data, beta=beta, **program_kwargs
+            )
         y = program_kwargs.get("y")
         if y is not None and self.alpha > 0:
             known = y >= 0
@@ -356,7 +348,11 @@ def check_compatible(model: ModelConfig, train: TrainConfig) -> None:
     with forked_rng():
         # Sizes not yet known from the data get stand-ins: the check is about the families.
         shape = tuple(model.image_shape) or ((8, 8) if model.net == "conv" else ())
-        x_dim = model.x_dim if model.x_dim and not (model.net == "conv" and not model.image_shape) else max(1, 64 * bool(shape))
+        x_dim = (
+            model.x_dim
+            if model.x_dim and not (model.net == "conv" and not model.image_shape)
+            else max(1, 64 * bool(shape))
+        )
         probe = build_vae(
             dataclasses.replace(model, x_dim=x_dim, num_classes=max(model.num_classes, 2), image_shape=shape)
         )

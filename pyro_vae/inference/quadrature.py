@@ -198,14 +198,18 @@ class _Stats:
     def change(self, other: _Stats) -> torch.Tensor:
         """Largest change between two quadratures of the same points, ``(B,)``."""
         sd = self.sd.clamp_min(torch.finfo(torch.float64).tiny)
-        return torch.stack(
-            [
-                (self.log_norm - other.log_norm).abs(),
-                (self.extra - other.extra).abs(),
-                ((self.mean - other.mean).abs() / sd).amax(-1),
-                ((self.sd - other.sd).abs() / sd).amax(-1),
-            ]
-        ).nan_to_num(nan=math.inf).amax(0)
+        return (
+            torch.stack(
+                [
+                    (self.log_norm - other.log_norm).abs(),
+                    (self.extra - other.extra).abs(),
+                    ((self.mean - other.mean).abs() / sd).amax(-1),
+                    ((self.sd - other.sd).abs() / sd).amax(-1),
+                ]
+            )
+            .nan_to_num(nan=math.inf)
+            .amax(0)
+        )
 
     def select(self, rows: torch.Tensor) -> _Stats:
         return _Stats(*(getattr(self, f)[rows] for f in ("log_norm", "mean", "cov", "extra", "edge", "spacing")))
@@ -216,7 +220,9 @@ class _Stats:
 _Integrand = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]"]
 
 
-def _quadrature(f: _Integrand, boxes: GridBoxes, nodes: int, rows: torch.Tensor, dtype: torch.dtype, chunk: int) -> _Stats:
+def _quadrature(
+    f: _Integrand, boxes: GridBoxes, nodes: int, rows: torch.Tensor, dtype: torch.dtype, chunk: int
+) -> _Stats:
     """Integrate ``f`` on the grids of the points ``rows``, ``nodes`` per dimension, in chunks of nodes."""
     z64, log_w = grid_nodes(boxes, nodes)  # (N, b, D), (N,)
     log_f, g = [], []
@@ -296,7 +302,9 @@ def _adapt(
                 else:
                     nodes[row] = 2 * n - 1
     order = [final[i] for i in range(num_points)]
-    stats = _Stats(*(torch.cat([getattr(s, f) for s in order]) for f in ("log_norm", "mean", "cov", "extra", "edge", "spacing")))
+    stats = _Stats(
+        *(torch.cat([getattr(s, f) for s in order]) for f in ("log_norm", "mean", "cov", "extra", "edge", "spacing"))
+    )
     return stats, GridBoxes(centre, half_width, nodes), error
 
 
@@ -310,7 +318,9 @@ def _prior_box(vae: VAE, num_points: int, device: torch.device) -> tuple[torch.T
     return ((lo + hi) / 2).expand(num_points, -1), ((hi - lo) / 2).expand(num_points, -1)
 
 
-def _union(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def _union(
+    a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     lo = torch.minimum(a[0] - a[1], b[0] - b[1])
     hi = torch.maximum(a[0] + a[1], b[0] + b[1])
     return (lo + hi) / 2, (hi - lo) / 2
@@ -415,7 +425,9 @@ def _warn_if_inaccurate(error: torch.Tensor, tol: float) -> None:
     bad = (error >= tol).cpu().numpy()
     if not bad.any():
         return
-    details = ", ".join(f"row {i} ({e:.1e})" for i, e in zip(np.flatnonzero(bad), error.cpu().numpy()[bad], strict=True))
+    details = ", ".join(
+        f"row {i} ({e:.1e})" for i, e in zip(np.flatnonzero(bad), error.cpu().numpy()[bad], strict=True)
+    )
     warnings.warn(
         f"grid quadrature did not reach `tol` {tol:g} for {details} within the node budget: the posterior "
         "has structure finer than the grid can resolve (raise `max_nodes`, or check the model)",

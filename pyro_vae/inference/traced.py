@@ -155,7 +155,16 @@ class TracedLoss:
         inputs = tuple(table[name] for table, name in slots)
         given = () if y is None else (y,)  # the graph's data inputs after x
         shapes = tuple((tuple(t.shape), t.dtype) for t in given)
-        key = (tuple(x.shape), x.dtype, x.device, shapes, int(num_data), float(beta), vae.training, tuple(map(id, inputs)))
+        key = (
+            tuple(x.shape),
+            x.dtype,
+            x.device,
+            shapes,
+            int(num_data),
+            float(beta),
+            vae.training,
+            tuple(map(id, inputs)),
+        )
         graphs = self._graphs.setdefault(vae, OrderedDict())
         graph = graphs.get(key)
         if graph is None:
@@ -175,7 +184,9 @@ class TracedLoss:
             kwargs = {} if y is None else {"y": y}
             with forked_rng(x.device):
                 with torch.no_grad():
-                    expected = self.objective.eager_loss(vae, x, num_data, beta, **kwargs)  # Pyro's own value (and checks)
+                    expected = self.objective.eager_loss(
+                        vae, x, num_data, beta, **kwargs
+                    )  # Pyro's own value (and checks)
             # (fork_rng restored the random state: the graph draws what Pyro just drew.)
             result = self._run(graph, x, given, inputs)
             if torch.allclose(result.detach(), expected, rtol=_JIT_CHECK_RTOL, atol=_JIT_CHECK_RTOL):
@@ -222,7 +233,9 @@ class TracedLoss:
                 if site["type"] == "sample":
                     _, score_function_term, entropy_term = site["score_parts"]
                     if not is_identically_zero(score_function_term):
-                        raise _NotTraceable(f"guide site {name!r} is not reparameterized (it needs a score-function term)")
+                        raise _NotTraceable(
+                            f"guide site {name!r} is not reparameterized (it needs a score-function term)"
+                        )
                     elbo_particle = _plus(elbo_particle, -site["log_prob_sum"].detach())
                     if not is_identically_zero(entropy_term):
                         surrogate_elbo_particle = _plus(surrogate_elbo_particle, -entropy_term.sum())
@@ -259,6 +272,7 @@ class TracedLoss:
             traced, traced_vae = owner(), model()
             assert traced is not None and traced_vae is not None  # alive while tracing
             return traced._loss_and_surrogate(traced_vae, x, y, num_data, beta)
+
         # Pyro's validation branches on tensor values, so the trace runs without it (the
         # check in loss() runs it). The tracer's warnings flag shape checks too, which the
         # signature makes safe; the check in loss() is what catches a frozen value.

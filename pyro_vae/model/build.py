@@ -51,6 +51,7 @@ __all__ = [
     "build_vae",
 ]
 
+
 def _labels(config: ModelConfig) -> OneHot:
     if config.num_classes < 2:
         raise ConfigError(
@@ -120,8 +121,14 @@ NETWORKS: dict[str, Callable[[ModelConfig, int], tuple[nn.Module, nn.Module]]] =
     ),
 }
 
+
 def _hierarchical(
-    config: ModelConfig, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood, guide: Guide, condition: Condition | None
+    config: ModelConfig,
+    encoder: nn.Module,
+    decoder: nn.Module,
+    likelihood: Likelihood,
+    guide: Guide,
+    condition: Condition | None,
 ) -> HierarchicalVAE:
     """z2 -> z1 -> x: the prior is over z2, MLPs of ``top_hidden`` join the layers."""
     if condition is not None or config.prior == "vamp":
@@ -152,7 +159,9 @@ def build_vae(config: ModelConfig) -> VAE:
     """
     config.validate()
     if config.x_dim < 1:
-        raise ConfigError(f"`x_dim` must be >= 1 to build a model, got {config.x_dim}: set it to the data's number of features")
+        raise ConfigError(
+            f"`x_dim` must be >= 1 to build a model, got {config.x_dim}: set it to the data's number of features"
+        )
     make_prior = choose(PRIORS, config.prior, "prior")
     make_guide = choose(GUIDES, config.guide, "guide")
     make_likelihood = choose(LIKELIHOODS, config.likelihood, "likelihood")

@@ -15,7 +15,17 @@ from torch import nn
 
 from ..errors import ConfigError
 
-__all__ = ["ACTIVATIONS", "MLP", "ConvEncoder", "ConvDecoder", "SCALE_FLOOR", "softplus_scale", "inverse_softplus_scale", "flow_hidden", "size_of"]
+__all__ = [
+    "ACTIVATIONS",
+    "MLP",
+    "ConvEncoder",
+    "ConvDecoder",
+    "SCALE_FLOOR",
+    "softplus_scale",
+    "inverse_softplus_scale",
+    "flow_hidden",
+    "size_of",
+]
 
 #: Hidden-layer non-linearities by name (the one table the CLI and the config use).
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -156,9 +166,13 @@ class ConvEncoder(nn.Module):
         if activation not in ACTIVATIONS:
             raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         if len(image_shape) != 2 or min(image_shape) < 2:
-            raise ConfigError(f"a convolutional network needs an image shape (H, W) of at least 2 x 2, got {tuple(image_shape)}")
+            raise ConfigError(
+                f"a convolutional network needs an image shape (H, W) of at least 2 x 2, got {tuple(image_shape)}"
+            )
         if not channels or min(channels) < 1:
-            raise ConfigError(f"a convolutional network needs at least one layer of >= 1 channels, got {list(channels)}")
+            raise ConfigError(
+                f"a convolutional network needs at least one layer of >= 1 channels, got {list(channels)}"
+            )
         self.image_shape = (int(image_shape[0]), int(image_shape[1]))
         layers: list[nn.Module] = []
         width = 1
@@ -204,11 +218,21 @@ class ConvDecoder(nn.Module):
         if activation not in ACTIVATIONS:
             raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         if len(image_shape) != 2 or min(image_shape) < 2:
-            raise ConfigError(f"a convolutional network needs an image shape (H, W) of at least 2 x 2, got {tuple(image_shape)}")
+            raise ConfigError(
+                f"a convolutional network needs an image shape (H, W) of at least 2 x 2, got {tuple(image_shape)}"
+            )
         if not channels or min(channels) < 1:
-            raise ConfigError(f"a convolutional network needs at least one layer of >= 1 channels, got {list(channels)}")
+            raise ConfigError(
+                f"a convolutional network needs at least one layer of >= 1 channels, got {list(channels)}"
+            )
         self.image_shape = (int(image_shape[0]), int(image_shape[1]))
-        self.sizes = list(zip(_conv_sizes(self.image_shape[0], len(channels)), _conv_sizes(self.image_shape[1], len(channels)), strict=True))[::-1]
+        self.sizes = list(
+            zip(
+                _conv_sizes(self.image_shape[0], len(channels)),
+                _conv_sizes(self.image_shape[1], len(channels)),
+                strict=True,
+            )
+        )[::-1]
         h0, w0 = self.sizes[0]
         self.channels = list(channels)
         self.dense = nn.Sequential(nn.Linear(in_features, channels[0] * h0 * w0), ACTIVATIONS[activation]())

@@ -175,7 +175,9 @@ class VampPrior(Prior):
         self.num_components = num_components
         x_dim = getattr(encoder, "in_features", None)
         if x_dim is None:
-            raise ConfigError("the VampPrior needs an encoder with an in_features attribute (e.g. pyro_vae.model.nn.MLP)")
+            raise ConfigError(
+                "the VampPrior needs an encoder with an in_features attribute (e.g. pyro_vae.model.nn.MLP)"
+            )
         self.pseudo_inputs = nn.Parameter(torch.rand(num_components, x_dim))  # (K, x_dim)
         # A tuple is not a Module, so nn.Module does not register these (see above).
         self._amortized = (encoder, guide)

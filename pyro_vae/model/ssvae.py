@@ -177,14 +177,16 @@ class SemiSupervisedVAE(VAE):
         """``(labels with 0 where unknown, known mask)``, both ``(rows,)``."""
         device = x.device if x is not None else next(self.parameters()).device
         if y is None:
-            return torch.zeros(rows, dtype=torch.long, device=device), torch.zeros(rows, dtype=torch.bool, device=device)
+            return torch.zeros(rows, dtype=torch.long, device=device), torch.zeros(
+                rows, dtype=torch.bool, device=device
+            )
         if not torch.jit.is_tracing():
             if not isinstance(y, torch.Tensor) or y.shape != (rows,) or y.dtype.is_floating_point:
                 shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
                 raise DataError(f"expected `y` as {rows} integer labels (-1: unknown), shape ({rows},), got {shape}")
             if y.numel() and (int(y.min()) < -1 or int(y.max()) >= self.num_classes):
-                raise DataError(f"labels in `y` must be in -1..{self.num_classes - 1} (-1: unknown), got {int(y.min())}..{int(y.max())}")
+                raise DataError(
+                    f"labels in `y` must be in -1..{self.num_classes - 1} (-1: unknown), got {int(y.min())}..{int(y.max())}"
+                )
         known = y >= 0
         return torch.where(known, y, torch.zeros_like(y)).long(), known
-
-

@@ -29,7 +29,15 @@ from ..model.vae import VAE
 from ..plotting import save_png, subplots
 from ..seeding import forked_rng
 
-__all__ = ["PointClouds", "point_clouds", "draw_point_clouds", "plot_point_clouds", "plot_clouds", "sigma_ellipse", "colours"]
+__all__ = [
+    "PointClouds",
+    "point_clouds",
+    "draw_point_clouds",
+    "plot_point_clouds",
+    "plot_clouds",
+    "sigma_ellipse",
+    "colours",
+]
 
 
 @dataclass(frozen=True)

@@ -114,7 +114,9 @@ def plot_forest(data: Sequence[ArvizData], names: Sequence[str], path: str | os.
     save_png(fig, path)
 
 
-def plot_latent_ellipses(guide: ArvizData, reference: ArvizData, path: str | os.PathLike, *, name: str = "NUTS") -> None:
+def plot_latent_ellipses(
+    guide: ArvizData, reference: ArvizData, path: str | os.PathLike, *, name: str = "NUTS"
+) -> None:
     """For a 2-D latent: the reference's draws per point, with the guide's mean and 1-, 2-sigma ellipses.
 
     One panel per point. The ellipses are those of q(z|x) = Normal(mu(x), sigma(x))
@@ -140,7 +142,7 @@ def plot_latent_ellipses(guide: ArvizData, reference: ArvizData, path: str | os.
     cols = min(len(points), 4)
     rows = math.ceil(len(points) / cols)
     fig, axes = subplots(rows, cols, figsize=(3.6 * cols, 3.4 * rows), squeeze=False, layout="constrained")
-    for ax in axes.ravel()[len(points):]:
+    for ax in axes.ravel()[len(points) :]:
         ax.set_visible(False)
     for ax, point in zip(axes.ravel()[: len(points)], points, strict=True):
         draws = reference.posterior[LATENT_VAR].sel({POINT_DIM: point}).values.reshape(-1, 2)  # (N, 2)
@@ -149,8 +151,16 @@ def plot_latent_ellipses(guide: ArvizData, reference: ArvizData, path: str | os.
         ax.scatter(draws[:, 0], draws[:, 1], s=3, alpha=0.25, color="tab:blue", label=f"{name} draws")
         for k, style in ((1, "-"), (2, "--")):
             ax.add_patch(
-                Ellipse(mu, 2 * k * sigma[0], 2 * k * sigma[1], fill=False, color="tab:red", ls=style, lw=1.2,
-                        label=f"guide {k} sigma")
+                Ellipse(
+                    mu,
+                    2 * k * sigma[0],
+                    2 * k * sigma[1],
+                    fill=False,
+                    color="tab:red",
+                    ls=style,
+                    lw=1.2,
+                    label=f"guide {k} sigma",
+                )
             )
         ax.plot(*mu, marker="x", color="tab:red", ms=8, mew=2, ls="none", label="guide mean mu(x)")
         ax.plot(*draws.mean(0), marker="+", color="k", ms=10, mew=2, ls="none", label=f"{name} mean")

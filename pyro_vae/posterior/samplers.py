@@ -47,7 +47,13 @@ from .schema import (
     az,
 )
 
-__all__ = ["ImportanceSamplingWarning", "guide_posterior", "exact_posterior", "default_block_size", "importance_posterior"]
+__all__ = [
+    "ImportanceSamplingWarning",
+    "guide_posterior",
+    "exact_posterior",
+    "default_block_size",
+    "importance_posterior",
+]
 
 #: Importance weights with fewer effective draws than this make the resampled draws a
 #: re-weighting of a handful of proposals.
@@ -56,8 +62,6 @@ _MIN_IMPORTANCE_ESS = 100.0
 
 class ImportanceSamplingWarning(UserWarning):
     """Importance resampling's weights say its draws do not represent p(z|x)."""
-
-
 
 
 # ------------------------------------------------------------------ the amortized guide
@@ -239,7 +243,12 @@ def exact_posterior(
         loc, scale = vae.encode(x)  # (B, z_dim) each
         starts = torch.stack(
             [
-                torch.stack([_start(loc[b], scale[b], init_spread, _point_seed(seed, int(index[b]), c)) for b in range(num_points)])
+                torch.stack(
+                    [
+                        _start(loc[b], scale[b], init_spread, _point_seed(seed, int(index[b]), c))
+                        for b in range(num_points)
+                    ]
+                )
                 for c in range(num_chains)
             ]
         )  # (C, B, z_dim)
@@ -249,8 +258,12 @@ def exact_posterior(
     blocks = [slice(lo, min(lo + block_size, num_points)) for lo in range(0, num_points, block_size)]
     runs = [(rows, slice(c, c + batched)) for rows in blocks for c in range(0, num_chains, batched)]
     bar = tqdm(
-        total=len(runs) * (warmup_steps + num_samples), disable=not progress, desc="NUTS", unit="step",
-        dynamic_ncols=True, mininterval=0.5,
+        total=len(runs) * (warmup_steps + num_samples),
+        disable=not progress,
+        desc="NUTS",
+        unit="step",
+        dynamic_ncols=True,
+        mininterval=0.5,
     )
     # Small blocks gain nothing from intra-op threads (one thread was 5-10 times faster
     # than two for a single point on a loaded 2-core machine); large ones keep torch's.
@@ -262,11 +275,20 @@ def exact_posterior(
         with frozen(vae), threads, local_params():
             for rows, chains in runs:
                 first = int(index[rows.start])
-                bar.set_postfix(rows=f"{rows.start + 1}-{rows.stop} of {num_points}", chains=f"{chains.start + 1}-{chains.stop}")
+                bar.set_postfix(
+                    rows=f"{rows.start + 1}-{rows.stop} of {num_points}", chains=f"{chains.start + 1}-{chains.stop}"
+                )
                 with forked_rng(x.device, seed=_stream_seed(_point_seed(seed, first, chains.start), 2)):
                     draws, run_stats = _nuts_block(
-                        vae, x[rows], starts[chains, rows], num_samples, warmup_steps, bar,
-                        target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth, jit_compile=jit_compile,
+                        vae,
+                        x[rows],
+                        starts[chains, rows],
+                        num_samples,
+                        warmup_steps,
+                        bar,
+                        target_accept_prob=target_accept_prob,
+                        max_tree_depth=max_tree_depth,
+                        jit_compile=jit_compile,
                     )
                 z[chains, :, rows] = draws.transpose(0, 1)  # (c, S, b, z_dim)
                 for name, values in run_stats.items():
@@ -632,7 +654,8 @@ def _warn_if_unreliable(index: np.ndarray, ess: np.ndarray, pareto_k: np.ndarray
     if not bad.any():
         return
     details = ", ".join(
-        f"row {row} (Pareto k {k:.2f}, ESS {e:.1f})" for row, k, e in zip(index[bad], pareto_k[bad], ess[bad], strict=True)
+        f"row {row} (Pareto k {k:.2f}, ESS {e:.1f})"
+        for row, k, e in zip(index[bad], pareto_k[bad], ess[bad], strict=True)
     )
     warnings.warn(
         f"importance resampling from the guide is unreliable for {details} of {num_proposals} proposals: "
@@ -641,5 +664,3 @@ def _warn_if_unreliable(index: np.ndarray, ess: np.ndarray, pareto_k: np.ndarray
         ImportanceSamplingWarning,
         stacklevel=4,  # the caller of importance_posterior (through torch.no_grad's wrapper)
     )
-
-

@@ -77,8 +77,18 @@ from ..inference.gaps import frozen, point_index  # noqa: E402
 from ..model.vae import LATENT_SITE, OBS_SITE, VAE  # noqa: E402
 from ..seeding import forked_rng
 
-__all__ = ["POINT_DIM", "LATENT_DIM", "FEATURE_DIM", "SAMPLE_DIMS", "LATENT_VAR", "OBSERVED_VAR", "az",
-    "ArvizData", "to_arviz", "write_netcdf"]
+__all__ = [
+    "POINT_DIM",
+    "LATENT_DIM",
+    "FEATURE_DIM",
+    "SAMPLE_DIMS",
+    "LATENT_VAR",
+    "OBSERVED_VAR",
+    "az",
+    "ArvizData",
+    "to_arviz",
+    "write_netcdf",
+]
 
 #: Dimension of the data points (its coordinate: each point's row index).
 POINT_DIM = "point"
@@ -102,6 +112,7 @@ _DATATREE_NATIVE = int(az.__version__.split(".")[0]) >= 1
 #: (``data.posterior``, ``data.sample_stats``, ``data.sel(point=...)``), so the static type
 #: is ``Any``: a union would make every group access an error on one of the two lines.
 ArvizData = Any
+
 
 # --------------------------------------------------------------------------- schema
 def to_arviz(groups: dict[str, xr.Dataset], attrs: dict[str, Any] | None = None) -> ArvizData:

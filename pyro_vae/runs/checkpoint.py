@@ -96,7 +96,9 @@ def config_from_json(text: str | bytes, source: str) -> RunConfig:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{source} is not valid JSON ({err}); restore it or retrain") from None
     except RecursionError:
-        raise CheckpointError(f"{source} is not a config: its JSON is nested too deeply; restore it or retrain") from None
+        raise CheckpointError(
+            f"{source} is not a config: its JSON is nested too deeply; restore it or retrain"
+        ) from None
     try:
         config = RunConfig.from_dict(raw)
         config.validate()  # every size within LIMITS before anything is built from it
@@ -194,7 +196,9 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
     try:
         state = safetensors.torch.load(data)
     except (SafetensorError, ValueError) as err:
-        raise CheckpointError(f"{str(path)!r} is damaged ({err}); {_WEIGHTS_FIX.replace('RUN', str(run_dir))}") from None
+        raise CheckpointError(
+            f"{str(path)!r} is damaged ({err}); {_WEIGHTS_FIX.replace('RUN', str(run_dir))}"
+        ) from None
     try:
         vae = build_vae(config.model)
     except ConfigError as err:

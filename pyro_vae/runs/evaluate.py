@@ -113,7 +113,10 @@ def evaluate_run(
     x, split = _split_rows(dataset, split)
     y = conditions(config, dataset, dev).get({"validation": "val"}.get(split, split))
     kwargs: dict[str, Any] = {
-        "iw_samples": iw_samples, "max_elements": max_elements, "transform": make_transform(config, vae), "progress": progress
+        "iw_samples": iw_samples,
+        "max_elements": max_elements,
+        "transform": make_transform(config, vae),
+        "progress": progress,
     }
     if isinstance(x, Rows):  # read from a file: a block at a time
         result = _evaluate_rows(vae, x, y, config.train.seed, dev, **kwargs)

@@ -42,7 +42,10 @@ def _rows(config: RunConfig, data: str | None, data_dir: str | None, split: str)
         return _Rows([x], np.full(len(x), "file"), np.arange(len(x)), labels)
     if data is not None:
         config = dataclasses.replace(
-            config, data=resolve_paths(dataclasses.replace(config.data, data=name, data_dir=data_dir, val_data=None, test_data=None))
+            config,
+            data=resolve_paths(
+                dataclasses.replace(config.data, data=name, data_dir=data_dir, val_data=None, test_data=None)
+            ),
         )
     dataset = load_data(config)
     every = {
@@ -107,10 +110,15 @@ def encode_run(
     y = None
     if vae.condition is not None:  # a conditional VAE encodes each row with its label
         if rows.labels is None:
-            raise ConfigError("this run's VAE is conditioned on labels, but the data to encode has none; pass data with labels")
+            raise ConfigError(
+                "this run's VAE is conditioned on labels, but the data to encode has none; pass data with labels"
+            )
         y = torch.from_numpy(rows.labels)
     ends = np.cumsum([0] + [len(part) for part in rows.parts])
-    encoded = [encode_rows(vae, part, None if y is None else y[lo:hi]) for part, lo, hi in zip(rows.parts, ends[:-1], ends[1:], strict=True)]
+    encoded = [
+        encode_rows(vae, part, None if y is None else y[lo:hi])
+        for part, lo, hi in zip(rows.parts, ends[:-1], ends[1:], strict=True)
+    ]
     loc, scale = (torch.cat(t).numpy() for t in zip(*encoded, strict=True))  # (N, z_dim) each
     if out.suffix == ".npz":
         arrays: dict[str, Any] = {"loc": loc, "scale": scale, "split": rows.split, "row": rows.row}
@@ -133,7 +141,9 @@ def encode_run(
 
 
 @torch.no_grad()
-def sample_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, num: int, seed: int = 0, overwrite: bool = False) -> None:
+def sample_run(
+    run_dir: str | os.PathLike, out: str | os.PathLike, *, num: int, seed: int = 0, overwrite: bool = False
+) -> None:
     """Draw ``num`` data points from the model: z ~ p(z), x = the mean of p(x|z).
 
     Writes ``.npy`` (an ``(num, x_dim)`` array) or ``.png`` (tiles in the run's image shape).
@@ -147,7 +157,11 @@ def sample_run(run_dir: str | os.PathLike, out: str | os.PathLike, *, num: int, 
     config, vae = load_run(run_dir)
     y = None
     if vae.condition is not None:  # draws for every class in turn
-        y = vae.condition.example(num) if config.model.condition != "labels" else torch.arange(num) % config.model.num_classes
+        y = (
+            vae.condition.example(num)
+            if config.model.condition != "labels"
+            else torch.arange(num) % config.model.num_classes
+        )
     with forked_rng(seed=seed):
         z = vae.sample_latent((num,))  # (n, z_dim)
     means = vae.decode(z, y).mean.numpy()  # (n, x_dim)

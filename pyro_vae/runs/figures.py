@@ -84,7 +84,9 @@ def plot_reconstructions(
         fig, ax = subplots(figsize=(width, 0.9 + width * grid.shape[0] / grid.shape[1]), layout="constrained")
         _show(ax, grid)
         ax.set_yticks([_GAP + h / 2 - 0.5, 2 * _GAP + 1.5 * h - 0.5], ["input", "recon."], fontsize=8)
-        ax.set_title(f"{inputs_title}; below each, its reconstruction:\nthe mean of p(x|z) at one z ~ q(z|x)", fontsize=9)
+        ax.set_title(
+            f"{inputs_title}; below each, its reconstruction:\nthe mean of p(x|z) at one z ~ q(z|x)", fontsize=9
+        )
     else:
         fig, axes = subplots(2, 1, figsize=(max(5, n * 0.6), 4), layout="constrained")
         _show(axes[0], inputs.T)
@@ -119,9 +121,7 @@ def plot_samples(
     save_png(fig, path)
 
 
-def plot_latent(
-    loc: np.ndarray, scale: np.ndarray, labels: np.ndarray | None, path: str | os.PathLike
-) -> None:
+def plot_latent(loc: np.ndarray, scale: np.ndarray, labels: np.ndarray | None, path: str | os.PathLike) -> None:
     """Encoded means mu(x) of a 2-D latent, coloured by label, with a few 1-sigma ellipses.
 
     Each point is one input's mu(x); the ellipses (for every 25th point) show that
@@ -133,9 +133,7 @@ def plot_latent(
     colour = {"c": labels, "cmap": "tab10"} if labels is not None else {}
     sc = ax.scatter(loc[:, 0], loc[:, 1], s=6, **colour)
     for i in range(0, len(loc), 25):
-        ax.add_patch(
-            Ellipse(loc[i], 2 * scale[i, 0], 2 * scale[i, 1], fill=False, lw=0.6, alpha=0.6, color="k")
-        )
+        ax.add_patch(Ellipse(loc[i], 2 * scale[i, 0], 2 * scale[i, 1], fill=False, lw=0.6, alpha=0.6, color="k"))
     if labels is not None:
         fig.colorbar(sc, ax=ax, label="label")
     ax.set_xlabel("mu_1(x)")

@@ -61,8 +61,16 @@ METHODS = {
 
 #: Every file :func:`write_inspection` may write; ``overwrite=True`` replaces exactly these.
 INSPECT_FILES = (
-    "guide.nc", "nuts.nc", "sir.nc", "grid.nc", "summary.csv", "points.csv", "marginals.png", "forest.png",
-    "latent.png", "clouds.png",
+    "guide.nc",
+    "nuts.nc",
+    "sir.nc",
+    "grid.nc",
+    "summary.csv",
+    "points.csv",
+    "marginals.png",
+    "forest.png",
+    "latent.png",
+    "clouds.png",
 )
 
 
@@ -190,8 +198,14 @@ def inspect_points(
         reference = grid_posterior(vae, x, num_samples, num_chains=num_chains, index=index, seed=seed, exact=exact)
     elif name == "nuts":
         reference = exact_posterior(
-            vae, x, num_samples, warmup_steps=warmup_steps, num_chains=num_chains, index=index,
-            seed=seed, progress=progress,
+            vae,
+            x,
+            num_samples,
+            warmup_steps=warmup_steps,
+            num_chains=num_chains,
+            index=index,
+            seed=seed,
+            progress=progress,
         )
     else:
         reference = importance_posterior(
@@ -256,7 +270,11 @@ def load_split(
     data = load_data(config)
     if split is None:
         split = "test" if data.test is not None else "val"
-    splits = {"train": (data.train, data.train_labels), "val": (data.val, data.val_labels), "test": (data.test, data.test_labels)}
+    splits = {
+        "train": (data.train, data.train_labels),
+        "val": (data.val, data.val_labels),
+        "test": (data.test, data.test_labels),
+    }
     if split not in splits:
         raise ConfigError(f"`split` must be one of {', '.join(splits)}, got {split!r}")
     rows, labels = splits[split]

@@ -183,18 +183,33 @@ def survey_points(
     if index.shape != (num_points,):
         raise ConfigError(f"`index` must have one entry per row of x ({num_points}), got shape {index.shape}")
     chunk_size = _CHUNKS[method] if chunk_size is None else chunk_size
-    for name, value in (("chunk_size", chunk_size), ("num_samples", num_samples), ("num_chains", num_chains),
-                        ("elbo_samples", elbo_samples)):
+    for name, value in (
+        ("chunk_size", chunk_size),
+        ("num_samples", num_samples),
+        ("num_chains", num_chains),
+        ("elbo_samples", elbo_samples),
+    ):
         if value < 1:
             raise ConfigError(f"`{name}` must be >= 1, got {value}")
     start = time.perf_counter()
     tables = []
-    with tqdm(total=num_points, disable=not progress, desc=f"inspect ({method})", unit="point", dynamic_ncols=True) as bar:
+    with tqdm(
+        total=num_points, disable=not progress, desc=f"inspect ({method})", unit="point", dynamic_ncols=True
+    ) as bar:
         for k, lo in enumerate(range(0, num_points, chunk_size)):
             rows = slice(lo, min(lo + chunk_size, num_points))
-            table = _chunk(vae, x[rows], index[rows], method, num_samples=num_samples, num_chains=num_chains,
-                           warmup_steps=warmup_steps, num_proposals=num_proposals, elbo_samples=elbo_samples,
-                           seed=seed + k)
+            table = _chunk(
+                vae,
+                x[rows],
+                index[rows],
+                method,
+                num_samples=num_samples,
+                num_chains=num_chains,
+                warmup_steps=warmup_steps,
+                num_proposals=num_proposals,
+                elbo_samples=elbo_samples,
+                seed=seed + k,
+            )
             if labels is not None:
                 table.insert(0, "label", np.asarray(labels)[rows])
             tables.append(table)
@@ -205,8 +220,17 @@ def survey_points(
 
 
 def _chunk(
-    vae: VAE, x: torch.Tensor, index: np.ndarray, method: str, *, num_samples: int, num_chains: int,
-    warmup_steps: int | None, num_proposals: int, elbo_samples: int, seed: int,
+    vae: VAE,
+    x: torch.Tensor,
+    index: np.ndarray,
+    method: str,
+    *,
+    num_samples: int,
+    num_chains: int,
+    warmup_steps: int | None,
+    num_proposals: int,
+    elbo_samples: int,
+    seed: int,
 ) -> pd.DataFrame:
     """The survey's columns for one chunk of points."""
     with torch.no_grad(), frozen(vae):
@@ -227,15 +251,20 @@ def _chunk(
             diagnostics = {"quadrature_error": exact.error.cpu().numpy()}
         else:
             if method == "nuts":
-                data = exact_posterior(vae, x, num_samples, warmup_steps=warmup_steps, num_chains=num_chains,
-                                       index=index, seed=seed)
+                data = exact_posterior(
+                    vae, x, num_samples, warmup_steps=warmup_steps, num_chains=num_chains, index=index, seed=seed
+                )
                 r_hat = az.rhat(data, var_names=[LATENT_VAR])[LATENT_VAR].max("latent").values
                 ess = az.ess(data, var_names=[LATENT_VAR])[LATENT_VAR].min("latent").values
-                diagnostics = {"max_r_hat": r_hat, "min_ess_bulk": ess,
-                               "divergences": data.sample_stats["diverging"].sum(("chain", "draw")).values}
+                diagnostics = {
+                    "max_r_hat": r_hat,
+                    "min_ess_bulk": ess,
+                    "divergences": data.sample_stats["diverging"].sum(("chain", "draw")).values,
+                }
             else:
-                data = importance_posterior(vae, x, num_samples, num_chains=num_chains, num_proposals=num_proposals,
-                                            index=index, seed=seed)
+                data = importance_posterior(
+                    vae, x, num_samples, num_chains=num_chains, num_proposals=num_proposals, index=index, seed=seed
+                )
                 diagnostics = {"ess": data.sample_stats["ess"].values, "pareto_k": data.sample_stats["pareto_k"].values}
             z = data.posterior[LATENT_VAR].transpose(POINT_DIM, "chain", "draw", "latent").values
             z = np.asarray(z, dtype=np.float64).reshape(len(index), -1, vae.z_dim)  # (b, N, D)
@@ -302,8 +331,16 @@ def survey_run(
     x = x[picked.start : picked.stop]
     labels = None if labels is None else labels[picked.start : picked.stop]
     index = np.arange(picked.start, picked.stop)
-    found = survey_points(vae, x, index, method=method, labels=labels, seed=seed, progress=progress,
-                          **{k: v for k, v in options.items() if v is not None})
+    found = survey_points(
+        vae,
+        x,
+        index,
+        method=method,
+        labels=labels,
+        seed=seed,
+        progress=progress,
+        **{k: v for k, v in options.items() if v is not None},
+    )
     return found, config, split, x
 
 
@@ -387,19 +424,26 @@ def plot_survey(
         plane = means if means.shape[1] == 2 else np.column_stack([means[:, 0], np.zeros(len(means))])
         labels = ("z_0 (exact posterior mean)", "z_1 (exact posterior mean)" if means.shape[1] == 2 else "")
     order = np.argsort(shown)  # the worst drawn last, on top
-    points = ax.scatter(plane[order, 0], plane[order, 1], c=shown[order], norm=norm, cmap="viridis", s=14,
-                        edgecolors="none")
+    points = ax.scatter(
+        plane[order, 0], plane[order, 1], c=shown[order], norm=norm, cmap="viridis", s=14, edgecolors="none"
+    )
     fig.colorbar(points, ax=ax, label="KL(q || p), nats (log scale)")
     for i in np.argsort(-shown)[: min(worst, len(shown))]:
-        ax.annotate(str(table.index[i]), plane[i], fontsize=8, xytext=(3, 3), textcoords="offset points", color="crimson")
+        ax.annotate(
+            str(table.index[i]), plane[i], fontsize=8, xytext=(3, 3), textcoords="offset points", color="crimson"
+        )
     ax.set(xlabel=labels[0], ylabel=labels[1], title="KL(q || p) by where the posterior sits (worst rows named)")
 
     # 2. By label, or the distribution.
     ax = axes[0, 1]
     if "label" in table:
         groups = sorted(table["label"].unique())
-        ax.boxplot([shown[table["label"].to_numpy() == g] for g in groups], tick_labels=[str(g) for g in groups],
-                   showfliers=True, flierprops={"markersize": 3})
+        ax.boxplot(
+            [shown[table["label"].to_numpy() == g] for g in groups],
+            tick_labels=[str(g) for g in groups],
+            showfliers=True,
+            flierprops={"markersize": 3},
+        )
         ax.set(yscale="log", xlabel="label", ylabel="KL(q || p), nats", title="KL(q || p) per label")
     else:
         ax.hist(np.log10(shown), bins=40, color="tab:blue")
@@ -409,12 +453,22 @@ def plot_survey(
     # 3. Mean error against sd ratio.
     ax = axes[1, 0]
     ratio = np.sqrt(table["min_sd_ratio"].to_numpy() * table["max_sd_ratio"].to_numpy())
-    ax.scatter(table["max_abs_mean_error"].to_numpy()[order], ratio[order], c=shown[order], norm=norm, cmap="viridis",
-               s=14, edgecolors="none")
+    ax.scatter(
+        table["max_abs_mean_error"].to_numpy()[order],
+        ratio[order],
+        c=shown[order],
+        norm=norm,
+        cmap="viridis",
+        s=14,
+        edgecolors="none",
+    )
     ax.axhline(1.0, color="grey", lw=1, ls="--")
-    ax.set(xlabel="largest |guide mean - exact mean| over z's dimensions, in exact sds",
-           ylabel="guide sd / exact sd (sqrt of its smallest x largest over z)", yscale="log",
-           title="Mean error and spread of the guide (colour: KL)")
+    ax.set(
+        xlabel="largest |guide mean - exact mean| over z's dimensions, in exact sds",
+        ylabel="guide sd / exact sd (sqrt of its smallest x largest over z)",
+        yscale="log",
+        title="Mean error and spread of the guide (colour: KL)",
+    )
     ax.grid(alpha=0.3)
 
     # 4. The worst inputs.
@@ -427,8 +481,9 @@ def plot_survey(
         rows_n = math.ceil(len(top) / cols)
         positions = {row: k for k, row in enumerate(table.index)}
         for k, row in enumerate(top.index):
-            sub = ax.inset_axes([(k % cols) / cols + 0.01, 1 - (k // cols + 1) / rows_n * 0.95, 1 / cols - 0.02,
-                                 0.95 / rows_n - 0.08])
+            sub = ax.inset_axes(
+                [(k % cols) / cols + 0.01, 1 - (k // cols + 1) / rows_n * 0.95, 1 / cols - 0.02, 0.95 / rows_n - 0.08]
+            )
             sub.imshow(np.asarray(images[positions[row]]).reshape(image_shape), cmap="gray_r", interpolation="nearest")
             sub.set_xticks([]), sub.set_yticks([])
             label = f", label {top.loc[row, 'label']}" if "label" in top else ""  # .loc keeps the int dtype

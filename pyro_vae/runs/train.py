@@ -148,8 +148,12 @@ def load_data(config: RunConfig) -> Dataset:
     """Load the data set named in ``config.data`` with its validation (and test) split."""
     d = config.data
     return load_dataset(
-        d.data, d.data_dir, val_fraction=d.val_fraction, seed=config.train.seed,
-        val_data=d.val_data, test_data=d.test_data,
+        d.data,
+        d.data_dir,
+        val_fraction=d.val_fraction,
+        seed=config.train.seed,
+        val_data=d.val_data,
+        test_data=d.test_data,
         image_shape=(d.image_shape[0], d.image_shape[1]) if d.image_shape else None,
     )
 
@@ -161,6 +165,7 @@ def resolve_paths(config: DataConfig) -> DataConfig:
         >>> resolve_paths(DataConfig(data="digits")).data
         'digits'
     """
+
     def absolute(path: str) -> str:
         return str(Path(path).expanduser().resolve())
 
@@ -169,8 +174,11 @@ def resolve_paths(config: DataConfig) -> DataConfig:
 
     data = config.data if config.data in BUILT_IN_DATA else absolute(config.data)
     return dataclasses.replace(
-        config, data=data, data_dir=maybe_absolute(config.data_dir),
-        val_data=maybe_absolute(config.val_data), test_data=maybe_absolute(config.test_data),
+        config,
+        data=data,
+        data_dir=maybe_absolute(config.data_dir),
+        val_data=maybe_absolute(config.val_data),
+        test_data=maybe_absolute(config.test_data),
     )
 
 
@@ -260,7 +268,11 @@ def _check_data(config: RunConfig, vae: VAE, data: Dataset) -> None:
             try:
                 vae.likelihood.check_support(torch.from_numpy(block))
             except DataError as err:
-                where = "" if span is None else f" (rows {span.start}..{span.stop - 1}, counted from the first of that block)"
+                where = (
+                    ""
+                    if span is None
+                    else f" (rows {span.start}..{span.stop - 1}, counted from the first of that block)"
+                )
                 raise DataError(f"{split} data {config.data.data!r}{where}: {err}") from None
     needs_binary = vae.likelihood.needs_binary
     if needs_binary and config.data.binarize == "none" and not _all_binary(data.train):
@@ -307,7 +319,6 @@ def _metrics_text(history: list[EpochRecord], keep: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-
 @torch.no_grad()
 def _write_figures(run_dir: Path, config: RunConfig, vae: VAE, data: Dataset, history: list[EpochRecord]) -> None:
     device = next(vae.parameters()).device
@@ -326,7 +337,10 @@ def _write_figures(run_dir: Path, config: RunConfig, vae: VAE, data: Dataset, hi
         z = vae.posterior(x, y).sample()
         recon = vae.decode(z, y).mean
         plot_reconstructions(
-            x.cpu().numpy(), recon.cpu().numpy(), image_shape, run_dir / "reconstructions.png",
+            x.cpu().numpy(),
+            recon.cpu().numpy(),
+            image_shape,
+            run_dir / "reconstructions.png",
             inputs_title="validation inputs, as the model sees them" + (" (binarized)" if transform else ""),
         )
         if config.model.condition != "none":  # one row of draws per class
@@ -334,8 +348,13 @@ def _write_figures(run_dir: Path, config: RunConfig, vae: VAE, data: Dataset, hi
             per_class = max(1, 64 // classes)
             y = torch.arange(classes, device=device).repeat_interleave(per_class)
             samples = vae.decode(vae.sample_latent((len(y),)), y).mean
-            plot_samples(samples.cpu().numpy(), image_shape, run_dir / "samples.png", columns=per_class,
-                         title=f"the mean of p(x|z, y) for z ~ p(z): one row per class y = 0..{classes - 1}")
+            plot_samples(
+                samples.cpu().numpy(),
+                image_shape,
+                run_dir / "samples.png",
+                columns=per_class,
+                title=f"the mean of p(x|z, y) for z ~ p(z): one row per class y = 0..{classes - 1}",
+            )
         else:
             samples = vae.decode(vae.sample_latent((64,))).mean
             plot_samples(samples.cpu().numpy(), image_shape, run_dir / "samples.png")
@@ -377,7 +396,9 @@ def _diverged(message: str, saved: int | None, run_dir: Path) -> TrainingDiverge
     what = message.split("; the model keeps its parameters")[0]
     off = (
         "; or, if such a rise is expected, switch the guard off (TrainConfig.divergence_guard = False, "
-        "--no-divergence-guard)" if "divergence guard" in what else ""
+        "--no-divergence-guard)"
+        if "divergence guard" in what
+        else ""
     )
     if saved is None:
         return TrainingDivergedError(
@@ -493,9 +514,7 @@ def _start_loss(config: RunConfig, vae: VAE, data: Dataset) -> float | None:
     transform = make_transform(config, vae)
 
     def elbo(x: torch.Tensor, x_y: torch.Tensor | None, seed: int) -> float:
-        return evaluate_elbo(
-            vae, x, particles=config.train.eval_particles, seed=seed, transform=transform, y=x_y
-        )
+        return evaluate_elbo(vae, x, particles=config.train.eval_particles, seed=seed, transform=transform, y=x_y)
 
     if isinstance(data.val, Rows):
         return -streamed_mean(elbo, data.val, y, config.train.seed, device)
@@ -530,7 +549,9 @@ def train_run(
     config.data = resolve_paths(config.data)
     data = load_data(config)
     config.model = dataclasses.replace(
-        config.model, x_dim=data.x_dim, num_classes=num_classes(config, data),
+        config.model,
+        x_dim=data.x_dim,
+        num_classes=num_classes(config, data),
         image_shape=tuple(data.image_shape or ()) if config.model.net == "conv" else (),
     )
     config.data = dataclasses.replace(config.data, image_shape=tuple(data.image_shape or ()))
@@ -706,7 +727,13 @@ def _resume(
     config, state = found.config, found.state
     changes: dict[str, Any] = {
         name: value
-        for name, value in (("epochs", epochs), ("device", device), ("patience", patience), ("lr", lr), ("divergence_guard", divergence_guard))
+        for name, value in (
+            ("epochs", epochs),
+            ("device", device),
+            ("patience", patience),
+            ("lr", lr),
+            ("divergence_guard", divergence_guard),
+        )
         if value is not None
     }
     config.train = dataclasses.replace(config.train, **changes)
@@ -787,9 +814,7 @@ def _figure_names(vae: VAE) -> list[str]:
     return [name for name in FIGURES if name != "latent.png" or vae.z_dim == 2]
 
 
-def _kept_state(
-    run_dir: Path, state: dict, history: list[EpochRecord], keep: str
-) -> dict[str, torch.Tensor] | None:
+def _kept_state(run_dir: Path, state: dict, history: list[EpochRecord], keep: str) -> dict[str, torch.Tensor] | None:
     """The kept model's weights: the last epoch's, or the copy the state holds of an earlier one."""
     epoch = kept_epoch(history, keep)
     if epoch is None:

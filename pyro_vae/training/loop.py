@@ -31,6 +31,7 @@ from .parallel import parallelism
 
 __all__ = ["EpochRecord", "fit", "epoch_seed", "best_epoch", "should_stop"]
 
+
 @dataclass
 class EpochRecord:
     """One line of the training history.
@@ -168,7 +169,6 @@ def fit(
     _check_rows(y, train, "y", "train")
     _check_rows(val_y, val, "val_y", "val")
     if objective is None:
-
         objective = build_objective(config)
     optimizer = optimizer or torch.optim.Adam(vae.parameters(), lr=config.lr)
     history = list(history or [])
@@ -182,7 +182,11 @@ def fit(
         probe = {} if y is None else {"y": y[:2]}
         replicas = parallelism(vae, objective, source.gather(slice(0, 2), device), num_data, transform, **probe)
         bar = tqdm(
-            total=config.epochs, initial=first_epoch, disable=not (progress and replicas.is_main), unit="epoch", dynamic_ncols=True
+            total=config.epochs,
+            initial=first_epoch,
+            disable=not (progress and replicas.is_main),
+            unit="epoch",
+            dynamic_ncols=True,
         )
         try:
             for epoch in range(first_epoch, config.epochs):
@@ -221,7 +225,12 @@ def fit(
                 if val is not None:
                     val_elbo = replicas.shard_mean(
                         lambda x, x_y, seed: evaluate_elbo(
-                            vae, x, particles=config.eval_particles, seed=seed, transform=transform, y=x_y,
+                            vae,
+                            x,
+                            particles=config.eval_particles,
+                            seed=seed,
+                            transform=transform,
+                            y=x_y,
                         ),
                         val,
                         val_y,

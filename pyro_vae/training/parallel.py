@@ -104,7 +104,11 @@ class Parallelism:
         return value
 
     def shard_mean(
-        self, fn: Callable[[torch.Tensor, torch.Tensor | None, int], float], x: torch.Tensor | Rows, y: torch.Tensor | None, seed: int
+        self,
+        fn: Callable[[torch.Tensor, torch.Tensor | None, int], float],
+        x: torch.Tensor | Rows,
+        y: torch.Tensor | None,
+        seed: int,
     ) -> float:
         """Mean of the per-row statistic ``fn(rows, their y, seed)`` over all rows of ``x``,
         each process evaluating its own contiguous slice; :class:`~pyro_vae.data.rows.Rows`
@@ -112,7 +116,11 @@ class Parallelism:
         return self._mean_of(fn, x, y, self.seed(seed))
 
     def _mean_of(
-        self, fn: Callable[[torch.Tensor, torch.Tensor | None, int], float], x: torch.Tensor | Rows, y: torch.Tensor | None, seed: int
+        self,
+        fn: Callable[[torch.Tensor, torch.Tensor | None, int], float],
+        x: torch.Tensor | Rows,
+        y: torch.Tensor | None,
+        seed: int,
     ) -> float:
         if isinstance(x, Rows):
             return streamed_mean(fn, x, y, seed, next(self.vae.parameters()).device)
@@ -210,7 +218,11 @@ class DataParallel(Parallelism):
         return total / self.world_size
 
     def shard_mean(
-        self, fn: Callable[[torch.Tensor, torch.Tensor | None, int], float], x: torch.Tensor | Rows, y: torch.Tensor | None, seed: int
+        self,
+        fn: Callable[[torch.Tensor, torch.Tensor | None, int], float],
+        x: torch.Tensor | Rows,
+        y: torch.Tensor | None,
+        seed: int,
     ) -> float:
         part = rows_part(x, self.world_size, self.rank)
         part_y = None if y is None else torch.tensor_split(y, self.world_size)[self.rank]

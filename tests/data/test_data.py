@@ -22,8 +22,14 @@ from pyro_vae.errors import ConfigError, DataError
 
 # ----------------------------------------------------------------------------- helpers
 
-_IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B,
-              np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}
+_IDX_CODES = {
+    np.dtype(np.uint8): 0x08,
+    np.dtype(np.int8): 0x09,
+    np.dtype(np.int16): 0x0B,
+    np.dtype(np.int32): 0x0C,
+    np.dtype(np.float32): 0x0D,
+    np.dtype(np.float64): 0x0E,
+}
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -40,8 +46,9 @@ def write_idx(path: Path, array: np.ndarray, *, compress: bool) -> Path:
     return path
 
 
-def write_mnist(folder: Path, *, compress: bool, n_train: int = 12, n_test: int = 5,
-                side: tuple[int, int] = (28, 28), seed: int = 0) -> dict[str, np.ndarray]:
+def write_mnist(
+    folder: Path, *, compress: bool, n_train: int = 12, n_test: int = 5, side: tuple[int, int] = (28, 28), seed: int = 0
+) -> dict[str, np.ndarray]:
     """Write four fake MNIST IDX files to ``folder`` and return the arrays written."""
     rng = np.random.default_rng(seed)
     arrays = {

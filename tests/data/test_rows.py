@@ -44,7 +44,13 @@ def _sources(tmp_path: Path) -> dict[str, tuple[str, str | None]]:
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "u8.npy", _images(40))  # 3-D uint8 images, not scaled (as in memory)
     np.savez(tmp_path / "xy.npz", x=x, y=np.arange(40) % 3)
-    np.savez(tmp_path / "splits.npz", train=x[:30], train_labels=np.arange(30) % 2, test=x[30:], test_labels=np.arange(10) % 2)
+    np.savez(
+        tmp_path / "splits.npz",
+        train=x[:30],
+        train_labels=np.arange(30) % 2,
+        test=x[30:],
+        test_labels=np.arange(10) % 2,
+    )
     return {
         "npy": (str(tmp_path / "x.npy"), None),
         "npy uint8 images": (str(tmp_path / "u8.npy"), None),

@@ -91,6 +91,7 @@ def ppca() -> PPCA:
 
 # ----------------------------------------------------------- log p(x) against the truth
 
+
 def test_exact_guide_gives_exact_log_px_in_every_chunking(ppca):
     # With q(z|x) = p(z|x) every weight p(x, z_k) / q(z_k|x) equals p(x): ELBO, IWAE and
     # the closed form agree to rounding, whatever K and however the draws are chunked.
@@ -177,6 +178,7 @@ def test_log_weight_terms_add_up_to_log_weights():
 
 # --------------------------------------------------------------------- chunking, memory
 
+
 def test_chunked_and_unchunked_estimates_agree(ppca):
     x = ppca.sample(20)
     vae = ppca.vae(loc_shift=0.3, scale_factor=1.4)
@@ -253,6 +255,7 @@ def test_peak_memory_does_not_grow_with_k():
 
 # ------------------------------------------------------------------------ active units
 
+
 def test_active_units_on_a_constructed_encoder():
     # z_u's posterior mean is 0.5 * x_0 (variance 0.25), 0.05 * x_1 (0.0025), x_2 + x_3
     # (2) and a constant: units 0 and 2 are active, 1 and 3 are not.
@@ -294,12 +297,16 @@ def test_bad_arguments_are_refused(ppca):
 
 # --------------------------------------------------------- the traced Trace_ELBO (speed)
 
-@pytest.mark.parametrize("prior,guide,likelihood", [
-    *((p, "diagonal", "bernoulli") for p in PRIORS),
-    *(("normal", g, "normal") for g in GUIDES),
-    *(("learned", "diagonal", lik) for lik in LIKELIHOODS),
-    ("vamp", "lowrank", "bernoulli"),  # the encoder's parameters used twice
-])
+
+@pytest.mark.parametrize(
+    "prior,guide,likelihood",
+    [
+        *((p, "diagonal", "bernoulli") for p in PRIORS),
+        *(("normal", g, "normal") for g in GUIDES),
+        *(("learned", "diagonal", lik) for lik in LIKELIHOODS),
+        ("vamp", "lowrank", "bernoulli"),  # the encoder's parameters used twice
+    ],
+)
 def test_traced_trace_elbo_has_pyros_value_and_gradients(prior, guide, likelihood):
     # Every prior, guide and likelihood in the tables: the traced graph and Pyro's eager
     # Trace_ELBO, on the same random state, give the same loss (to float rounding: Pyro
@@ -307,7 +314,11 @@ def test_traced_trace_elbo_has_pyros_value_and_gradients(prior, guide, likelihoo
     # parameter is used twice and autograd adds its two contributions in another order).
     torch.manual_seed(0)
     vae = build_vae(ModelConfig(x_dim=6, z_dim=3, hidden=(5,), prior=prior, guide=guide, likelihood=likelihood))
-    x = torch.poisson(torch.rand(4, 6) * 3) if likelihood in ("poisson", "negbin") else torch.bernoulli(torch.rand(4, 6))
+    x = (
+        torch.poisson(torch.rand(4, 6) * 3)
+        if likelihood in ("poisson", "negbin")
+        else torch.bernoulli(torch.rand(4, 6))
+    )
     traced, eager = TraceELBO(particles=2), TraceELBO(particles=2, jit=False)
     params = list(vae.parameters())
     for step, (num_data, beta) in enumerate([(10, 1.0), (10, 1.0), (4, 0.3)]):
@@ -361,6 +372,7 @@ def test_traced_trace_elbo_falls_back_when_a_component_branches_on_values():
 
 
 # ------------------------------------------------------------------------ CLI and runner
+
 
 def test_pyro_vae_evaluate_writes_evaluation_json(tmp_path, capsys):
     run = tmp_path / "run"

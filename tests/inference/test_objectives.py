@@ -110,6 +110,7 @@ def test_iwae_refuses_a_kl_weight():
 
 # ------------------------------------------------------------------ mean-field ELBO
 
+
 @pytest.mark.parametrize("prior", ["normal", "learned"])
 def test_meanfield_uses_the_closed_form_kl(prior):
     vae, x = small(prior), binary_data(8)
@@ -153,7 +154,9 @@ def test_meanfield_is_refused_exactly_where_torch_has_no_kl(prior, guide):
     if (prior, guide) in ANALYTIC:
         check_compatible(model, TrainConfig(elbo="meanfield"))
     else:
-        with pytest.raises(ConfigError, match=r"^`elbo` meanfield with `prior` .* no analytic KL .*; use `elbo` trace$"):
+        with pytest.raises(
+            ConfigError, match=r"^`elbo` meanfield with `prior` .* no analytic KL .*; use `elbo` trace$"
+        ):
             check_compatible(model, TrainConfig(elbo="meanfield"))
     assert torch.equal(torch.get_rng_state(), state), "the probe model must not consume the global random stream"
     check_compatible(model, TrainConfig(elbo="trace"))  # the Monte Carlo ELBO trains everything
@@ -209,13 +212,31 @@ def test_cli_refuses_unknown_component_names(tmp_path, capsys):
 def test_cli_saves_every_choice_and_load_rebuilds_the_model(tmp_path):
     run = tmp_path / "run"
     flags = [
-        "--prior", "vamp", "--prior-components", "7", "--guide", "flow", "--flow-layers", "3",
-        "--likelihood", "cbernoulli", "--elbo", "iwae", "--particles", "3", "--z-dim", "2",
+        "--prior",
+        "vamp",
+        "--prior-components",
+        "7",
+        "--guide",
+        "flow",
+        "--flow-layers",
+        "3",
+        "--likelihood",
+        "cbernoulli",
+        "--elbo",
+        "iwae",
+        "--particles",
+        "3",
+        "--z-dim",
+        "2",
     ]
     assert main(["train", "--out", str(run), *FAST, *flags]) == 0
     config = json.loads((run / "config.json").read_text())
     assert {k: config["model"][k] for k in ("prior", "prior_components", "guide", "flow_layers", "likelihood")} == {
-        "prior": "vamp", "prior_components": 7, "guide": "flow", "flow_layers": 3, "likelihood": "cbernoulli",
+        "prior": "vamp",
+        "prior_components": 7,
+        "guide": "flow",
+        "flow_layers": 3,
+        "likelihood": "cbernoulli",
     }
     assert (config["train"]["elbo"], config["train"]["particles"]) == ("iwae", 3)
     vae = pyro_vae.load(run)

@@ -95,9 +95,12 @@ def test_quadrature_matches_the_closed_form(w, guide_loc, guide_sd):
 
 def test_default_tolerance_is_met_and_float32_models_work():
     # The default tol (1e-3) in float32: errors of that size, not more.
-    vae = ppca(W2, B4, 0.5, torch.tensor([0.2, -0.1], dtype=torch.float64), torch.tensor([0.5, 0.3], dtype=torch.float64))
-    mean, cov, log_px, kl = closed_form(W2, B4, 0.5, X4, torch.tensor([0.2, -0.1], dtype=torch.float64),
-                                        torch.tensor([0.5, 0.3], dtype=torch.float64))
+    vae = ppca(
+        W2, B4, 0.5, torch.tensor([0.2, -0.1], dtype=torch.float64), torch.tensor([0.5, 0.3], dtype=torch.float64)
+    )
+    mean, cov, log_px, kl = closed_form(
+        W2, B4, 0.5, X4, torch.tensor([0.2, -0.1], dtype=torch.float64), torch.tensor([0.5, 0.3], dtype=torch.float64)
+    )
     exact = posterior_quadrature(vae.float(), X4.float())
     assert (exact.error < 1e-3).all()
     sd = cov.diag().sqrt()

@@ -60,8 +60,17 @@ def tiny_config(
     conv = {"net": "conv", "image_shape": CONV_SHAPE, "hidden": (2, 3)} if net == "conv" else {}
     return ModelConfig(
         **{
-            "x_dim": X_DIM, "z_dim": Z_DIM, "hidden": (8,), "activation": "tanh", "prior": prior, "guide": guide,
-            "likelihood": likelihood, "prior_components": 3, "flow_layers": 2, "guide_rank": 1, **conv,
+            "x_dim": X_DIM,
+            "z_dim": Z_DIM,
+            "hidden": (8,),
+            "activation": "tanh",
+            "prior": prior,
+            "guide": guide,
+            "likelihood": likelihood,
+            "prior_components": 3,
+            "flow_layers": 2,
+            "guide_rank": 1,
+            **conv,
         }
     )
 
@@ -74,7 +83,8 @@ def model_data(vae) -> torch.Tensor:
 
 def latent_sites(trace: poutine.Trace) -> set[str]:
     return {
-        name for name, site in trace.nodes.items()
+        name
+        for name, site in trace.nodes.items()
         if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
     }
 
@@ -134,6 +144,7 @@ def test_contract(prior, guide, likelihood, net, tmp_path):
 
 
 # --------------------------------------------------------------------------- priors
+
 
 def grid_2d(half_width: float = 10.0, step: float = 0.05) -> tuple[torch.Tensor, float]:
     """Cell centres of a square grid on [-half_width, half_width]^2 and the cell area."""
@@ -208,6 +219,7 @@ def test_deepcopy_keeps_the_vamp_prior_on_the_copied_encoder():
 
 
 # --------------------------------------------------------------------------- guides
+
 
 @pytest.mark.parametrize("guide", list(GUIDES))
 def test_guide_density_integrates_to_one_and_matches_its_draws(guide, float64):

@@ -19,8 +19,17 @@ CASES = [(p, g) for p, g in itertools.product(PRIORS, GUIDES) if p != "vamp"]
 
 
 def config(prior: str = "normal", guide: str = "diagonal") -> ModelConfig:
-    return ModelConfig(x_dim=6, z_dim=3, hidden=(8,), activation="tanh", prior=prior, guide=guide,
-                       top_dim=2, top_hidden=(5,), prior_components=3)
+    return ModelConfig(
+        x_dim=6,
+        z_dim=3,
+        hidden=(8,),
+        activation="tanh",
+        prior=prior,
+        guide=guide,
+        top_dim=2,
+        top_hidden=(5,),
+        prior_components=3,
+    )
 
 
 @pytest.mark.uses_param_store  # poutine.trace of the programs, in Pyro's default mode
@@ -54,7 +63,8 @@ def test_refused_combinations():
 def test_a_two_layer_run_saves_and_loads(tmp_path):
     run = train_run(
         RunConfig(model=ModelConfig(z_dim=4, hidden=(16,), top_dim=2, top_hidden=(8,)), train=TrainConfig(epochs=2)),
-        tmp_path / "run", progress=False,
+        tmp_path / "run",
+        progress=False,
     )
     _, loaded = load_run(run.run_dir)
     x = torch.bernoulli(torch.full((3, 64), 0.3))

@@ -76,8 +76,15 @@ def test_m2_learns_the_labels_from_a_tenth_of_them():
     known = torch.rand(len(y), generator=torch.Generator().manual_seed(0)) < 0.1
     torch.manual_seed(0)
     vae = build_vae(ModelConfig(x_dim=64, z_dim=4, hidden=(64,), condition="semisupervised", num_classes=10))
-    fit(vae, x, None, TrainConfig(epochs=8, lr=3e-3, elbo="semisupervised"), transform=torch.bernoulli,
-        y=torch.where(known, y, torch.full_like(y, -1)), progress=False)
+    fit(
+        vae,
+        x,
+        None,
+        TrainConfig(epochs=8, lr=3e-3, elbo="semisupervised"),
+        transform=torch.bernoulli,
+        y=torch.where(known, y, torch.full_like(y, -1)),
+        progress=False,
+    )
     accuracy = float((vae.predict(torch.from_numpy(data.val)) == torch.from_numpy(data.val_labels)).float().mean())
     assert accuracy > 0.6, accuracy
 
@@ -85,7 +92,10 @@ def test_m2_learns_the_labels_from_a_tenth_of_them():
 def test_m2_from_the_command_line(tmp_path, capsys):
     run = tmp_path / "run"
     flags = ["--condition-on", "semisupervised", "--elbo", "semisupervised", "--label-fraction", "0.1"]
-    assert main(["train", *flags, "--epochs", "1", "--hidden", "16", "--z-dim", "2", "--out", str(run), "--no-progress"]) == 0
+    assert (
+        main(["train", *flags, "--epochs", "1", "--hidden", "16", "--z-dim", "2", "--out", str(run), "--no-progress"])
+        == 0
+    )
     assert main(["evaluate", str(run), "--iw-samples", "5", "--no-progress"]) == 0
     assert "label accuracy of the classifier" in capsys.readouterr().out
     report = json.loads((run / "evaluation.json").read_text())

@@ -34,8 +34,12 @@ def test_model_and_guide_share_the_latent_site_and_shapes(tiny_binary):
     x = tiny_binary[:7]
     guide_tr = poutine.trace(vae.guide).get_trace(x)
     model_tr = poutine.trace(poutine.replay(vae.model, trace=guide_tr)).get_trace(x)
-    guide_latents = {n for n, s in guide_tr.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n != DATA_PLATE}
-    model_latents = {n for n, s in model_tr.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n != DATA_PLATE}
+    guide_latents = {
+        n for n, s in guide_tr.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n != DATA_PLATE
+    }
+    model_latents = {
+        n for n, s in model_tr.nodes.items() if s["type"] == "sample" and not s["is_observed"] and n != DATA_PLATE
+    }
     assert guide_latents == model_latents == {LATENT_SITE}
     assert guide_tr.nodes[LATENT_SITE]["value"].shape == (7, 2)
     assert model_tr.nodes[LATENT_SITE]["fn"].batch_shape == (7,)
@@ -118,10 +122,13 @@ def test_decode_gives_the_likelihood_per_z():
         vae.decode(torch.zeros(3, 5))
 
 
-@pytest.mark.parametrize("bad, match", [
-    (torch.zeros(3, 7), r"expected x of shape \(batch, 6\), got \(3, 7\)"),
-    (torch.zeros(6), r"got \(6,\)"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.zeros(3, 7), r"expected x of shape \(batch, 6\), got \(3, 7\)"),
+        (torch.zeros(6), r"got \(6,\)"),
+    ],
+)
 def test_wrong_shape_is_a_clear_data_error(bad, match):
     with pytest.raises(DataError, match=match):
         small_vae().encode(bad)

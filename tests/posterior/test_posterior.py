@@ -376,7 +376,13 @@ def test_importance_resampling_warns_when_the_guide_is_too_narrow(tmp_path):
     guide = guide_posterior(vae, x[:2], 50)
     table = compare_posteriors(guide, data, names=("guide", "sir"))
     assert list(table.columns) == [
-        "guide_mean", "guide_sd", "sir_mean", "sir_sd", "sir_mcse_mean", "sir_ess", "sir_pareto_k",
+        "guide_mean",
+        "guide_sd",
+        "sir_mean",
+        "sir_sd",
+        "sir_mcse_mean",
+        "sir_ess",
+        "sir_pareto_k",
     ]
     np.testing.assert_allclose(table["sir_pareto_k"].to_numpy(), np.repeat(data.sample_stats.pareto_k.values, 2))
     np.testing.assert_allclose(table["sir_ess"].to_numpy(), np.repeat(data.sample_stats.ess.values, 2))
@@ -419,7 +425,9 @@ def test_gaps_match_their_closed_forms(corr_vae):
     tol = 0.01
     np.testing.assert_array_less(np.abs(gaps.log_px - log_px.numpy()), 4 * gaps.log_px_se + 1e-4)
     np.testing.assert_array_less(np.abs(gaps.approximation_gap - approx), 4 * gaps.approximation_gap_se + tol)
-    np.testing.assert_array_less(np.abs(gaps.amortization_gap - amort.detach().numpy()), 4 * gaps.amortization_gap_se + tol)
+    np.testing.assert_array_less(
+        np.abs(gaps.amortization_gap - amort.detach().numpy()), 4 * gaps.amortization_gap_se + tol
+    )
     assert gaps.index.tolist() == [5, 6]
     summary = gaps.mean()
     assert summary["num_points"] == 2 and math.isclose(summary["approximation_gap"], gaps.approximation_gap.mean())
@@ -437,6 +445,7 @@ def test_gaps_are_non_negative_for_a_trained_nonlinear_vae(tiny_binary):
     assert (gaps.amortization_gap > -3 * gaps.amortization_gap_se).all(), gaps.table()
     assert (gaps.elbo_local > gaps.elbo_amortized - 3 * gaps.amortization_gap_se).all()
     assert np.isfinite(gaps.log_px).all() and (gaps.log_px_ess > 100).all()
+
     # ...and not zero: a 2-D diagonal Gaussian cannot fit these posteriors, so the mean
     # approximation gap over the 12 points (about 0.17 nats here) exceeds 5 of its SE
     # (sqrt(sum se^2) / 12, ~0.005); gaps that are always 0 fail. So does the whole
@@ -447,7 +456,9 @@ def test_gaps_are_non_negative_for_a_trained_nonlinear_vae(tiny_binary):
 
     approx, approx_se = mean_and_se(gaps.approximation_gap, gaps.approximation_gap_se)
     assert approx > 5 * approx_se, (approx, approx_se)
-    inference, inference_se = mean_and_se(gaps.log_px - gaps.elbo_amortized, np.hypot(gaps.log_px_se, gaps.elbo_amortized_se))
+    inference, inference_se = mean_and_se(
+        gaps.log_px - gaps.elbo_amortized, np.hypot(gaps.log_px_se, gaps.elbo_amortized_se)
+    )
     assert inference > 5 * inference_se, (inference, inference_se)
 
 
@@ -480,7 +491,13 @@ def test_compare_table_and_gaussian_kl(corr_vae, corr_nuts):
     table = compare_posteriors(guide, corr_nuts)
     assert list(table.index) == ["z[3, 0]", "z[3, 1]", "z[7, 0]", "z[7, 1]"]
     assert list(table.columns) == [
-        "guide_mean", "guide_sd", "nuts_mean", "nuts_sd", "nuts_mcse_mean", "nuts_ess_bulk", "nuts_r_hat",
+        "guide_mean",
+        "guide_sd",
+        "nuts_mean",
+        "nuts_sd",
+        "nuts_mcse_mean",
+        "nuts_ess_bulk",
+        "nuts_r_hat",
     ]
     assert table.dtypes.eq(float).all()  # raw numbers, not ArviZ's rounded display strings
     np.testing.assert_allclose(table["guide_mean"], guide.posterior.z.mean(("chain", "draw")).values.ravel(), atol=1e-6)
@@ -530,10 +547,18 @@ def test_gaussian_kl_is_kl_of_the_guide_from_the_posterior_in_closed_form(corr_v
     kl = gaussian_kl(guide, reference).values  # (2,)
     loc, scale = corr_vae.encode(X_CORR)
     truth = gaussian_kl_closed(loc, scale, mean, cov).detach().numpy()  # KL(q || p) = 0.391
-    reverse = 0.5 * (  # KL(p || q) = 0.201: q diagonal with variances scale^2
-        (cov.diag() / scale**2).sum(-1) + (((mean - loc) / scale) ** 2).sum(-1) - 2
-        + 2 * scale.log().sum(-1) - torch.logdet(cov)
-    ).detach().numpy()
+    reverse = (
+        0.5
+        * (  # KL(p || q) = 0.201: q diagonal with variances scale^2
+            (cov.diag() / scale**2).sum(-1)
+            + (((mean - loc) / scale) ** 2).sum(-1)
+            - 2
+            + 2 * scale.log().sum(-1)
+            - torch.logdet(cov)
+        )
+        .detach()
+        .numpy()
+    )
     # sd of the estimate: sqrt(1.44 / 20000 + 1.69 / 20000) = 0.0125 nats (see above);
     # tolerance 4 SE = 0.05. The reverse direction is 15 SE away.
     se = math.sqrt(1.44 / 20_000 + 1.69 / 20_000)
@@ -666,7 +691,9 @@ def test_figures_show_the_draws_they_are_given(corr_guide, corr_nuts, tmp_path, 
     real_save = plots.save_png
     monkeypatch.setattr(plots, "save_png", lambda fig, path, **kw: (drawn.append(fig), real_save(fig, path, **kw)))
     guide = corr_guide
-    draws = {name: d.posterior.z.values.reshape(-1, 2, 2) for name, d in (("guide", guide), ("NUTS", corr_nuts))}  # (N, B, D)
+    draws = {
+        name: d.posterior.z.values.reshape(-1, 2, 2) for name, d in (("guide", guide), ("NUTS", corr_nuts))
+    }  # (N, B, D)
     plot_marginals([guide, corr_nuts], ["guide", "NUTS"], tmp_path / "m.png")
     plot_forest([guide, corr_nuts], ["guide", "NUTS"], tmp_path / "f.png")
     plot_latent_ellipses(guide, corr_nuts, tmp_path / "l.png")
@@ -697,7 +724,9 @@ def test_figures_show_the_draws_they_are_given(corr_guide, corr_nuts, tmp_path, 
         (points,) = ax.collections
         np.testing.assert_allclose(points.get_offsets(), draws["NUTS"][:, b], rtol=1e-6)
         patches = [p for p in ax.patches if isinstance(p, Ellipse)]
-        np.testing.assert_allclose([(p.width, p.height) for p in patches], [2 * k * sigma[b] for k in (1, 2)], rtol=1e-6)
+        np.testing.assert_allclose(
+            [(p.width, p.height) for p in patches], [2 * k * sigma[b] for k in (1, 2)], rtol=1e-6
+        )
         assert all(p.center == pytest.approx(tuple(mu[b])) for p in patches)
 
     three = ppca_vae(torch.randn(4, 3), torch.zeros(4), S)
@@ -716,8 +745,20 @@ def digits_run(tmp_path_factory) -> Path:
 
 
 def test_cli_inspect_writes_arviz_files_tables_and_figures(digits_run, capsys):
-    args = ["inspect", str(digits_run), "--index", "0", "4", "--method", "sir", "--samples", "40", "--chains", "2",
-            "--no-progress"]
+    args = [
+        "inspect",
+        str(digits_run),
+        "--index",
+        "0",
+        "4",
+        "--method",
+        "sir",
+        "--samples",
+        "40",
+        "--chains",
+        "2",
+        "--no-progress",
+    ]
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert "guide_mean" in out and "sir_mean" in out and "approximation_gap" in out
@@ -742,8 +783,21 @@ def test_cli_inspect_writes_arviz_files_tables_and_figures(digits_run, capsys):
     assert main(args) == 2
     assert "--overwrite" in capsys.readouterr().err
     # With --overwrite and --mcmc, NUTS replaces importance resampling (no stale sir.nc).
-    mcmc = ["inspect", str(digits_run), "--index", "3", "--mcmc", "--samples", "20", "--warmup", "20",
-            "--chains", "2", "--overwrite", "--no-progress"]
+    mcmc = [
+        "inspect",
+        str(digits_run),
+        "--index",
+        "3",
+        "--mcmc",
+        "--samples",
+        "20",
+        "--warmup",
+        "20",
+        "--chains",
+        "2",
+        "--overwrite",
+        "--no-progress",
+    ]
     assert main(mcmc) == 0
     out = capsys.readouterr().out
     assert "NUTS" in out and "s per data point" in out and "nuts_r_hat" in out
@@ -771,7 +825,10 @@ def test_example_runs_in_smoke_mode(tmp_path):
     # One intra-op thread, as in the rest of this file: the smoke run's tensors are tiny.
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "inspect_with_arviz.py"), "--smoke", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr
     assert "guide_mean" in proc.stdout and "amortization_gap" in proc.stdout
@@ -784,7 +841,10 @@ def test_gaps_benchmark_runs_in_smoke_mode(tmp_path):
     out = tmp_path / "gaps.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gaps.py"), "--smoke", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(out.read_text())

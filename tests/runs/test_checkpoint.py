@@ -82,7 +82,10 @@ def test_a_hand_edited_config_is_refused_by_its_checksum(tmp_path):
 @pytest.mark.parametrize(
     "damage, match",
     [
-        (lambda d: (d / WEIGHTS_FILE).write_bytes(b"\x00" * 10), "model.safetensors' does not match its checksum.*--resume"),
+        (
+            lambda d: (d / WEIGHTS_FILE).write_bytes(b"\x00" * 10),
+            "model.safetensors' does not match its checksum.*--resume",
+        ),
         (lambda d: (d / WEIGHTS_FILE).unlink(), "saved no weights"),
         (lambda d: (d / CONFIG_FILE).write_text("{not json"), "config.json' does not match its checksum"),
         (lambda d: (d / CONFIG_FILE).unlink(), "not a pyro-vae run directory"),

@@ -319,8 +319,16 @@ def test_leftover_temporary_files_never_block_and_are_removed(tmp_path, data_fil
     assert clean_strays(run) == [".summary.json.livelive.tmp"]
 
 
-FILES = ("config.json", "model.safetensors", "training_state.pt", "metrics.csv", "summary.json", *FIGURES,
-         "evaluation.json", MANIFEST)
+FILES = (
+    "config.json",
+    "model.safetensors",
+    "training_state.pt",
+    "metrics.csv",
+    "summary.json",
+    *FIGURES,
+    "evaluation.json",
+    MANIFEST,
+)
 
 
 @pytest.fixture(scope="module")

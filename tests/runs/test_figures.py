@@ -30,8 +30,10 @@ def drawn(monkeypatch):
 def _tiles(grid: np.ndarray, h: int, w: int) -> list[list[np.ndarray]]:
     """The (h, w) tiles of an image grid with a 1-pixel gap around every tile."""
     rows, cols = (grid.shape[0] - 1) // (h + 1), (grid.shape[1] - 1) // (w + 1)
-    return [[grid[1 + i * (h + 1) : 1 + i * (h + 1) + h, 1 + j * (w + 1) : 1 + j * (w + 1) + w] for j in range(cols)]
-            for i in range(rows)]
+    return [
+        [grid[1 + i * (h + 1) : 1 + i * (h + 1) + h, 1 + j * (w + 1) : 1 + j * (w + 1) + w] for j in range(cols)]
+        for i in range(rows)
+    ]
 
 
 def test_history_plots_the_training_loss_and_the_validation_nelbo(tmp_path, drawn):

@@ -71,8 +71,10 @@ def test_method_defaults_by_z_dim_and_each_method_writes_its_reference(runs, tmp
 def test_bad_method_and_rows_give_one_line_and_exit_2(runs, tmp_path, capsys):
     out = ["--out", str(tmp_path / "o"), "--no-progress"]
     cases = [
-        (["inspect", str(runs[3]), "--index", "0", "--method", "grid", *out],
-         "at most 2 dimensions, this model has z_dim=3: use --method nuts or sir"),
+        (
+            ["inspect", str(runs[3]), "--index", "0", "--method", "grid", *out],
+            "at most 2 dimensions, this model has z_dim=3: use --method nuts or sir",
+        ),
         (["inspect", str(runs[3]), "--all", "--method", "grid", *out], "z_dim=3"),
         (["inspect", str(runs[2]), "--rows", "3-5", *out], "--rows must look like A:B (e.g. 0:500), got '3-5'"),
         (["inspect", str(runs[2]), "--rows", "5:5", *out], "--rows 5:5 selects no row of the 12"),
@@ -97,8 +99,20 @@ def test_all_writes_the_survey_of_the_whole_split(runs, tmp_path, capsys):
     assert sorted(p.name for p in folder.iterdir()) == sorted(SURVEY_FILES)
     table = pd.read_csv(folder / "survey.csv", index_col="point")
     assert list(table.index) == list(range(12))
-    for column in ("log_px", "elbo", "gap", "kl", "mean_error_0", "mean_error_1", "sd_ratio_0", "sd_ratio_1",
-                   "max_abs_mean_error", "min_sd_ratio", "max_sd_ratio", "quadrature_error"):
+    for column in (
+        "log_px",
+        "elbo",
+        "gap",
+        "kl",
+        "mean_error_0",
+        "mean_error_1",
+        "sd_ratio_0",
+        "sd_ratio_1",
+        "max_abs_mean_error",
+        "min_sd_ratio",
+        "max_sd_ratio",
+        "quadrature_error",
+    ):
         assert column in table, column
     # The grid is exact: the gap log p(x) - ELBO is KL(q || p), non-negative.
     np.testing.assert_allclose(table["gap"], table["kl"], atol=1e-9)
@@ -115,8 +129,21 @@ def test_all_writes_the_survey_of_the_whole_split(runs, tmp_path, capsys):
 
 def test_rows_of_the_val_split_with_labels_and_sir(runs, tmp_path, capsys):
     folder = tmp_path / "rows"
-    args = ["inspect", str(runs[3]), "--rows", "5:13", "--split", "val", "--samples", "50", "--chains", "2",
-            "--out", str(folder), "--no-progress"]
+    args = [
+        "inspect",
+        str(runs[3]),
+        "--rows",
+        "5:13",
+        "--split",
+        "val",
+        "--samples",
+        "50",
+        "--chains",
+        "2",
+        "--out",
+        str(folder),
+        "--no-progress",
+    ]
     assert main(args) == 0
     assert "against sir for 8 points" in capsys.readouterr().out
     table = pd.read_csv(folder / "survey.csv", index_col="point")

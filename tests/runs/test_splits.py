@@ -24,8 +24,14 @@ def sets(tmp_path_factory):
     """Digits as a benchmark set would come: one .npz with train/valid/test and labels."""
     folder = tmp_path_factory.mktemp("sets")
     x, y = load_dataset("digits", val_fraction=0.1).train, load_dataset("digits", val_fraction=0.1).train_labels
-    np.savez(folder / "sets.npz", train=x[:300], train_labels=y[:300], valid=x[300:340], test=x[340:400],
-             test_labels=y[340:400])
+    np.savez(
+        folder / "sets.npz",
+        train=x[:300],
+        train_labels=y[:300],
+        valid=x[300:340],
+        test=x[340:400],
+        test_labels=y[340:400],
+    )
     np.save(folder / "train.npy", x[:300])
     np.save(folder / "valid.npy", x[300:340])
     np.save(folder / "test.npy", x[340:400].reshape(60, 8, 8))
@@ -77,7 +83,10 @@ def test_train_on_named_splits_then_evaluate_the_test_split_from_anywhere(sets, 
     report = json.loads((run / "evaluation.json").read_text())
     assert report["split"] == "test" and report["num_points"] == 60
     # Any compatible data and split.
-    assert main(["evaluate", str(run), "--iw-samples", "5", "--data", str(sets / "train.npy"), "--split", "validation"]) == 0
+    assert (
+        main(["evaluate", str(run), "--iw-samples", "5", "--data", str(sets / "train.npy"), "--split", "validation"])
+        == 0
+    )
     report = json.loads((run / "evaluation.json").read_text())
     assert report["split"] == "validation" and report["num_points"] == 30 and report["data"] == str(sets / "train.npy")
     assert main(["evaluate", str(run), "--data", str(sets / "train.npy"), "--split", "test"]) == 2
@@ -116,7 +125,9 @@ def test_keep_best_keeps_the_best_validation_epoch_and_resume_reproduces_it(sets
 
     config, vae = load_run(straight)
     data = load_data(config)
-    val_elbo = evaluate_elbo(vae, torch.from_numpy(data.val), seed=config.train.seed, transform=make_transform(config, vae))
+    val_elbo = evaluate_elbo(
+        vae, torch.from_numpy(data.val), seed=config.train.seed, transform=make_transform(config, vae)
+    )
     assert val_elbo == pytest.approx(best["val_elbo"], abs=1e-4)
     # Interrupted after 4 epochs and resumed to 8: the same history and the same kept model.
     assert main(["train", "--epochs", "4", "--out", str(split), *flags]) == 0

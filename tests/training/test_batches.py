@@ -56,8 +56,15 @@ def test_fit_on_mapped_rows_trains_exactly_like_the_tensor(grey_file, prefetch):
         as_input = (lambda x: x) if data.mapped else torch.from_numpy
         torch.manual_seed(0)
         vae = build_vae(ModelConfig(x_dim=12, z_dim=2, hidden=(8,)))
-        history = fit(vae, as_input(data.train), as_input(data.val), config, progress=False, prefetch=prefetch,
-                      transform=lambda x: binarize(x / 255, "dynamic"))
+        history = fit(
+            vae,
+            as_input(data.train),
+            as_input(data.val),
+            config,
+            progress=False,
+            prefetch=prefetch,
+            transform=lambda x: binarize(x / 255, "dynamic"),
+        )
         return [(h.train_loss, h.val_elbo) for h in history], vae.state_dict()
 
     (history_memory, state_memory), (history_mapped, state_mapped) = train("memory"), train("mapped")
@@ -79,7 +86,14 @@ def test_fit_reads_each_training_row_once_per_epoch(grey_file):
     train = data.train
     recording = Recording(train._array, scale=255.0, index=train._index, file=train.file)
     vae = build_vae(ModelConfig(x_dim=12, z_dim=2, hidden=(8,)))
-    fit(vae, recording, None, TrainConfig(epochs=1, batch_size=32), progress=False, transform=lambda x: binarize(x, "dynamic"))
+    fit(
+        vae,
+        recording,
+        None,
+        TrainConfig(epochs=1, batch_size=32),
+        progress=False,
+        transform=lambda x: binarize(x, "dynamic"),
+    )
     assert sorted(np.concatenate(read).tolist()) == list(range(len(train)))
 
 

@@ -50,8 +50,16 @@ def _torchrun(args: list[str], timeout: float) -> tuple[subprocess.CompletedProc
         env["GLOO_SOCKET_IFNAME"] = "lo"  # keep Gloo's pairs on loopback
     for _ in range(3):  # another process may take the free port before torchrun binds it
         cmd = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *args,
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(_free_port()),
+            *args,
         ]
         start = time.perf_counter()
         result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -103,8 +111,15 @@ def _halves_fit(batch_size: int) -> tuple[torch.nn.Module, list[float]]:
     torch.manual_seed(11)
     vae = build_vae(ModelConfig(x_dim=8, z_dim=2, hidden=(6,)))
     config = TrainConfig(epochs=2, batch_size=batch_size, seed=3)
-    history = fit(vae, x, None, config, objective=PerDatumSeeded(), optimizer=torch.optim.SGD(vae.parameters(), lr=0.05),
-                  progress=False)
+    history = fit(
+        vae,
+        x,
+        None,
+        config,
+        objective=PerDatumSeeded(),
+        optimizer=torch.optim.SGD(vae.parameters(), lr=0.05),
+        progress=False,
+    )
     return vae, [h.train_loss for h in history]
 
 
@@ -163,9 +178,17 @@ def test_one_rank_group_trains_exactly_like_one_process(tmp_path, tiny_binary):
         vae = build_vae(model)
         optimizer = torch.optim.Adam(vae.parameters(), lr=config.lr)
         # Two calls on the same model, as a resume does: the first call's DDP is gone.
-        history = fit(vae, tiny_binary[:48], tiny_binary[48:], TrainConfig(epochs=1, batch_size=16, seed=4),
-                      optimizer=optimizer, progress=False)
-        history = fit(vae, tiny_binary[:48], tiny_binary[48:], config, optimizer=optimizer, history=history, progress=False)
+        history = fit(
+            vae,
+            tiny_binary[:48],
+            tiny_binary[48:],
+            TrainConfig(epochs=1, batch_size=16, seed=4),
+            optimizer=optimizer,
+            progress=False,
+        )
+        history = fit(
+            vae, tiny_binary[:48], tiny_binary[48:], config, optimizer=optimizer, history=history, progress=False
+        )
         return _param_hash(vae), [(h.train_loss, h.val_elbo) for h in history]
 
     plain = run()
@@ -237,12 +260,23 @@ def test_two_ranks_train_resume_and_match_one_process(tmp_path):
     assert len(first_epoch[0]) == len(first_epoch[1]) == 30 and not first_epoch[0] & first_epoch[1]
     assert first_epoch[0] | first_epoch[1] == set(range(60)) and all(len(r["mapped"]["read"]) == 6 for r in reports)
     for r in reports:
-        assert r["mapped"]["histories"]["mapped"] == r["mapped"]["histories"]["memory"] == reports[0]["mapped"]["histories"]["memory"]
+        assert (
+            r["mapped"]["histories"]["mapped"]
+            == r["mapped"]["histories"]["memory"]
+            == reports[0]["mapped"]["histories"]["memory"]
+        )
 
     # Only rank 0 wrote run files; a second `train --out RUN` failed on both ranks.
     assert reports[1]["writes"] == []
     written = {Path(p).name for p in reports[0]["writes"]}
-    assert {"config.json", "model.safetensors", "training_state.pt", "metrics.csv", "summary.json", "loss.png"} <= written
+    assert {
+        "config.json",
+        "model.safetensors",
+        "training_state.pt",
+        "metrics.csv",
+        "summary.json",
+        "loss.png",
+    } <= written
 
     # 2 processes x batch B/2 == 1 process x batch B, with the noise fixed per data point
     # (four SGD steps; float32, so a tolerance a little above rounding)...
@@ -304,7 +338,11 @@ def test_scaling_benchmark_smoke(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--smoke", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -384,7 +422,12 @@ def _component_runs(rank: int) -> list[dict]:
 
     x = _halves_data()
     runs = []
-    for field, table in (("prior", build.PRIORS), ("guide", build.GUIDES), ("likelihood", build.LIKELIHOODS), ("elbo", objectives.OBJECTIVES)):
+    for field, table in (
+        ("prior", build.PRIORS),
+        ("guide", build.GUIDES),
+        ("likelihood", build.LIKELIHOODS),
+        ("elbo", objectives.OBJECTIVES),
+    ):
         for name in sorted(table):
             model = ModelConfig(x_dim=8, z_dim=2, hidden=(6,), prior_components=3)
             train = TrainConfig(epochs=1, batch_size=4, particles=2, seed=1)
@@ -474,13 +517,21 @@ def _worker_main(out: Path) -> None:
     halves, halves_losses = _halves_fit(batch_size=8)  # per process: global batch 16
     torch.save(halves.state_dict(), out / f"halves-{rank}.pt")
     grads = _first_step_gradients(
-        _halves_data()[:16][rank::2], 32,
+        _halves_data()[:16][rank::2],
+        32,
         replica=lambda vae: parallel.DataParallel(vae, PerDatumSeeded(), _halves_data()[:2], 32),
     )
     torch.save(grads, out / f"grads-{rank}.pt")
     components = _component_runs(rank)
-    report = {"hashes": _Recording.hashes, "after_fit": after_fit, "writes": sorted(set(writes)), "status": status,
-              "components": components, "halves_losses": halves_losses, "mapped": _mapped_runs(out)}
+    report = {
+        "hashes": _Recording.hashes,
+        "after_fit": after_fit,
+        "writes": sorted(set(writes)),
+        "status": status,
+        "components": components,
+        "halves_losses": halves_losses,
+        "mapped": _mapped_runs(out),
+    }
     (out / f"report-{rank}.json").write_text(json.dumps(report))
     distributed.barrier()
     distributed.exit_process(0)

@@ -107,8 +107,17 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, dig
 def test_run_directory_contents(tmp_path, digits_npy):
     result = train_run(small_config(str(digits_npy), epochs=2), tmp_path / "run", progress=False)
     names = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"config.json", "model.safetensors", "training_state.pt", "metrics.csv", "summary.json",
-            "loss.png", "reconstructions.png", "samples.png", "latent.png"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "training_state.pt",
+        "metrics.csv",
+        "summary.json",
+        "loss.png",
+        "reconstructions.png",
+        "samples.png",
+        "latent.png",
+    } <= names
     assert not [n for n in names if n.endswith(".tmp")]
     assert result.config.model.x_dim == 64
     assert math.isfinite(result.val_elbo)
@@ -157,18 +166,35 @@ def test_fit_weights_the_kl_term_by_the_schedule_in_every_epoch_and_after_a_resu
     objective = _Recording()
     ends: list[int] = []
     vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(8,)))
-    fit(vae, tiny_binary, config=config, objective=objective, progress=False,
-        on_epoch_end=lambda h: ends.append(len(objective.calls)))
+    fit(
+        vae,
+        tiny_binary,
+        config=config,
+        objective=objective,
+        progress=False,
+        on_epoch_end=lambda h: ends.append(len(objective.calls)),
+    )
     assert len(objective.calls) == 5 * 4  # 64 rows in batches of 16: 4 steps per epoch
     per_epoch = _betas_per_epoch(ends, objective.calls)
     assert [sorted(s) for s in per_epoch] == [pytest.approx(sorted(s), rel=1e-12) for s in expected]
 
     # Resumed after epoch 2 (the history carries the epoch count): epochs 3-5 weigh as above.
     resumed, ends = _Recording(), []
-    history = fit(build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(8,))), tiny_binary,
-                  config=TrainConfig(epochs=2, batch_size=16, beta=2.0, kl_warmup=3), progress=False)
-    fit(vae, tiny_binary, config=config, objective=resumed, history=history, progress=False,
-        on_epoch_end=lambda h: ends.append(len(resumed.calls)))
+    history = fit(
+        build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(8,))),
+        tiny_binary,
+        config=TrainConfig(epochs=2, batch_size=16, beta=2.0, kl_warmup=3),
+        progress=False,
+    )
+    fit(
+        vae,
+        tiny_binary,
+        config=config,
+        objective=resumed,
+        history=history,
+        progress=False,
+        on_epoch_end=lambda h: ends.append(len(resumed.calls)),
+    )
     assert [sorted(s) for s in _betas_per_epoch(ends, resumed.calls)] == [
         pytest.approx(sorted(s), rel=1e-12) for s in expected[2:]
     ]
@@ -177,12 +203,15 @@ def test_fit_weights_the_kl_term_by_the_schedule_in_every_epoch_and_after_a_resu
 def test_the_reported_loss_is_affine_in_the_kl_weight_with_the_kl_as_slope(tiny_binary):
     """fit's reported loss is reconstruction + beta x KL on the same draws: a loss that
     ignored beta would not move with it."""
+
     def first_epoch_loss(beta: float) -> float:
         torch.manual_seed(0)
         vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(8,)))
         # One step over all 64 rows; its loss is computed before the step, so every beta
         # sees the same model and (same seed) the same eps.
-        return fit(vae, tiny_binary, config=TrainConfig(epochs=1, batch_size=64, beta=beta), progress=False)[0].train_loss
+        return fit(vae, tiny_binary, config=TrainConfig(epochs=1, batch_size=64, beta=beta), progress=False)[
+            0
+        ].train_loss
 
     l1, l2, l3 = (first_epoch_loss(b) for b in (1.0, 2.0, 3.0))
     slope = l2 - l1  # the Monte Carlo KL term, mean over points of log q(z|x) - log p(z)
@@ -319,9 +348,14 @@ def test_fit_stops_at_the_epoch_early_stopping_names(tiny_binary, monkeypatch):
         scores = iter([-5.0, -4.0, -4.5, -4.2, -4.1, -4.3])
         monkeypatch.setattr(loop, "evaluate_elbo", lambda *a, **k: next(scores))
         seen: list[int] = []
-        history = fit(build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,))), tiny_binary, tiny_binary[:8],
-                      TrainConfig(epochs=6, batch_size=64, patience=patience), progress=False,
-                      on_epoch_end=lambda h: seen.append(len(h)))
+        history = fit(
+            build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,))),
+            tiny_binary,
+            tiny_binary[:8],
+            TrainConfig(epochs=6, batch_size=64, patience=patience),
+            progress=False,
+            on_epoch_end=lambda h: seen.append(len(h)),
+        )
         assert [h.epoch for h in history] == list(range(1, epochs_run + 1)), patience
         assert seen == list(range(1, epochs_run + 1))
         assert [h.val_elbo for h in history] == [-5.0, -4.0, -4.5, -4.2, -4.1, -4.3][:epochs_run]
