@@ -135,6 +135,23 @@ class MLP(nn.Module):
         return self.layers(x)
 
 
+def _conv_image_shape(image_shape: Sequence[int], channels: Sequence[int], activation: str) -> tuple[int, int]:
+    """``(H, W)`` of a convolutional network's images, after checking its arguments.
+
+    Raises:
+        ConfigError: An unknown activation, an image smaller than 2 x 2, or no layer.
+    """
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+    if len(image_shape) != 2 or min(image_shape) < 2:
+        raise ConfigError(
+            f"a convolutional network needs an image shape (H, W) of at least 2 x 2, got {tuple(image_shape)}"
+        )
+    if not channels or min(channels) < 1:
+        raise ConfigError(f"a convolutional network needs at least one layer of >= 1 channels, got {list(channels)}")
+    return (int(image_shape[0]), int(image_shape[1]))
+
+
 def _conv_sizes(size: int, layers: int) -> list[int]:
     """Spatial sizes after each stride-2 convolution (kernel 3, padding 1): ``ceil(s / 2)``."""
     sizes = [size]
@@ -163,17 +180,7 @@ class ConvEncoder(nn.Module):
 
     def __init__(self, image_shape: Sequence[int], channels: Sequence[int], activation: str = "relu") -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
-        if len(image_shape) != 2 or min(image_shape) < 2:
-            raise ConfigError(
-                f"a convolutional network needs an image shape (H, W) of at least 2 x 2, got {tuple(image_shape)}"
-            )
-        if not channels or min(channels) < 1:
-            raise ConfigError(
-                f"a convolutional network needs at least one layer of >= 1 channels, got {list(channels)}"
-            )
-        self.image_shape = (int(image_shape[0]), int(image_shape[1]))
+        self.image_shape = _conv_image_shape(image_shape, channels, activation)
         layers: list[nn.Module] = []
         width = 1
         for c in channels:
@@ -215,17 +222,7 @@ class ConvDecoder(nn.Module):
         self, in_features: int, image_shape: Sequence[int], channels: Sequence[int], activation: str = "relu"
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
-        if len(image_shape) != 2 or min(image_shape) < 2:
-            raise ConfigError(
-                f"a convolutional network needs an image shape (H, W) of at least 2 x 2, got {tuple(image_shape)}"
-            )
-        if not channels or min(channels) < 1:
-            raise ConfigError(
-                f"a convolutional network needs at least one layer of >= 1 channels, got {list(channels)}"
-            )
-        self.image_shape = (int(image_shape[0]), int(image_shape[1]))
+        self.image_shape = _conv_image_shape(image_shape, channels, activation)
         self.sizes = list(
             zip(
                 _conv_sizes(self.image_shape[0], len(channels)),
