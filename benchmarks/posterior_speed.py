@@ -10,12 +10,12 @@ process, on models it trains itself (small budgets):
   speed is the old code's) on the first ``--baseline-points`` of them, 500 draws and
   500 warm-up steps x 4 chains as in the issue; then every block size of
   ``--block-sizes`` with the chains batched, and the largest with the chains run one
-  after the other, all with the target's draws (750 + 250 warm-up x 4 chains). The
-  target: minimum bulk ESS >= 400 and R-hat <= 1.01 for every point, in under 60 s,
+  after the other (unless ``--no-in-turn``), all with the same draws (default 750 +
+  250 warm-up x 4 chains: ``--draws``, ``--warmup``). The target: minimum bulk ESS >= 400 and R-hat <= 1.01 for every point, in under 60 s,
   at >= 15 times the per-point rate of effective draws per second.
 - **MNIST, z_dim = 10** (``--data-dir`` or ``PYRO_VAE_DATA_DIR``): 100 test points,
-  150 + 150 draws x 4 chains for every run (a decoder pass costs 5 times the digits
-  model's); target >= 10 times the per-point rate.
+  150 + 150 draws x 4 chains for every run by default (``--mnist-draws``,
+  ``--mnist-warmup``; a decoder pass costs 5 times the digits model's); target >= 10 times the per-point rate.
 
 For every run: wall time, effective draws per second (the sum over points of each
 point's smallest bulk ESS, over the run's time), ESS per second per point (the
@@ -86,6 +86,13 @@ def main() -> None:
         default=[25, 100],
         metavar="B",
         help="MNIST block sizes (default: 25 100)",
+    )
+    parser.add_argument("--draws", type=int, default=750, help="digits: draws kept per chain (default: 750)")
+    parser.add_argument("--warmup", type=int, default=250, help="digits: warm-up steps per chain (default: 250)")
+    parser.add_argument("--mnist-draws", type=int, default=150, help="MNIST: draws kept per chain (default: 150)")
+    parser.add_argument("--mnist-warmup", type=int, default=150, help="MNIST: warm-up steps per chain (default: 150)")
+    parser.add_argument(
+        "--no-in-turn", action="store_true", help="skip the digits run with the chains one after the other"
     )
     parser.add_argument("--skip-mnist", action="store_true", help="only the digits model")
     parser.add_argument(
@@ -390,12 +397,13 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
                     model,
                     base={"points": args.baseline_points, "draws": 500, "warmup": 500},
                     block_sizes=args.block_sizes,
-                    draws=750,
-                    warmup=250,
+                    draws=args.draws,
+                    warmup=args.warmup,
                     chains=4,
                     seed=args.seed,
                     target_speedup=15.0,
                     target={"seconds": 60.0, "min_ess_bulk": 400.0, "max_r_hat": 1.01},
+                    in_turn=not args.no_in_turn,
                 ),
                 where,
             )
@@ -411,8 +419,8 @@ def run(args: argparse.Namespace, device: torch.device) -> dict:
                 model,
                 base={"points": max(1, args.baseline_points - 3), "draws": 150, "warmup": 150},
                 block_sizes=args.mnist_block_sizes,
-                draws=150,
-                warmup=150,
+                draws=args.mnist_draws,
+                warmup=args.mnist_warmup,
                 chains=4,
                 seed=args.seed,
                 target_speedup=10.0,

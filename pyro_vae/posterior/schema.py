@@ -158,6 +158,14 @@ def write_netcdf(data: ArvizData, path: str | os.PathLike) -> None:
     data.to_netcdf(str(path), encoding=encoding)
 
 
+def _library_version() -> str:
+    """pyro_vae's installed version, or ``"unknown"`` when it runs from a source tree never installed."""
+    try:
+        return metadata.version("pyro_vae")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _attrs(inference: str, **extra: Any) -> dict[str, Any]:
     return {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -166,7 +174,7 @@ def _attrs(inference: str, **extra: Any) -> dict[str, Any]:
         "inference_library": "pyro",
         "inference_library_version": pyro.__version__,
         "creation_library": "pyro_vae",
-        "creation_library_version": metadata.version("pyro_vae"),
+        "creation_library_version": _library_version(),
         "inference": inference,
         **extra,
     }

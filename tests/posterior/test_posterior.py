@@ -179,6 +179,18 @@ def test_guide_posterior_has_arviz_groups_dims_and_coords(corr_vae):
         assert list(attrs["sample_dims"]) == ["chain", "draw"]
 
 
+def test_data_from_an_uninstalled_source_tree_names_an_unknown_version(corr_vae, monkeypatch):
+    # Run from a checkout on PYTHONPATH, without pip install: no package metadata.
+    from importlib import metadata
+
+    def missing(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", missing)
+    data = guide_posterior(corr_vae, X_CORR, 5)
+    assert data.attrs["creation_library_version"] == "unknown"
+
+
 def test_predictive_and_prior_draws_follow_the_model(corr_vae):
     # The PPCA: z ~ N(0, I) and x | z ~ N(W z + b, s^2 I), so x ~ N(b, W W^T + s^2 I).
     data = guide_posterior(corr_vae, X_CORR, 2000, num_chains=2, index=[3, 7])
