@@ -405,7 +405,7 @@ def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     from .runs.inspect import (
         check_outputs,
         inspect_points,
-        load_points,
+        load_inputs,
         write_inspection,
     )
 
@@ -439,6 +439,8 @@ def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
             surveyed, out, images=x.cpu().numpy(), image_shape=config.data.image_shape or None, overwrite=args.overwrite
         )
         table = surveyed.points
+        if config.model.condition != "none":
+            say(_conditioned_on(config))
         with pd.option_context(
             "display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format
         ):
@@ -455,7 +457,7 @@ def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
         say(f"wrote {', '.join(p.name for p in written)} to {out}")
         return
     out = check_outputs(out_dir, overwrite=args.overwrite)  # before the long part
-    config, vae, x, split = load_points(args.run_dir, args.index, split=args.split, seed=args.seed)
+    config, vae, x, split, y = load_inputs(args.run_dir, args.index, split=args.split, seed=args.seed)
     seed = config.train.seed if args.seed is None else args.seed
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ImportanceSamplingWarning)
@@ -469,6 +471,7 @@ def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
             warmup_steps=args.warmup,
             seed=seed,
             progress=not args.no_progress,
+            y=y,
         )
     for w in caught:  # the verdict on the importance weights as one line; anything else as Python shows it
         if issubclass(w.category, ImportanceSamplingWarning):
@@ -478,10 +481,18 @@ def _cmd_inspect(args: argparse.Namespace, say: Callable[[str], None]) -> None:
     written = write_inspection(found, out, overwrite=args.overwrite)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.3f}".format):
         say(f"rows {' '.join(map(str, args.index))} of the {split} split of {config.data.data!r}")
+        if y is not None:
+            say(_conditioned_on(config))
         say(found.describe_reference())
         say(found.table.to_string())
         say(found.points.to_string())
     say(f"wrote {', '.join(p.name for p in written)} to {out}")
+
+
+def _conditioned_on(config: RunConfig) -> str:
+    if config.model.condition == "labels":
+        return "given each row's label y: q(z|x, y) against p(z|x, y)"
+    return "given each row's label y (the classifier's guess where the data has none): q(z|x, y) against p(z|x, y)"
 
 
 _COMMANDS = {

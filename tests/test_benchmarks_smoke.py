@@ -1,4 +1,4 @@
-"""Smoke runs of benchmarks/speed.py, quality.py and data_scale.py (tiny sizes, generated data),
+"""Smoke runs of benchmarks/speed.py, quality.py, data_scale.py and families.py (tiny sizes, generated data),
 and the reference VAE's equivalence to pyro_vae's estimator.
 
 The benchmarks themselves are not tests; these check that they run end to end and write
@@ -123,3 +123,21 @@ def test_data_scale_smoke(tmp_path):
     assert rows[-1]["VmHWM_sum_mb"] >= rows[-1]["VmHWM_mb"] and rows[0]["vs_memory"] > 0
     assert "| peak RSS / process |" in (tmp_path / "data_scale.md").read_text()
     assert not any((tmp_path / "data").iterdir())  # the generated data is deleted
+
+
+def test_families_smoke(tmp_path):
+    stdout = _run("families.py", "--smoke", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "families.json").read_text())
+    m2, layers = report["experiments"]["m2"], report["experiments"]["two_layer"]
+    # M2: a learning curve of test errors, one per epoch.
+    assert [row["epoch"] for row in m2["curve"]] == [1, 2]
+    assert all(0.0 <= row["test_error"] <= 1.0 for row in m2["curve"])
+    assert m2["labelled"] == 20 and m2["alpha"] > 0
+    # Both depths trained for the same epochs; IWAE log p(x) bounds the ELBO from above.
+    one, two = layers["models"]["one_layer"], layers["models"]["two_layer"]
+    assert one["train"]["epochs"] == two["train"]["epochs"] == 2
+    for model in (one, two):
+        assert model["test_log_px"] >= model["test_elbo"]
+    assert "M2, 20 labels" in (tmp_path / "families.md").read_text()
+    assert (tmp_path / "families.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote" in stdout

@@ -37,7 +37,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..data.transforms import BatchTransform
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..model.vae import LATENT_SITE, VAE, local_params
 from ..seeding import forked_rng
 
@@ -65,6 +65,8 @@ __all__ = [
     "logmeanexp_chunks",
     "draw_width",
     "chunk_plan",
+    "given",
+    "take_rows",
     "SampleShape",
 ]
 
@@ -307,7 +309,7 @@ class ModelDensities(NamedTuple):
     log_prior: torch.Tensor
 
 
-def model_densities(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> ModelDensities:
+def model_densities(vae: VAE, z: torch.Tensor, x: torch.Tensor, **program_kwargs: Any) -> ModelDensities:
     """``log p(x | z)`` and ``log p(z)`` at given latents, from the model's trace.
 
     The model runs conditioned on ``z`` (masks and scales as the program says);
@@ -317,6 +319,8 @@ def model_densities(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> ModelDensitie
         vae: The model.
         z: Latents of shape ``(..., B, z_dim)``.
         x: Data of shape ``(B, x_dim)``.
+        **program_kwargs: Further keyword arguments of ``vae.model`` (a conditional
+            model's ``y``, one per row).
 
     Returns:
         :class:`ModelDensities`, each of shape ``(..., B)``.
@@ -334,7 +338,7 @@ def model_densities(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> ModelDensitie
     flat = z.reshape(-1, batch, vae.z_dim)  # (K, B, z_dim)
     shape = torch.Size(flat.shape[:2])
     with local_params(), pyro.plate(PARTICLE_PLATE, flat.shape[0], dim=-2):
-        trace = poutine.trace(poutine.condition(vae.model, data={LATENT_SITE: flat})).get_trace(x)
+        trace = poutine.trace(poutine.condition(vae.model, data={LATENT_SITE: flat})).get_trace(x, **program_kwargs)
     trace.compute_log_prob()
 
     # Conditioning marks the latent site observed: it still counts as the prior's.
@@ -346,7 +350,7 @@ def model_densities(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> ModelDensitie
     return ModelDensities(observed.reshape(leading + (batch,)), latent.reshape(leading + (batch,)))
 
 
-def log_joint(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def log_joint(vae: VAE, z: torch.Tensor, x: torch.Tensor, **program_kwargs: Any) -> torch.Tensor:
     """``log p(x, z)``: the model's log-density with its latent site set to ``z``.
 
     The unnormalised log posterior density of z given x: the sum of
@@ -356,6 +360,7 @@ def log_joint(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         vae: The model.
         z: Latents of shape ``(..., B, z_dim)``.
         x: Data of shape ``(B, x_dim)``.
+        **program_kwargs: Further keyword arguments of ``vae.model`` (``y``).
 
     Returns:
         Tensor of shape ``(..., B)``.
@@ -367,16 +372,17 @@ def log_joint(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         >>> log_joint(vae, torch.zeros(5, 3, 2), torch.ones(3, 6)).shape
         torch.Size([5, 3])
     """
-    densities = model_densities(vae, z, x)
+    densities = model_densities(vae, z, x, **program_kwargs)
     return densities.log_likelihood + densities.log_prior
 
 
-def other_latents(vae: VAE, x: torch.Tensor) -> list[str]:
+def other_latents(vae: VAE, x: torch.Tensor, **program_kwargs: Any) -> list[str]:
     """The model's sample sites that setting ``z`` leaves random (neither observed nor ``z``).
 
     :func:`log_joint` is the density of p(z | x) only when this is empty: a second
     latent layer, or labels missing under ``obs_mask``, would be drawn afresh at every
-    evaluation.
+    evaluation. ``program_kwargs`` are the model's further keyword arguments for the
+    rows of ``x`` (a semi-supervised model given every label has none).
 
     Example:
         >>> from pyro_vae.model.build import build_vae
@@ -386,23 +392,36 @@ def other_latents(vae: VAE, x: torch.Tensor) -> list[str]:
     """
     z = torch.zeros(1, x.shape[0], vae.z_dim, dtype=x.dtype, device=x.device)
     with torch.no_grad(), local_params(), pyro.plate(PARTICLE_PLATE, 1, dim=-2):
-        trace = poutine.trace(poutine.condition(vae.model, data={LATENT_SITE: z})).get_trace(x)
+        trace = poutine.trace(poutine.condition(vae.model, data={LATENT_SITE: z})).get_trace(x, **program_kwargs)
     return [
         name
         for name, site in trace.nodes.items()
-        if site["type"] == "sample" and not site_is_subsample(site) and not site["is_observed"]
+        if site["type"] == "sample" and not site_is_subsample(site) and not site["is_observed"] and _counts(site)
     ]
 
 
-def check_only_latent(vae: VAE, x: torch.Tensor, method: str) -> None:
+def _counts(site: dict) -> bool:
+    """Whether a site's log-density counts for some row: not masked out everywhere.
+
+    ``obs_mask`` makes an ``_unobserved`` site even when every value is observed; its
+    mask is then all False and it changes no density.
+    """
+    mask = site.get("mask")
+    if mask is None:
+        return True
+    return bool(mask.any()) if isinstance(mask, torch.Tensor) else bool(mask)
+
+
+def check_only_latent(vae: VAE, x: torch.Tensor, method: str, **program_kwargs: Any) -> None:
     """Raise :class:`ConfigError` if the model has latents besides ``z`` (:func:`other_latents`).
 
     Args:
         vae: The model.
         x: Some of its data ``(B, x_dim)``.
         method: What needs p(z | x) alone, for the message (e.g. ``"NUTS"``).
+        **program_kwargs: The model's further keyword arguments for the rows of ``x``.
     """
-    others = other_latents(vae, x[:1])
+    others = other_latents(vae, x, **program_kwargs)
     if others:
         raise ConfigError(
             f"{method} needs z to be the model's only latent, but this model also draws {', '.join(others)}; "
@@ -410,7 +429,7 @@ def check_only_latent(vae: VAE, x: torch.Tensor, method: str) -> None:
         )
 
 
-def guide_log_density(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def guide_log_density(vae: VAE, z: torch.Tensor, x: torch.Tensor, **program_kwargs: Any) -> torch.Tensor:
     """``log q(z | x)``: the guide's log-density at given latents, from the guide's trace.
 
     The guide runs conditioned on ``z`` (its latent site set to ``z``; masks and scales
@@ -421,6 +440,7 @@ def guide_log_density(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tenso
         vae: The model and guide.
         z: Latents of shape ``(..., B, z_dim)``.
         x: Data of shape ``(B, x_dim)``.
+        **program_kwargs: Further keyword arguments of ``vae.guide`` (``y``).
 
     Returns:
         Tensor of shape ``(..., B)``.
@@ -444,7 +464,7 @@ def guide_log_density(vae: VAE, z: torch.Tensor, x: torch.Tensor) -> torch.Tenso
     leading = z.shape[:-2]
     flat = z.reshape(-1, batch, vae.z_dim)  # (K, B, z_dim)
     with local_params(), pyro.plate(PARTICLE_PLATE, flat.shape[0], dim=-2):
-        trace = poutine.trace(poutine.condition(vae.guide, data={LATENT_SITE: flat})).get_trace(x)
+        trace = poutine.trace(poutine.condition(vae.guide, data={LATENT_SITE: flat})).get_trace(x, **program_kwargs)
     trace.compute_log_prob()
     return _sum_log_probs(trace, torch.Size(flat.shape[:2])).reshape(leading + (batch,))
 
@@ -710,6 +730,28 @@ def weighted_passes(
             k = min(samples, num_samples - done)
             draws = weighted_draws(vae, xb, k, proposal=proposal, **kwargs)
             yield Pass(rows, xb, draws, start=done, num_samples=num_samples)
+
+
+def given(y: torch.Tensor | None, x: torch.Tensor) -> dict[str, Any]:
+    """The programs' keyword arguments for a condition ``y`` of the rows of ``x``: ``{"y": y}``, or ``{}``.
+
+    Raises:
+        DataError: ``y`` does not have one entry per row of ``x``.
+
+    Example:
+        >>> given(None, torch.ones(3, 2)), list(given(torch.arange(3), torch.ones(3, 2)))
+        ({}, ['y'])
+    """
+    if y is None:
+        return {}
+    if y.dim() == 0 or y.shape[0] != x.shape[0]:
+        raise DataError(f"`y` needs one entry per row of x ({x.shape[0]}), got shape {tuple(y.shape)}")
+    return {"y": y}
+
+
+def take_rows(program_kwargs: dict[str, Any], rows: slice | torch.Tensor) -> dict[str, Any]:
+    """The keyword arguments of :func:`given` for some of the rows (a slice or an index tensor)."""
+    return {key: value[rows] for key, value in program_kwargs.items()}
 
 
 def _rows_of(value: Any, rows: slice, num_points: int) -> Any:

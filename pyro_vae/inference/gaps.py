@@ -40,7 +40,7 @@ from torch.distributions import constraints
 from ..errors import ConfigError
 from ..model.vae import VAE
 from ..seeding import forked_rng
-from .bounds import SampleShape, collect_log_weights, elbo_per_datum, log_joint
+from .bounds import SampleShape, collect_log_weights, elbo_per_datum, given, log_joint
 
 __all__ = [
     "InferenceGaps",
@@ -114,7 +114,13 @@ def point_index(index: Sequence[int] | np.ndarray | torch.Tensor | None, num_poi
 
 
 def gaussian_log_weights(
-    vae: VAE, x: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, num_samples: int = 1
+    vae: VAE,
+    x: torch.Tensor,
+    loc: torch.Tensor,
+    scale: torch.Tensor,
+    num_samples: int = 1,
+    *,
+    y: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Log importance weights under the diagonal Gaussian ``Normal(loc, scale)`` per point.
 
@@ -128,6 +134,7 @@ def gaussian_log_weights(
         loc: Means of shape ``(B, z_dim)``.
         scale: Standard deviations of shape ``(B, z_dim)``.
         num_samples: K, draws per data point.
+        y: For a conditional model, the condition of each row.
 
     Returns:
         Tensor of shape ``(K, B)``.
@@ -139,7 +146,7 @@ def gaussian_log_weights(
         >>> gaussian_log_weights(vae, torch.ones(3, 6), torch.zeros(3, 2), torch.ones(3, 2), 4).shape
         torch.Size([4, 3])
     """
-    return collect_log_weights(vae, x, num_samples, proposal=dist.Normal(loc, scale).to_event(1))
+    return collect_log_weights(vae, x, num_samples, proposal=dist.Normal(loc, scale).to_event(1), **given(y, x))
 
 
 class EvenMixture(dist.TorchDistribution):
@@ -197,6 +204,7 @@ def fit_local_gaussians(
     particles: int = 16,
     lr: float = 0.05,
     seed: int = 0,
+    y: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The best diagonal Gaussian for each data point alone (non-amortized VI).
 
@@ -231,9 +239,10 @@ def fit_local_gaussians(
         (torch.Size([3, 2]), True)
     """
     vae.check_x(x)
+    kwargs = given(y, x)
     _check_positive(steps=steps, particles=particles, lr=lr)
     with torch.no_grad():
-        loc0, scale0 = vae.encode(x)  # (B, z_dim) each
+        loc0, scale0 = vae.encode(x, y)  # (B, z_dim) each
     loc = loc0.detach().clone().requires_grad_(True)
     log_scale = scale0.detach().log().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
@@ -242,7 +251,7 @@ def fit_local_gaussians(
         for _ in range(steps):
             q = dist.Normal(loc, log_scale.exp()).to_event(1)
             z = q.rsample((particles,))  # (P, B, z_dim)
-            elbo = log_joint(vae, z, x).mean(0) + q.entropy()  # (B,): trace-based log p(x, z)
+            elbo = log_joint(vae, z, x, **kwargs).mean(0) + q.entropy()  # (B,): trace-based log p(x, z)
             optimizer.zero_grad(set_to_none=True)
             (-elbo.sum()).backward()
             optimizer.step()
@@ -295,6 +304,7 @@ def log_marginal(
     *,
     proposals: Sequence[dist.TorchDistribution] | None = None,
     seed: int = 0,
+    y: torch.Tensor | None = None,
 ) -> LogMarginal:
     """Importance-sampling estimate of ``log p(x)`` per data point.
 
@@ -331,7 +341,7 @@ def log_marginal(
         raise ConfigError(f"`num_samples` must be at least 2, got {num_samples}")
     proposal = None if not proposals else proposals[0] if len(proposals) == 1 else EvenMixture(proposals)
     with frozen(vae), forked_rng(x.device, seed=seed):
-        log_w = collect_log_weights(vae, x, num_samples, proposal=proposal)  # (K, B)
+        log_w = collect_log_weights(vae, x, num_samples, proposal=proposal, **given(y, x))  # (K, B)
     return LogMarginal.from_log_weights(log_w)
 
 
@@ -438,13 +448,20 @@ class InferenceGaps:
 
 
 def _per_point_fit(
-    vae: VAE, x: torch.Tensor, steps: int, particles: int, lr: float, elbo_samples: int, seed: int
+    vae: VAE,
+    x: torch.Tensor,
+    steps: int,
+    particles: int,
+    lr: float,
+    elbo_samples: int,
+    seed: int,
+    y: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The per-point Gaussians and the ``(K, B)`` log-weights of the amortized guide and of them."""
-    loc, scale = fit_local_gaussians(vae, x, steps=steps, particles=particles, lr=lr, seed=seed)
+    loc, scale = fit_local_gaussians(vae, x, steps=steps, particles=particles, lr=lr, seed=seed, y=y)
     with torch.no_grad(), frozen(vae), forked_rng(x.device, seed=seed + 1):
-        amortized = collect_log_weights(vae, x, elbo_samples)  # (K, B)
-        local = gaussian_log_weights(vae, x, loc, scale, elbo_samples)  # (K, B)
+        amortized = collect_log_weights(vae, x, elbo_samples, **given(y, x))  # (K, B)
+        local = gaussian_log_weights(vae, x, loc, scale, elbo_samples, y=y)  # (K, B)
     return loc, scale, amortized, local
 
 
@@ -459,6 +476,7 @@ def inference_gaps(
     particles: int = 16,
     lr: float = 0.05,
     seed: int = 0,
+    y: torch.Tensor | None = None,
 ) -> InferenceGaps:
     """Log p(x), the amortized and per-point ELBOs and the gaps, for each row of ``x``.
 
@@ -473,6 +491,8 @@ def inference_gaps(
         particles: Draws per point and step of that fit.
         lr: Its initial learning rate.
         seed: Seed of every draw.
+        y: For a conditional model, the condition of each row (the gaps of
+            q(z | x, y) against p(z | x, y)).
 
     Returns:
         An :class:`InferenceGaps` with arrays of shape ``(B,)``.
@@ -494,11 +514,11 @@ def inference_gaps(
     vae.likelihood.check_support(x)
     _check_positive(num_samples=num_samples, elbo_samples=elbo_samples)
     index = point_index(index, x.shape[0])
-    loc, scale, amortized_lw, local_lw = _per_point_fit(vae, x, steps, particles, lr, elbo_samples, seed)
+    loc, scale, amortized_lw, local_lw = _per_point_fit(vae, x, steps, particles, lr, elbo_samples, seed, y)
     amortized, local = _mean_se(amortized_lw), _mean_se(local_lw)
     with torch.no_grad(), frozen(vae):
         local_q = dist.Normal(loc, scale).to_event(1)
-        marginal = log_marginal(vae, x, num_samples, proposals=[vae.posterior(x), local_q], seed=seed + 2)
+        marginal = log_marginal(vae, x, num_samples, proposals=[vae.posterior(x, y), local_q], seed=seed + 2, y=y)
     return InferenceGaps(
         index=index,
         log_px=marginal.estimate.cpu().numpy(),

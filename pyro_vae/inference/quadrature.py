@@ -49,8 +49,10 @@ from .bounds import (
     DEFAULT_MAX_ELEMENTS,
     check_only_latent,
     draw_width,
+    given,
     guide_log_density,
     log_joint,
+    take_rows,
 )
 from .gaps import frozen
 
@@ -334,6 +336,7 @@ def posterior_quadrature(
     tol: float = DEFAULT_TOL,
     max_nodes: int | None = None,
     max_elements: int = DEFAULT_MAX_ELEMENTS,
+    y: torch.Tensor | None = None,
 ) -> PosteriorQuadrature:
     """log p(x), the posterior mean and covariance, and KL(q || p) per point, by quadrature.
 
@@ -351,6 +354,7 @@ def posterior_quadrature(
             improving near 1e-5 (the rounding of ``log p(x, z)``).
         max_nodes: Most nodes per dimension (default 513 in 2-D, 16385 in 1-D).
         max_elements: Memory budget of one pass (numbers per intermediate tensor).
+        y: For a conditional model, the condition of each row (p(z | x, y) is integrated).
 
     Returns:
         A :class:`PosteriorQuadrature` (float64 tensors).
@@ -375,7 +379,8 @@ def posterior_quadrature(
     check_grid_dim(vae)
     vae.check_x(x)
     vae.likelihood.check_support(x)
-    check_only_latent(vae, x, "grid quadrature")
+    kwargs = given(y, x)
+    check_only_latent(vae, x, "grid quadrature", **kwargs)
     if not tol > 0:
         raise ConfigError(f"`tol` must be > 0, got {tol}")
     max_nodes = _MAX_NODES[vae.z_dim] if max_nodes is None else max_nodes
@@ -384,19 +389,19 @@ def posterior_quadrature(
     num_points = x.shape[0]
     dtype = x.dtype
     with frozen(vae):
-        width = draw_width(vae, x[:1], 16)
+        width = draw_width(vae, x, 16, **kwargs)
         budget = max(1, max_elements // width)  # nodes x points per pass
-        loc, scale = vae.encode(x)  # (B, D) each
+        loc, scale = vae.encode(x, y)  # (B, D) each
         guide_box = (loc.double(), _HALF_WIDTH * scale.double())
         start = _union(guide_box, _prior_box(vae, num_points, x.device))
         boxes = GridBoxes(*start, torch.full((num_points,), _START_NODES, device=x.device))
 
         def posterior(z: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, None]:
-            return log_joint(vae, z, x[rows]), None  # (n, b)
+            return log_joint(vae, z, x[rows], **take_rows(kwargs, rows)), None  # (n, b)
 
         def guide(z: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            log_q = guide_log_density(vae, z, x[rows])  # (n, b)
-            return log_q, log_joint(vae, z, x[rows]) - log_q
+            log_q = guide_log_density(vae, z, x[rows], **take_rows(kwargs, rows))  # (n, b)
+            return log_q, log_joint(vae, z, x[rows], **take_rows(kwargs, rows)) - log_q
 
         exact, boxes, error = _adapt(posterior, boxes, tol=tol, max_nodes=max_nodes, dtype=dtype, budget=budget)
         q_boxes = GridBoxes(*guide_box, boxes.nodes)

@@ -116,6 +116,7 @@ def point_clouds(
     num_draws: int = 2000,
     seed: int = 0,
     labels: Sequence[str] | None = None,
+    y: torch.Tensor | None = None,
 ) -> PointClouds:
     """Draw ``num_draws`` times from q(z|x) for chosen rows of ``x``.
 
@@ -131,6 +132,8 @@ def point_clouds(
         num_draws: Draws per row (>= 2).
         seed: Seed of the draws.
         labels: Legend label per row; default ``"row i"``.
+        y: For a conditional model, the condition of each row of ``x``: the clouds
+            are of q(z | x, y).
 
     Returns:
         A :class:`PointClouds` with draws of shape ``(num_draws, K, 2)``.
@@ -160,9 +163,11 @@ def point_clouds(
         labels = [f"row {i}" for i in rows]
     if len(labels) != len(rows):
         raise ConfigError(f"labels must give one label per row ({len(rows)}), got {len(labels)}")
-    x_rows = x[torch.as_tensor(rows, device=x.device)]  # (K, x_dim)
-    loc, scale = vae.encode(x_rows)  # (K, 2) each
-    q = vae.posterior(x_rows)  # batch (K,), event (2,)
+    picks = torch.as_tensor(rows, device=x.device)
+    x_rows = x[picks]  # (K, x_dim)
+    y_rows = None if y is None else y[picks.to(y.device)]
+    loc, scale = vae.encode(x_rows, y_rows)  # (K, 2) each
+    q = vae.posterior(x_rows, y_rows)  # batch (K,), event (2,)
     with forked_rng(seed=seed):
         draws = q.rsample((num_draws,))  # (N, K, 2)
     draws_np = draws.detach().cpu().double().numpy()
@@ -239,6 +244,7 @@ def plot_point_clouds(
     num_draws: int = 2000,
     seed: int = 0,
     labels: Sequence[str] | None = None,
+    y: torch.Tensor | None = None,
 ) -> PointClouds:
     """Write one PNG of q(z|x)'s point clouds for chosen rows of ``x`` (a 2-D latent).
 
@@ -254,6 +260,8 @@ def plot_point_clouds(
         num_draws: Draws per row (>= 2).
         seed: Seed of the draws.
         labels: Legend label per row; default ``"row i"``.
+        y: For a conditional model, the condition of each row of ``x``: the clouds
+            are of q(z | x, y).
 
     Returns:
         The :class:`PointClouds` that were drawn, for tables of their moments.
@@ -273,7 +281,7 @@ def plot_point_clouds(
         ...     os.path.getsize(path) > 0
         True
     """
-    clouds = point_clouds(vae, x, index, num_draws=num_draws, seed=seed, labels=labels)
+    clouds = point_clouds(vae, x, index, num_draws=num_draws, seed=seed, labels=labels, y=y)
     plot_clouds(clouds, path)
     return clouds
 

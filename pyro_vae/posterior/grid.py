@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pyro.distributions as dist
@@ -25,7 +25,7 @@ import torch
 from torch.distributions import constraints
 
 from ..errors import ConfigError
-from ..inference.bounds import SampleShape, collect_weighted, log_joint
+from ..inference.bounds import SampleShape, collect_weighted, given, log_joint
 from ..inference.gaps import frozen
 from ..inference.quadrature import (
     DEFAULT_TOL,
@@ -129,13 +129,13 @@ class GridProposal(dist.TorchDistribution):
         return torch.where(inside, lp, torch.full_like(lp, -math.inf))
 
 
-def _proposal(vae: VAE, x: torch.Tensor, exact: PosteriorQuadrature, chunk: int) -> GridProposal:
+def _proposal(vae: VAE, x: torch.Tensor, exact: PosteriorQuadrature, chunk: int, **program_kwargs: Any) -> GridProposal:
     """The grid proposal of each point on its settled box, nodes per dimension within :data:`_PROPOSAL_NODES`."""
     lo, hi = _PROPOSAL_NODES
     nodes = int(min(max(int(exact.boxes.nodes.max()), lo), hi))
     boxes = GridBoxes(exact.boxes.centre.to(x.dtype), exact.boxes.half_width.to(x.dtype), exact.boxes.nodes)
     z, _ = grid_nodes(boxes, nodes, dtype=x.dtype)  # (N, B, D)
-    log_mass = torch.cat([log_joint(vae, part, x) for part in z.split(chunk)])  # (N, B)
+    log_mass = torch.cat([log_joint(vae, part, x, **program_kwargs) for part in z.split(chunk)])  # (N, B)
     return GridProposal(log_mass.T.nan_to_num(nan=-math.inf), boxes, nodes)
 
 
@@ -151,6 +151,7 @@ def grid_posterior(
     seed: int = 0,
     tol: float = DEFAULT_TOL,
     exact: PosteriorQuadrature | None = None,
+    y: torch.Tensor | None = None,
 ) -> ArvizData:
     """The exact posterior of each row of ``x`` by quadrature (z_dim <= 2), with draws, as ArviZ data.
 
@@ -165,6 +166,8 @@ def grid_posterior(
         tol: Accuracy of the quadrature (see
             :func:`~pyro_vae.inference.quadrature.posterior_quadrature`).
         exact: The quadrature of these rows, if the caller has it already.
+        y: For a conditional model, the condition of each row: the posterior is
+            p(z | x, y).
 
     Returns:
         ArviZ data with every group of :mod:`.schema`; ``sample_stats`` holds ``lp``
@@ -190,12 +193,13 @@ def grid_posterior(
     if num_proposals < 2:
         raise ConfigError(f"`num_proposals` must be >= 2, got {num_proposals}")
     index = _index(index, x.shape[0])
+    kwargs = given(y, x)
     if exact is None:
-        exact = posterior_quadrature(vae, x, tol=tol)
+        exact = posterior_quadrature(vae, x, tol=tol, y=y)
     with frozen(vae), forked_rng(x.device, seed=seed):
-        proposal = _proposal(vae, x, exact, chunk=max(1, 2**16 // max(1, x.shape[0])))
-        z, lw = collect_weighted(vae, x, num_proposals, proposal=proposal)  # (K, B, D), (K, B)
-        chosen, lp, stats = _resample(vae, x, z, lw, num_samples, num_chains)
+        proposal = _proposal(vae, x, exact, chunk=max(1, 2**16 // max(1, x.shape[0])), **kwargs)
+        z, lw = collect_weighted(vae, x, num_proposals, proposal=proposal, **kwargs)  # (K, B, D), (K, B)
+        chosen, lp, stats = _resample(vae, x, z, lw, num_samples, num_chains, **kwargs)
     point, latent = (POINT_DIM,), (POINT_DIM, LATENT_DIM)
     stats.update(
         {
@@ -213,4 +217,4 @@ def grid_posterior(
         num_proposals=num_proposals,
         proposal_nodes=proposal.nodes,
     )
-    return _build(vae, x, chosen, index, seed=seed, sample_stats=sample_stats, attrs=attrs)
+    return _build(vae, x, chosen, index, seed=seed, sample_stats=sample_stats, attrs=attrs, y=y)

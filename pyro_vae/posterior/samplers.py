@@ -24,8 +24,10 @@ from ..errors import ConfigError
 from ..inference.bounds import (
     check_only_latent,
     collect_weighted,
+    given,
     log_joint,
     model_densities,
+    take_rows,
 )
 from ..inference.gaps import LogMarginal, frozen
 from ..model.vae import VAE, local_params
@@ -73,6 +75,7 @@ def guide_posterior(
     num_chains: int = 4,
     index: Sequence[int] | np.ndarray | None = None,
     seed: int = 0,
+    y: torch.Tensor | None = None,
 ) -> ArvizData:
     """Draws of z from the amortized guide q(z|x) for each row of ``x``, as ArviZ data.
 
@@ -87,6 +90,8 @@ def guide_posterior(
         index: Row index of each input in its data set (the ``point`` coordinate);
             default ``0..B-1``.
         seed: Seed of the draws (the caller's random stream is left untouched).
+        y: For a conditional model, the condition of each row (its label): the draws
+            are from q(z | x, y).
 
     Returns:
         ArviZ data with the groups of the module's table but ``sample_stats``.
@@ -107,13 +112,14 @@ def guide_posterior(
     """
     vae.check_x(x)
     vae.likelihood.check_support(x)
+    given(y, x)
     _check_counts(num_samples=num_samples, num_chains=num_chains)
     index = _index(index, x.shape[0])
     with torch.no_grad(), forked_rng(x.device, seed=seed):
-        z = vae.posterior(x).sample((num_chains * num_samples,))  # (C*S, B, z_dim)
+        z = vae.posterior(x, y).sample((num_chains * num_samples,))  # (C*S, B, z_dim)
     z = z.reshape(num_chains, num_samples, *z.shape[1:])  # (C, S, B, z_dim)
     attrs = _attrs("amortized guide q(z|x) = Normal(mu(x), sigma(x))")
-    return _build(vae, x, z, index, seed=seed, sample_stats=None, attrs=attrs)
+    return _build(vae, x, z, index, seed=seed, sample_stats=None, attrs=attrs, y=y)
 
 
 # -------------------------------------------------------------------------------- NUTS
@@ -152,6 +158,7 @@ def exact_posterior(
     block_size: int | None = None,
     batch_chains: bool = True,
     progress: bool = False,
+    y: torch.Tensor | None = None,
 ) -> ArvizData:
     """Draws from the exact posterior p(z|x) of the trained model, by Pyro's NUTS, many points at once.
 
@@ -193,6 +200,9 @@ def exact_posterior(
         batch_chains: Put the chains of a block into its product space (default), or
             run them one after the other.
         progress: Show a progress bar over all blocks.
+        y: For a conditional model, the condition of each row: the draws are from
+            p(z | x, y) (a semi-supervised model's labels must all be known, else the
+            label is a second latent).
 
     Returns:
         ArviZ data with every group of the module's table. ``sample_stats`` has, with
@@ -226,7 +236,8 @@ def exact_posterior(
     """
     vae.check_x(x)
     vae.likelihood.check_support(x)
-    check_only_latent(vae, x, "NUTS")
+    kwargs = given(y, x)
+    check_only_latent(vae, x, "NUTS", **kwargs)
     warmup_steps = num_samples if warmup_steps is None else warmup_steps
     _check_counts(num_samples=num_samples, num_chains=num_chains, max_tree_depth=max_tree_depth)
     if block_size is not None:
@@ -240,7 +251,7 @@ def exact_posterior(
     batched = num_chains if batch_chains else 1  # chains per Pyro run
     block_size = min(default_block_size(batched) if block_size is None else block_size, num_points)
     with torch.no_grad():
-        loc, scale = vae.encode(x)  # (B, z_dim) each
+        loc, scale = vae.encode(x, y)  # (B, z_dim) each
         starts = torch.stack(
             [
                 torch.stack(
@@ -283,6 +294,7 @@ def exact_posterior(
                         vae,
                         x[rows],
                         starts[chains, rows],
+                        take_rows(kwargs, rows),
                         num_samples,
                         warmup_steps,
                         bar,
@@ -297,7 +309,7 @@ def exact_posterior(
         bar.close()
     seconds = time.perf_counter() - start
     with torch.no_grad():
-        lp = sum(model_densities(vae, z, x))  # (C, S, B): log p(x, z)
+        lp = sum(model_densities(vae, z, x, **kwargs))  # (C, S, B): log p(x, z)
     dims = (*SAMPLE_DIMS, POINT_DIM)
     sample_stats = _dataset(
         {**{name: (dims, values) for name, values in stats.items()}, "lp": (dims, lp)}, _coords(index, vae)
@@ -310,7 +322,7 @@ def exact_posterior(
         block_size=block_size,
         batch_chains=int(batch_chains),
     )
-    return _build(vae, x, z, index, seed=seed, sample_stats=sample_stats, attrs=attrs)
+    return _build(vae, x, z, index, seed=seed, sample_stats=sample_stats, attrs=attrs, y=y)
 
 
 def _start(loc: torch.Tensor, scale: torch.Tensor, spread: float, seed: int) -> torch.Tensor:
@@ -452,6 +464,7 @@ def _nuts_block(
     vae: VAE,
     x: torch.Tensor,
     init: torch.Tensor,
+    program_kwargs: dict[str, Any],
     num_samples: int,
     warmup_steps: int,
     bar: tqdm,
@@ -466,6 +479,7 @@ def _nuts_block(
         vae: The model (weights held fixed by the caller).
         x: The block's data ``(b, x_dim)``.
         init: Starts ``(c, b, z_dim)``.
+        program_kwargs: The model's keyword arguments for the block's rows (``y``).
 
     Returns:
         Draws ``(S, c, b, z_dim)`` and per-draw statistics ``{name: (S, c, b)}``.
@@ -473,7 +487,7 @@ def _nuts_block(
     c, b = init.shape[:2]
 
     def log_density(z: torch.Tensor) -> torch.Tensor:
-        return log_joint(vae, z, x)  # (c, b)
+        return log_joint(vae, z, x, **program_kwargs)  # (c, b)
 
     if jit_compile:
         with warnings.catch_warnings():
@@ -510,7 +524,7 @@ def _nuts_block(
     with torch.no_grad():
         # Each point's Hamiltonian at the start of each transition: its own potential
         # plus its own kinetic energy (the block's is their sum).
-        stats["energy"] = (kinetic - log_joint(vae, z0, x)).double().cpu().numpy()  # (S, c, b)
+        stats["energy"] = (kinetic - log_joint(vae, z0, x, **program_kwargs)).double().cpu().numpy()  # (S, c, b)
     return mcmc.get_samples()[LATENT_VAR], stats  # (S, c, b, z_dim)
 
 
@@ -525,6 +539,7 @@ def importance_posterior(
     num_proposals: int = 20_000,
     index: Sequence[int] | np.ndarray | None = None,
     seed: int = 0,
+    y: torch.Tensor | None = None,
 ) -> ArvizData:
     """Approximate draws from p(z|x) by sampling-importance-resampling from the guide.
 
@@ -550,6 +565,9 @@ def importance_posterior(
         num_proposals: Draws from the guide per point.
         index: Row index of each input (the ``point`` coordinate); default ``0..B-1``.
         seed: Seed of the draws (the caller's random stream is left untouched).
+        y: For a conditional model, the condition of each row: the draws are from
+            p(z | x, y). A semi-supervised model's unknown labels (-1) are summed over
+            by the weights, so its draws are then from p(z | x).
 
     Returns:
         ArviZ data with every group of the module's table; ``sample_stats`` holds
@@ -579,19 +597,26 @@ def importance_posterior(
     if num_proposals < 2:
         raise ConfigError(f"`num_proposals` must be >= 2, got {num_proposals}")
     index = _index(index, x.shape[0])
+    kwargs = given(y, x)
     with frozen(vae), forked_rng(x.device, seed=seed):
-        z, lw = collect_weighted(vae, x, num_proposals)  # (K, B, z_dim), (K, B)
+        z, lw = collect_weighted(vae, x, num_proposals, **kwargs)  # (K, B, z_dim), (K, B)
         marginal = LogMarginal.from_log_weights(lw)
-        chosen, lp, stats = _resample(vae, x, z, lw, num_samples, num_chains)
+        chosen, lp, stats = _resample(vae, x, z, lw, num_samples, num_chains, **kwargs)
     _warn_if_unreliable(index, stats["ess"][1], stats["pareto_k"][1], num_proposals)
     stats["log_marginal"] = ((POINT_DIM,), marginal.estimate)
     sample_stats = _dataset({"lp": ((*SAMPLE_DIMS, POINT_DIM), lp), **stats}, _coords(index, vae))
     attrs = _attrs("sampling-importance-resampling, guide as proposal", num_proposals=num_proposals)
-    return _build(vae, x, chosen, index, seed=seed, sample_stats=sample_stats, attrs=attrs)
+    return _build(vae, x, chosen, index, seed=seed, sample_stats=sample_stats, attrs=attrs, y=y)
 
 
 def _resample(
-    vae: VAE, x: torch.Tensor, z: torch.Tensor, log_w: torch.Tensor, num_samples: int, num_chains: int
+    vae: VAE,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    log_w: torch.Tensor,
+    num_samples: int,
+    num_chains: int,
+    **program_kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, tuple[tuple[str, ...], Any]]]:
     """Resample weighted proposals by their Pareto-smoothed weights (in the caller's random stream).
 
@@ -602,6 +627,7 @@ def _resample(
         log_w: Their log importance weights ``(K, B)``.
         num_samples: Draws per chain.
         num_chains: Chains (a split of the resampled draws).
+        **program_kwargs: The model's keyword arguments for the rows (``y``).
 
     Returns:
         ``(draws, lp, stats)``: draws ``(C, S, B, z_dim)``, their ``log p(x, z)``
@@ -613,7 +639,7 @@ def _resample(
     picks = torch.multinomial(weights, num_chains * num_samples, replacement=True)  # (B, C*S)
     chosen = z.gather(0, picks.T.unsqueeze(-1).expand(-1, -1, vae.z_dim))  # (C*S, B, z_dim)
     chosen = chosen.reshape(num_chains, num_samples, *chosen.shape[1:])  # (C, S, B, z_dim)
-    densities = model_densities(vae, chosen, x)
+    densities = model_densities(vae, chosen, x, **program_kwargs)
     lp = densities.log_prior + densities.log_likelihood  # (C, S, B): log p(x, z)
     ess = 1.0 / (weights.double() ** 2).sum(-1).cpu().numpy()  # (B,)
     return chosen, lp, {"ess": ((POINT_DIM,), ess), "pareto_k": ((POINT_DIM,), pareto_k)}

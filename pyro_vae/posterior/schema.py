@@ -22,7 +22,9 @@ group                     variables (dims)
 ``observed_data``         ``x`` (point, feature): the inputs, as the model sees them
 ``constant_data``         ``mu``, ``sigma`` (point, latent): ``vae.encode(x)``, the guide's
                           exact parameters (for richer guide families: the location and
-                          per-dimension scale of their Gaussian part)
+                          per-dimension scale of their Gaussian part); for a
+                          conditional model also ``y`` (point), or (point, condition)
+                          for condition vectors: what every draw was conditioned on
 ``sample_stats``          NUTS: ``diverging``, ``energy``, ``lp``, ``step_size``,
                           ``tree_depth``, ``n_steps``, ``acceptance_rate`` (chain, draw,
                           point); importance resampling: ``lp`` (chain, draw, point) and
@@ -72,7 +74,7 @@ with warnings.catch_warnings():
     import arviz as az  # noqa: E402
 
 from ..errors import ConfigError, DataError  # noqa: E402
-from ..inference.bounds import model_densities  # noqa: E402
+from ..inference.bounds import given, model_densities  # noqa: E402
 from ..inference.gaps import frozen, point_index  # noqa: E402
 from ..model.vae import LATENT_SITE, OBS_SITE, VAE  # noqa: E402
 from ..seeding import forked_rng
@@ -103,6 +105,11 @@ LATENT_VAR = LATENT_SITE
 #: Name of the observed variable in ``observed_data``, the predictive groups and
 #: ``log_likelihood`` (the model's observed site).
 OBSERVED_VAR = OBS_SITE
+#: A conditional model's condition of each point in ``constant_data`` (its label, or
+#: its condition vector along :data:`CONDITION_DIM`).
+CONDITION_VAR = "y"
+#: Dimension of a condition vector.
+CONDITION_DIM = "condition"
 
 #: Whether the installed ArviZ works on ``xarray.DataTree`` natively (ArviZ >= 1).
 _DATATREE_NATIVE = int(az.__version__.split(".")[0]) >= 1
@@ -199,9 +206,7 @@ def _dataset(variables: dict[str, tuple[tuple[str, ...], Any]], coords: dict[str
         for name, (dims, values) in variables.items()
     }
     sizes = {dim: n for dims, values in arrays.values() for dim, n in zip(dims, values.shape, strict=True)}
-    return xr.Dataset(
-        arrays, coords={dim: np.arange(n) if dim in SAMPLE_DIMS else coords[dim] for dim, n in sizes.items()}
-    )
+    return xr.Dataset(arrays, coords={dim: coords[dim] if dim in coords else np.arange(n) for dim, n in sizes.items()})
 
 
 def _stream_seed(seed: int, stream: int) -> int:
@@ -225,6 +230,7 @@ def _build(
     seed: int,
     sample_stats: xr.Dataset | None,
     attrs: dict[str, Any],
+    y: torch.Tensor | None = None,
 ) -> ArvizData:
     """The one path from posterior draws of z to ArviZ data: every group of the schema.
 
@@ -236,15 +242,17 @@ def _build(
         seed: Seed of the predictive and prior draws (the caller's stream is left alone).
         sample_stats: The sampler's statistics, or None.
         attrs: The data's attributes (:func:`_attrs`).
+        y: A conditional model's condition of each point, or None; it conditions every
+            predictive draw and goes into ``constant_data`` as ``y``.
     """
     coords = _coords(index, vae)
     draws = (*SAMPLE_DIMS, POINT_DIM)
     with frozen(vae), forked_rng(x.device, seed=_stream_seed(seed, 1)):
-        x_post = vae.decode(z).sample()  # (C, S, B, x_dim)
-        log_lik = model_densities(vae, z, x).log_likelihood  # (C, S, B), from the model's trace
+        x_post = vae.decode(z, y).sample()  # (C, S, B, x_dim)
+        log_lik = model_densities(vae, z, x, **given(y, x)).log_likelihood  # (C, S, B), from the model's trace
         z_prior = vae.sample_latent(z.shape[:-1])  # (C, S, B, z_dim)
-        x_prior = vae.decode(z_prior).sample()  # (C, S, B, x_dim)
-        loc, scale = vae.encode(x)  # (B, z_dim) each
+        x_prior = vae.decode(z_prior, y).sample()  # (C, S, B, x_dim)
+        loc, scale = vae.encode(x, y)  # (B, z_dim) each
     groups = {
         "posterior": _dataset({LATENT_VAR: ((*draws, LATENT_DIM), z)}, coords),
         "posterior_predictive": _dataset({OBSERVED_VAR: ((*draws, FEATURE_DIM), x_post)}, coords),
@@ -253,12 +261,21 @@ def _build(
         "prior_predictive": _dataset({OBSERVED_VAR: ((*draws, FEATURE_DIM), x_prior)}, coords),
         "observed_data": _dataset({OBSERVED_VAR: ((POINT_DIM, FEATURE_DIM), x)}, coords),
         "constant_data": _dataset(
-            {"mu": ((POINT_DIM, LATENT_DIM), loc), "sigma": ((POINT_DIM, LATENT_DIM), scale)}, coords
+            {"mu": ((POINT_DIM, LATENT_DIM), loc), "sigma": ((POINT_DIM, LATENT_DIM), scale), **_condition(y)},
+            coords,
         ),
     }
     if sample_stats is not None:
         groups["sample_stats"] = sample_stats
     return to_arviz(groups, attrs)
+
+
+def _condition(y: torch.Tensor | None) -> dict[str, tuple[tuple[str, ...], Any]]:
+    """``constant_data``'s ``y``: labels as (point,), condition vectors as (point, condition)."""
+    if y is None:
+        return {}
+    dims = (POINT_DIM,) if y.dim() == 1 else (POINT_DIM, CONDITION_DIM)
+    return {CONDITION_VAR: (dims, y.reshape(y.shape[0], -1) if y.dim() > 1 else y)}
 
 
 def _check_counts(**counts: int) -> None:

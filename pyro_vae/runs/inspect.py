@@ -8,9 +8,16 @@ sampling-importance-resampling from the guide (``sir``); :func:`default_method` 
 mean and sd per latent dimension side by side, a Gaussian KL between the two, and the
 inference gaps of each point (approximation and amortization, Cremer et al. 2018).
 :func:`write_inspection` saves it all: netCDF files that ``arviz.from_netcdf`` opens,
-CSV tables and PNG figures. :func:`load_points` picks rows of a run's data the way the
-model saw them in training (binarized for a Bernoulli likelihood), :func:`load_split`
-a whole split (:mod:`pyro_vae.runs.survey` goes over all of it).
+CSV tables and PNG figures. :func:`load_inputs` picks rows of a run's data the way the
+model saw them in training (binarized for a Bernoulli likelihood), with what a
+conditional model is conditioned on (:func:`condition_of`), :func:`load_split` a whole
+split (:mod:`pyro_vae.runs.survey` goes over all of it).
+
+A conditional model is inspected given each point's condition: q(z | x, y) against
+p(z | x, y), with y the split's label; a semi-supervised model's label where the data
+has one, else its classifier's guess. A model with two stochastic layers has a second
+latent that NUTS and the grid do not sample; importance resampling weighs it and is
+the reference for it.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,7 +33,8 @@ import torch
 
 from ..config import RunConfig
 from ..data.rows import Rows
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
+from ..inference.bounds import given, other_latents
 from ..inference.gaps import InferenceGaps, inference_gaps
 from ..inference.quadrature import MAX_GRID_DIM, check_grid_dim, posterior_quadrature
 from ..model.vae import VAE
@@ -46,6 +54,9 @@ __all__ = [
     "default_method",
     "resolve_method",
     "inspect_points",
+    "condition_of",
+    "Inputs",
+    "load_inputs",
     "load_points",
     "load_split",
     "check_outputs",
@@ -74,13 +85,24 @@ INSPECT_FILES = (
 )
 
 
-def default_method(vae: VAE) -> str:
-    """``grid`` for a latent of at most 2 dimensions (exact and fast), else ``sir``."""
-    return "grid" if vae.z_dim <= MAX_GRID_DIM else "sir"
+def default_method(vae: VAE, x: torch.Tensor | None = None, y: torch.Tensor | None = None) -> str:
+    """``grid`` for a latent of at most 2 dimensions (exact and fast), else ``sir``.
+
+    Given some inputs ``x`` (and their conditions ``y``), also ``sir`` where the model
+    draws latents besides z for them (a second layer, unknown labels): the grid and NUTS
+    integrate z alone, importance resampling weighs every site.
+    """
+    if vae.z_dim > MAX_GRID_DIM:
+        return "sir"
+    if x is not None and other_latents(vae, x[:1], **given(None if y is None else y[:1], x[:1])):
+        return "sir"
+    return "grid"
 
 
-def resolve_method(vae: VAE, method: str | None, mcmc: bool = False) -> str:
-    """The reference to use: ``method``, ``nuts`` for ``mcmc=True``, else :func:`default_method`.
+def resolve_method(
+    vae: VAE, method: str | None, mcmc: bool = False, x: torch.Tensor | None = None, y: torch.Tensor | None = None
+) -> str:
+    """The reference to use: ``method``, ``nuts`` for ``mcmc=True``, else :func:`default_method` (for ``x``, ``y``).
 
     Raises:
         ConfigError: ``method`` is not one of :data:`METHODS`, contradicts ``mcmc``, or
@@ -90,7 +112,7 @@ def resolve_method(vae: VAE, method: str | None, mcmc: bool = False) -> str:
         raise ConfigError(f"unknown `method` {method!r}; choose one of {', '.join(METHODS)}")
     if mcmc and method not in (None, "nuts"):
         raise ConfigError(f"`mcmc` asks for NUTS but `method` is {method}; pass one of them")
-    method = "nuts" if mcmc else method or default_method(vae)
+    method = "nuts" if mcmc else method or default_method(vae, x, y)
     if method == "grid":
         check_grid_dim(vae)
     return method
@@ -157,6 +179,7 @@ def inspect_points(
     gap_samples: int = 5000,
     seed: int = 0,
     progress: bool = False,
+    y: torch.Tensor | None = None,
 ) -> Inspection:
     """Compare the amortized guide with the exact posterior for each row of ``x``.
 
@@ -178,6 +201,9 @@ def inspect_points(
         gap_samples: Draws per point for the importance-sampled log p(x) of the gaps.
         seed: Seed of every draw.
         progress: Show a progress bar while NUTS runs.
+        y: For a conditional model, the condition of each row (:func:`condition_of`):
+            the guide is q(z | x, y) and the reference p(z | x, y). The points table
+            then has a ``y`` column (for labels).
 
     Returns:
         An :class:`Inspection`.
@@ -190,12 +216,12 @@ def inspect_points(
         >>> list(found.points.index), found.reference_name
         ([3, 7], 'grid')
     """
-    name = resolve_method(vae, method, mcmc)
-    guide = guide_posterior(vae, x, num_samples, num_chains=num_chains, index=index, seed=seed)
+    name = resolve_method(vae, method, mcmc, x, y)
+    guide = guide_posterior(vae, x, num_samples, num_chains=num_chains, index=index, seed=seed, y=y)
     exact = None
     if name == "grid":
-        exact = posterior_quadrature(vae, x)
-        reference = grid_posterior(vae, x, num_samples, num_chains=num_chains, index=index, seed=seed, exact=exact)
+        exact = posterior_quadrature(vae, x, y=y)
+        reference = grid_posterior(vae, x, num_samples, num_chains=num_chains, index=index, seed=seed, exact=exact, y=y)
     elif name == "nuts":
         reference = exact_posterior(
             vae,
@@ -206,10 +232,11 @@ def inspect_points(
             index=index,
             seed=seed,
             progress=progress,
+            y=y,
         )
     else:
         reference = importance_posterior(
-            vae, x, num_samples, num_chains=num_chains, num_proposals=num_proposals, index=index, seed=seed
+            vae, x, num_samples, num_chains=num_chains, num_proposals=num_proposals, index=index, seed=seed, y=y
         )
     table = compare_posteriors(guide, reference, names=("guide", name))
     if exact is not None:  # the quadrature's moments, not the resampled draws'
@@ -217,10 +244,12 @@ def inspect_points(
         table[f"{name}_mean"] = exact.mean.cpu().numpy().ravel()
         table[f"{name}_sd"] = sd.ravel()
         table[f"{name}_mcse_mean"] = (exact.error.cpu().numpy()[:, None] * sd).ravel()  # quadrature error
-    gaps = inference_gaps(vae, x, index=guide.posterior.point.values, num_samples=gap_samples, seed=seed)
+    gaps = inference_gaps(vae, x, index=guide.posterior.point.values, num_samples=gap_samples, seed=seed, y=y)
     points = pd.DataFrame(gaps.table()).set_index("index")
     points.index.name = "point"
     points.insert(0, "kl_gaussian", gaussian_kl(guide, reference).values)
+    if y is not None and y.dim() == 1:
+        points.insert(0, "y", y.cpu().numpy())
     stats = reference.sample_stats
     if "diverging" in stats:
         points[f"{name}_divergences"] = stats["diverging"].sum(("chain", "draw")).values
@@ -236,7 +265,9 @@ def inspect_points(
     clouds = None
     if vae.z_dim == 2:
         labels = [f"row {i}" for i in guide.posterior.point.values]
-        clouds = point_clouds(vae, x, None, num_draws=num_chains * num_samples, seed=seed, labels=labels)
+        if y is not None and y.dim() == 1:
+            labels = [f"{label}, y = {int(c)}" for label, c in zip(labels, y.tolist(), strict=True)]
+        clouds = point_clouds(vae, x, None, num_draws=num_chains * num_samples, seed=seed, labels=labels, y=y)
     return Inspection(guide, reference, name, table, points, gaps, clouds)
 
 
@@ -290,6 +321,65 @@ def load_split(
     return config, vae, x, split, labels
 
 
+def condition_of(config: RunConfig, vae: VAE, x: torch.Tensor, labels: np.ndarray | None) -> torch.Tensor | None:
+    """What a run's model is conditioned on for inputs ``x`` with the split's ``labels``.
+
+    None for an unconditional model; the labels for a conditional one (``condition``
+    labels); for a semi-supervised one the labels where known, else the classifier's
+    guess ``vae.predict(x)``, so that every point's posterior is p(z | x, y) for one y.
+
+    Raises:
+        DataError: A conditional model's split has no labels.
+    """
+    condition = config.model.condition
+    if condition == "none":
+        return None
+    known = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long, device=x.device)
+    if condition == "labels":
+        if known is None or bool((known < 0).any()):
+            raise DataError(
+                f"this conditional VAE needs the label of every inspected row, but the data {config.data.data!r} "
+                "has none for some; inspect a split with labels"
+            )
+        return known
+    with torch.no_grad():
+        guess = vae.predict(x)
+    return guess if known is None else torch.where(known >= 0, known, guess)
+
+
+class Inputs(NamedTuple):
+    """Rows of a run's data as its model sees them (:func:`load_inputs`)."""
+
+    config: RunConfig
+    vae: VAE
+    x: torch.Tensor
+    split: str
+    y: torch.Tensor | None
+
+
+def load_inputs(
+    run_dir: str | os.PathLike, index: Sequence[int], *, split: str | None = None, seed: int | None = None
+) -> Inputs:
+    """:func:`load_points`, with each row's condition (:func:`condition_of`) for a conditional model."""
+    config, vae, x, split, labels = load_split(run_dir, split=split, seed=seed)
+    rows = _check_index(index, len(x), split, config)
+    picked = None if labels is None else np.asarray(labels)[rows]
+    x = x[rows]
+    return Inputs(config, vae, x, split, condition_of(config, vae, x, picked))
+
+
+def _check_index(index: Sequence[int], num_rows: int, split: str, config: RunConfig) -> list[int]:
+    bad = [i for i in index if not 0 <= i < num_rows]
+    if bad:
+        raise ConfigError(
+            f"`index` {' '.join(map(str, bad))} out of range: the {split} split of {config.data.data!r} has "
+            f"{num_rows} rows; pass indices from 0 to {num_rows - 1}"
+        )
+    if len(set(index)) != len(index):
+        raise ConfigError(f"`index` repeats a row ({' '.join(map(str, index))}); pass each row once")
+    return list(index)
+
+
 def load_points(
     run_dir: str | os.PathLike, index: Sequence[int], *, split: str | None = None, seed: int | None = None
 ) -> tuple[RunConfig, VAE, torch.Tensor, str]:
@@ -310,15 +400,7 @@ def load_points(
         ConfigError: The split does not exist or an index is out of range or repeated.
     """
     config, vae, x, split, _ = load_split(run_dir, split=split, seed=seed)
-    bad = [i for i in index if not 0 <= i < len(x)]
-    if bad:
-        raise ConfigError(
-            f"`index` {' '.join(map(str, bad))} out of range: the {split} split of {config.data.data!r} has "
-            f"{len(x)} rows; pass indices from 0 to {len(x) - 1}"
-        )
-    if len(set(index)) != len(index):
-        raise ConfigError(f"`index` repeats a row ({' '.join(map(str, index))}); pass each row once")
-    return config, vae, x[list(index)], split
+    return config, vae, x[_check_index(index, len(x), split, config)], split
 
 
 def check_outputs(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:

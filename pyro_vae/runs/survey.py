@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from ..config import RunConfig
 from ..errors import ConfigError
 from ..files import atomic_write
-from ..inference.bounds import collect_log_weights
+from ..inference.bounds import collect_log_weights, given
 from ..inference.gaps import LogMarginal, frozen
 from ..inference.quadrature import QuadratureWarning, posterior_quadrature
 from ..model.vae import VAE
@@ -56,7 +56,7 @@ from ..posterior.samplers import (
     importance_posterior,
 )
 from ..posterior.schema import LATENT_VAR, POINT_DIM, az
-from .inspect import load_split, resolve_method
+from .inspect import condition_of, load_split, resolve_method
 from .outputs import check_output_dir
 
 __all__ = [
@@ -142,6 +142,7 @@ def survey_points(
     chunk_size: int | None = None,
     seed: int = 0,
     progress: bool = False,
+    y: torch.Tensor | None = None,
 ) -> Survey:
     """The guide against the exact posterior for every row of ``x``, one row of numbers per point.
 
@@ -160,6 +161,8 @@ def survey_points(
             100, 100 for ``sir``); memory grows with it, not with N.
         seed: Seed of every draw; chunk k uses ``seed + k``.
         progress: Show a progress bar over the points.
+        y: For a conditional model, the condition of each row
+            (:func:`~pyro_vae.runs.inspect.condition_of`): q(z | x, y) against p(z | x, y).
 
     Returns:
         A :class:`Survey`.
@@ -176,8 +179,8 @@ def survey_points(
         >>> list(found.points.index), found.method, "mean_error_1" in found.points
         ([5, 6, 7], 'grid', True)
     """
-    method = resolve_method(vae, method)
     vae.check_x(x)
+    method = resolve_method(vae, method, x=x, y=y)
     num_points = x.shape[0]
     index = np.arange(num_points) if index is None else np.asarray(index)
     if index.shape != (num_points,):
@@ -201,6 +204,7 @@ def survey_points(
             table = _chunk(
                 vae,
                 x[rows],
+                None if y is None else y[rows],
                 index[rows],
                 method,
                 num_samples=num_samples,
@@ -222,6 +226,7 @@ def survey_points(
 def _chunk(
     vae: VAE,
     x: torch.Tensor,
+    y: torch.Tensor | None,
     index: np.ndarray,
     method: str,
     *,
@@ -234,7 +239,7 @@ def _chunk(
 ) -> pd.DataFrame:
     """The survey's columns for one chunk of points."""
     with torch.no_grad(), frozen(vae):
-        loc, scale = (t.double().cpu().numpy() for t in vae.encode(x))  # (b, D) each
+        loc, scale = (t.double().cpu().numpy() for t in vae.encode(x, y))  # (b, D) each
     columns: dict[str, np.ndarray] = {}
     with warnings.catch_warnings():
         # The table carries each point's verdict (quadrature error, Pareto k): one
@@ -242,7 +247,7 @@ def _chunk(
         warnings.simplefilter("ignore", QuadratureWarning)
         warnings.simplefilter("ignore", ImportanceSamplingWarning)
         if method == "grid":
-            exact = posterior_quadrature(vae, x)
+            exact = posterior_quadrature(vae, x, y=y)
             mean, cov = exact.mean.cpu().numpy(), exact.cov.cpu().numpy()
             columns["log_px"] = exact.log_marginal.cpu().numpy()
             columns["elbo"] = exact.elbo.cpu().numpy()
@@ -252,7 +257,7 @@ def _chunk(
         else:
             if method == "nuts":
                 data = exact_posterior(
-                    vae, x, num_samples, warmup_steps=warmup_steps, num_chains=num_chains, index=index, seed=seed
+                    vae, x, num_samples, warmup_steps=warmup_steps, num_chains=num_chains, index=index, seed=seed, y=y
                 )
                 r_hat = az.rhat(data, var_names=[LATENT_VAR])[LATENT_VAR].max("latent").values
                 ess = az.ess(data, var_names=[LATENT_VAR])[LATENT_VAR].min("latent").values
@@ -263,7 +268,14 @@ def _chunk(
                 }
             else:
                 data = importance_posterior(
-                    vae, x, num_samples, num_chains=num_chains, num_proposals=num_proposals, index=index, seed=seed
+                    vae,
+                    x,
+                    num_samples,
+                    num_chains=num_chains,
+                    num_proposals=num_proposals,
+                    index=index,
+                    seed=seed,
+                    y=y,
                 )
                 diagnostics = {"ess": data.sample_stats["ess"].values, "pareto_k": data.sample_stats["pareto_k"].values}
             z = data.posterior[LATENT_VAR].transpose(POINT_DIM, "chain", "draw", "latent").values
@@ -272,7 +284,7 @@ def _chunk(
             centred = z - mean[:, None]
             cov = np.einsum("bni,bnj->bij", centred, centred) / (z.shape[1] - 1)
             with torch.no_grad(), frozen(vae):
-                lw = collect_log_weights(vae, x, elbo_samples)  # (K, b): the guide's draws, weighed
+                lw = collect_log_weights(vae, x, elbo_samples, **given(y, x))  # (K, b): the guide's draws, weighed
             marginal = LogMarginal.from_log_weights(lw)
             columns["log_px"] = marginal.estimate.double().cpu().numpy()
             columns["log_px_se"] = marginal.se.double().cpu().numpy()
@@ -339,6 +351,7 @@ def survey_run(
         labels=labels,
         seed=seed,
         progress=progress,
+        y=condition_of(config, vae, x, labels),
         **{k: v for k, v in options.items() if v is not None},
     )
     return found, config, split, x

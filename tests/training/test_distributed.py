@@ -313,6 +313,8 @@ def test_two_ranks_train_resume_and_match_one_process(tmp_path):
     # parameters identical on both ranks.
     combos = reports[0]["components"]
     assert combos and all(c["ok"] for c in combos), [c for c in combos if not c["ok"]]
+    # ... and so does every model family, with its labels sharded alongside the rows.
+    assert {"--condition-on labels", "--condition-on semisupervised", "--top-dim 2"} <= {c["what"] for c in combos}
 
 
 @pytest.mark.parametrize("failure", ["raise", "stall"])
@@ -447,6 +449,30 @@ def _component_runs(rank: int) -> list[dict]:
             dist.all_gather_object(hashes, _param_hash(vae))
             finite = all(torch.isfinite(torch.tensor([h.train_loss, h.val_elbo])).all() for h in history)
             runs.append({"what": f"--{field} {name}", "ok": bool(finite and hashes[0] == hashes[1])})
+    # The model families, each with what it trains on: a label per row (a conditional
+    # VAE), labels known for every other row (M2, its enumerated objective), a second
+    # stochastic layer.
+    labels = torch.arange(len(x)) % 2  # the prototype of each row
+    known = torch.where(torch.arange(len(x)) % 4 == 0, labels, torch.full_like(labels, -1))
+    families = (
+        ("--condition-on labels", {"condition": "labels", "num_classes": 2}, "trace", labels),
+        ("--condition-on semisupervised", {"condition": "semisupervised", "num_classes": 2}, "semisupervised", known),
+        ("--top-dim 2", {"top_dim": 2, "top_hidden": (4,)}, "trace", None),
+    )
+    for what, fields, elbo, y in families:
+        model = ModelConfig(x_dim=8, z_dim=2, hidden=(6,), **fields)
+        train = TrainConfig(epochs=1, batch_size=4, seed=1, elbo=elbo)
+        objectives.check_compatible(model, train)
+        torch.manual_seed(rank)
+        vae = build_vae(model)
+        val_y = None if y is None else y[:8]
+        history = fit(
+            vae, x, x[:8], train, objective=objectives.build_objective(train), y=y, val_y=val_y, progress=False
+        )
+        hashes = [None, None]
+        dist.all_gather_object(hashes, _param_hash(vae))
+        finite = all(torch.isfinite(torch.tensor([h.train_loss, h.val_elbo])).all() for h in history)
+        runs.append({"what": what, "ok": bool(finite and hashes[0] == hashes[1])})
     return runs
 
 
