@@ -400,7 +400,7 @@ def other_latents(vae: VAE, x: torch.Tensor, **program_kwargs: Any) -> list[str]
     ]
 
 
-def _counts(site: dict) -> bool:
+def _counts(site: Any) -> bool:
     """Whether a site's log-density counts for some row: not masked out everywhere.
 
     ``obs_mask`` makes an ``_unobserved`` site even when every value is observed; its

@@ -26,6 +26,7 @@ from ..errors import DataError, TrainingDivergedError
 from ..inference.evaluation import evaluate_elbo
 from ..inference.objectives import Objective, build_objective
 from ..model.vae import VAE, local_params
+from ..seeding import forked_rng
 from .batches import default_prefetch, minibatches
 from .parallel import parallelism
 
@@ -82,6 +83,36 @@ def _check_rows(y: torch.Tensor | None, x: torch.Tensor | Rows | None, name: str
         got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         expected = "no rows" if x is None else f"{x.shape[0]} rows"
         raise DataError(f"`{name}` must hold one condition per row of `{rows_name}` ({expected}), got {got}")
+
+
+#: Rows of the training data whose observations :func:`fit` checks before training.
+_PROBE_ROWS = 256
+
+
+def _check_observations(
+    vae: VAE, source: Rows, device: torch.device, transform: BatchTransform | None, seed: int
+) -> None:
+    """One clear error, before any step, for observations the likelihood cannot score.
+
+    The first rows, transformed as the minibatches will be (in a forked random stream,
+    so training draws the same numbers), must be in the likelihood's support, and 0/1
+    for one that needs binary data (Pyro would fail inside the trace otherwise).
+    """
+    probe = source.gather(slice(0, min(_PROBE_ROWS, source.shape[0])), device)
+    if transform is not None:
+        with forked_rng(device, seed=seed):
+            probe = transform(probe)
+    vae.likelihood.check_support(probe)
+    if getattr(vae.likelihood, "needs_binary", False):
+        bad = (probe != 0) & (probe != 1)
+        if bool(bad.any()):
+            where = tuple(int(i) for i in torch.nonzero(bad)[0])
+            raise DataError(
+                f"the {type(vae.likelihood).__name__} needs 0/1 observations, but the training data holds "
+                f"{float(probe[where]):.4g} (row {where[0]}); binarize the minibatches "
+                "(fit(..., transform=lambda x: binarize(x, 'dynamic')); the command line does this by default) "
+                "or use the continuous Bernoulli likelihood for values in [0, 1]"
+            )
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -164,6 +195,7 @@ def fit(
     model_device = next(vae.parameters()).device
     device = source.device if source.device is not None else model_device
     vae.check_x(source.gather(slice(0, 1), device))
+    _check_observations(vae, source, device, transform, config.seed)
     if val is not None:
         vae.check_x(val.gather(slice(0, 1), model_device) if isinstance(val, Rows) else val[:1])
     _check_rows(y, train, "y", "train")

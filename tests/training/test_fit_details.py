@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from pyro_vae import ModelConfig, TrainConfig, TrainingDivergedError, build_vae, fit
+from pyro_vae import DataError, ModelConfig, TrainConfig, TrainingDivergedError, build_vae, fit
 from pyro_vae.data.rows import ArrayRows
 from pyro_vae.inference.objectives import Objective
 
@@ -130,3 +130,26 @@ def test_epoch_seeds_stay_signed_64_bit_for_every_allowed_seed():
         seeds = [epoch_seed(seed, epoch) for epoch in range(4)]
         assert all(0 <= s < 2**63 - 1 for s in seeds) and len(set(seeds)) == 4
     assert epoch_seed(2**63 - 2, 0) == (2**63 - 2) * 1_000_003 % (2**63 - 1)
+
+
+def test_grey_levels_under_a_bernoulli_likelihood_get_one_clear_error():
+    # fit from Python without the command line's binarization: stopped before any step,
+    # with the fix named, instead of Pyro's support error from inside the trace.
+    from pyro_vae.data.transforms import binarize
+
+    torch.manual_seed(0)
+    vae = build_vae(ModelConfig(x_dim=6, z_dim=2, hidden=(4,)))
+    grey = torch.rand(32, 6)
+    before = [p.detach().clone() for p in vae.parameters()]
+    with pytest.raises(DataError, match=r"needs 0/1 observations, but the training data holds .* \(row 0\); binarize"):
+        fit(vae, grey, config=TrainConfig(epochs=1, batch_size=8), progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, vae.parameters(), strict=True))
+    # With the transform the same data trains.
+    history = fit(
+        vae,
+        grey,
+        config=TrainConfig(epochs=1, batch_size=8),
+        transform=lambda x: binarize(x, "dynamic"),
+        progress=False,
+    )
+    assert len(history) == 1
