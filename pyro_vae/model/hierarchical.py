@@ -109,11 +109,7 @@ class HierarchicalVAE(VAE):
         num_points: int | None = None,
     ) -> torch.Tensor:
         """q(z1 | x) q(z2 | z1)."""
-        from ..errors import DataError
-
-        if x is None:
-            raise DataError("the guide q(z1, z2 | x) needs data x; pass the batch the model observes")
-        x = self._flat(x)
+        x = self._guide_data(x, "q(z1, z2 | x)")
         qz1 = self.posterior(x, y)
         with self._data_plate(x, num_data, num_points):
             with poutine.scale(scale=beta):

@@ -115,9 +115,7 @@ class SemiSupervisedVAE(VAE):
         num_points: int | None = None,
     ) -> torch.Tensor:
         """q(y | x) where the label is unknown (enumerable), then q(z | x, y)."""
-        if x is None:
-            raise DataError("the guide q(z, y | x) needs data x; pass the batch the model observes")
-        x = self._flat(x)
+        x = self._guide_data(x, "q(z, y | x)")
         self.check_x(x)
         labels, known = self._labels(y, x.shape[0], x)
         h = self.encoder(x)  # (B, F)

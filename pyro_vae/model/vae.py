@@ -303,13 +303,21 @@ class VAE(PyroModule):
         Raises:
             DataError: ``x`` is missing: the guide is a function of the data.
         """
-        if x is None:
-            raise DataError("the guide q(z|x) needs data x; pass the batch the model observes")
-        x = self._flat(x)
+        x = self._guide_data(x, "q(z|x)")
         qz = self.posterior(x, y)
         with self._data_plate(x, num_data, num_points):
             with poutine.scale(scale=beta):
                 return pyro.sample(LATENT_SITE, qz)
+
+    def _guide_data(self, x: torch.Tensor | None, guide: str) -> torch.Tensor:
+        """The batch a guide program reads, as rows; a guide is a function of the data.
+
+        Raises:
+            DataError: ``x`` is missing (the message names the ``guide``, e.g. ``q(z|x)``).
+        """
+        if x is None:
+            raise DataError(f"the guide {guide} needs data x; pass the batch the model observes")
+        return self._flat(x)
 
     def _data_plate(self, x: torch.Tensor | None, num_data: int | None, num_points: int | None) -> pyro.plate:
         if x is None:
