@@ -352,13 +352,17 @@ def markdown(report: dict[str, Any]) -> str:
             ],
             "",
         ]
-    if "two_layer" in exps:
-        e = exps["two_layer"]
-        c = e["context"]
+    layers = [name for name in exps if name.startswith("two_layer")]
+    if layers:
         lines += [
             "## One and two stochastic layers (Burda et al. 2015: -86.76 and -85.33 after 3,280 epochs)",
             "",
             "Burda et al.'s networks: 784-200-200 -> z 50 (one layer); 784-100-100 -> z1 100 -> 50-50 -> z2 50 (two).",
+        ]
+    for key in layers:
+        e = exps[key]
+        c = e["context"]
+        lines += [
             "",
             f"`{c['command']}` on {c['date']} ({c['device']}{', ' + c['device_name'] if c['device_name'] else ''}, "
             f"torch {c['torch']}, pyro-ppl {c['pyro']}).",
@@ -375,7 +379,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{m['curve'][-1]['val_elbo']:.2f} | {m['test_elbo']:.2f} | {m['test_log_px']:.2f} (K={m['iw_samples']}, "
                 f"{m['test_rows']} rows) | {m['published_log_px']} | {m['active_units']} |"
             )
-        lines.append("")
+    lines.append("")
     return "\n".join(lines)
 
 
