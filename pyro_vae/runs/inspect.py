@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -55,7 +55,6 @@ __all__ = [
     "resolve_method",
     "inspect_points",
     "condition_of",
-    "Inputs",
     "load_inputs",
     "load_points",
     "load_split",
@@ -347,25 +346,19 @@ def condition_of(config: RunConfig, vae: VAE, x: torch.Tensor, labels: np.ndarra
     return guess if known is None else torch.where(known >= 0, known, guess)
 
 
-class Inputs(NamedTuple):
-    """Rows of a run's data as its model sees them (:func:`load_inputs`)."""
-
-    config: RunConfig
-    vae: VAE
-    x: torch.Tensor
-    split: str
-    y: torch.Tensor | None
-
-
 def load_inputs(
     run_dir: str | os.PathLike, index: Sequence[int], *, split: str | None = None, seed: int | None = None
-) -> Inputs:
-    """:func:`load_points`, with each row's condition (:func:`condition_of`) for a conditional model."""
+) -> tuple[RunConfig, VAE, torch.Tensor, str, torch.Tensor | None]:
+    """:func:`load_points`, with each row's condition (:func:`condition_of`) for a conditional model.
+
+    Returns:
+        ``(config, vae, x, split, y)``: ``y`` is None for an unconditional model.
+    """
     config, vae, x, split, labels = load_split(run_dir, split=split, seed=seed)
     rows = _check_index(index, len(x), split, config)
     picked = None if labels is None else np.asarray(labels)[rows]
     x = x[rows]
-    return Inputs(config, vae, x, split, condition_of(config, vae, x, picked))
+    return config, vae, x, split, condition_of(config, vae, x, picked)
 
 
 def _check_index(index: Sequence[int], num_rows: int, split: str, config: RunConfig) -> list[int]:
