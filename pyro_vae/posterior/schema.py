@@ -243,11 +243,13 @@ def _build(
         sample_stats: The sampler's statistics, or None.
         attrs: The data's attributes (:func:`_attrs`).
         y: A conditional model's condition of each point, or None; it conditions every
-            predictive draw and goes into ``constant_data`` as ``y``.
+            predictive draw and goes into ``constant_data`` as ``y``. A semi-supervised
+            model's unknown labels (-1) are its classifier's guess there.
     """
     coords = _coords(index, vae)
     draws = (*SAMPLE_DIMS, POINT_DIM)
     with frozen(vae), forked_rng(x.device, seed=_stream_seed(seed, 1)):
+        y = _known_labels(vae, x, y)
         x_post = vae.decode(z, y).sample()  # (C, S, B, x_dim)
         log_lik = model_densities(vae, z, x, **given(y, x)).log_likelihood  # (C, S, B), from the model's trace
         z_prior = vae.sample_latent(z.shape[:-1])  # (C, S, B, z_dim)
@@ -268,6 +270,17 @@ def _build(
     if sample_stats is not None:
         groups["sample_stats"] = sample_stats
     return to_arviz(groups, attrs)
+
+
+def _known_labels(vae: VAE, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None:
+    """``y`` with a semi-supervised model's unknown labels (-1) replaced by its classifier's guess.
+
+    The predictive draws and log p(x | z) need one label per point; the draws of z
+    (importance resampling) are still from the posterior with the label summed out.
+    """
+    if y is None or not hasattr(vae, "predict") or not bool((y < 0).any()):
+        return y
+    return torch.where(y >= 0, y, vae.predict(x))
 
 
 def _condition(y: torch.Tensor | None) -> dict[str, tuple[tuple[str, ...], Any]]:

@@ -124,8 +124,11 @@ def test_m2_is_inspected_given_its_labels_and_refuses_nuts_for_unknown_ones(m2, 
         exact_posterior(m2, x, 20, num_chains=1, y=unknown)
     with pytest.raises(ConfigError, match="also draws y"):
         posterior_quadrature(m2, x, y=unknown)
-    sir = importance_posterior(m2, x[:1], 50, num_proposals=2000, y=unknown[:1])
-    assert sir.posterior.z.sizes["point"] == 1
+    sir = importance_posterior(m2, x, 50, num_proposals=2000, y=unknown)
+    assert sir.posterior.z.sizes["point"] == 3
+    # The predictive groups need a label: the classifier's guess where it is unknown.
+    guess = int(m2.predict(x[1:2]))
+    assert sir.constant_data.y.values.tolist() == [int(y[0]), guess, int(y[2])]
 
 
 def test_two_layer_models_get_importance_resampling(tiny_binary_module):
