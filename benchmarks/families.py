@@ -94,14 +94,15 @@ def mnist(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     test = data.test if data.test is not None else data.val
     test_labels = data.test_labels if data.test is not None else data.val_labels
     rows = len(test) if args.test_rows is None else min(args.test_rows, len(test))
+    train_rows = 400 if args.smoke else len(data.train)  # the smoke run: seconds
 
     def tensor(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.asarray(a)).to(device)
 
     return {
         "name": data.name,
-        "train": tensor(data.train),
-        "train_labels": tensor(data.train_labels),
+        "train": tensor(data.train[:train_rows]),
+        "train_labels": tensor(data.train_labels[:train_rows]),
         "val": tensor(data.val),
         "test": tensor(test[:rows]),
         "test_labels": tensor(test_labels[:rows]),
