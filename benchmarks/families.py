@@ -31,6 +31,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -147,7 +148,7 @@ def train_for(
     spent = 0.0
     for epoch in range(config.epochs):
         start = time.perf_counter()
-        step = TrainConfig(**{**config.__dict__, "epochs": epoch + 1})
+        step = dataclasses.replace(config, epochs=epoch + 1)
         history = fit(
             vae,
             train,

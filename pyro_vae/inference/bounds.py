@@ -572,7 +572,7 @@ def draw_width(
     if proposal is not None:
         # The probe takes every row's proposal at once: its width per row is the same.
         row, probe_samples = x, max(1, probe_samples // x.shape[0])
-    program_kwargs = {key: _rows_of(value, slice(0, row.shape[0]), x.shape[0]) for key, value in program_kwargs.items()}
+    program_kwargs = take_rows(program_kwargs, slice(0, row.shape[0]), x.shape[0])
     with forked_rng(x.device), recorder:
         weighted_draws(vae, row, probe_samples, proposal=proposal, **program_kwargs)
     return max(vae.x_dim, math.ceil(recorder.largest / (probe_samples * row.shape[0])))
@@ -664,7 +664,7 @@ def pass_plan(
         probe = x[rows]
         if transform is not None:
             probe = transform(probe)  # rows the likelihood accepts
-        probe_kwargs = {key: _rows_of(value, rows, num_points) for key, value in program_kwargs.items()}
+        probe_kwargs = take_rows(program_kwargs, rows, num_points)
         probe_samples = max(1, min(64, max_elements // vae.x_dim))  # the probe keeps to the budget too
         width = draw_width(vae, probe, probe_samples, proposal=proposal, **probe_kwargs)
     if proposal is not None:
@@ -725,7 +725,7 @@ def weighted_passes(
         xb = x[rows]
         if transform is not None:
             xb = transform(xb)
-        kwargs = {key: _rows_of(value, rows, num_points) for key, value in program_kwargs.items()}
+        kwargs = take_rows(program_kwargs, rows, num_points)
         for done in range(0, num_samples, samples):
             k = min(samples, num_samples - done)
             draws = weighted_draws(vae, xb, k, proposal=proposal, **kwargs)
@@ -749,12 +749,16 @@ def given(y: torch.Tensor | None, x: torch.Tensor) -> dict[str, Any]:
     return {"y": y}
 
 
-def take_rows(program_kwargs: dict[str, Any], rows: slice | torch.Tensor) -> dict[str, Any]:
-    """The keyword arguments of :func:`given` for some of the rows (a slice or an index tensor)."""
-    return {key: value[rows] for key, value in program_kwargs.items()}
+def take_rows(program_kwargs: dict[str, Any], rows: slice | torch.Tensor, num_points: int) -> dict[str, Any]:
+    """The programs' keyword arguments for some of ``num_points`` rows (a slice or an index tensor).
+
+    A tensor with one entry per row (a condition ``y``, a mask) is cut to those rows;
+    anything else (a scalar, a shared tensor) passes as it is.
+    """
+    return {key: _rows_of(value, rows, num_points) for key, value in program_kwargs.items()}
 
 
-def _rows_of(value: Any, rows: slice, num_points: int) -> Any:
+def _rows_of(value: Any, rows: slice | torch.Tensor, num_points: int) -> Any:
     if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == num_points:
         return value[rows]
     return value

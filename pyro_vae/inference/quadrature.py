@@ -397,11 +397,11 @@ def posterior_quadrature(
         boxes = GridBoxes(*start, torch.full((num_points,), _START_NODES, device=x.device))
 
         def posterior(z: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, None]:
-            return log_joint(vae, z, x[rows], **take_rows(kwargs, rows)), None  # (n, b)
+            return log_joint(vae, z, x[rows], **take_rows(kwargs, rows, num_points)), None  # (n, b)
 
         def guide(z: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            log_q = guide_log_density(vae, z, x[rows], **take_rows(kwargs, rows))  # (n, b)
-            return log_q, log_joint(vae, z, x[rows], **take_rows(kwargs, rows)) - log_q
+            log_q = guide_log_density(vae, z, x[rows], **take_rows(kwargs, rows, num_points))  # (n, b)
+            return log_q, log_joint(vae, z, x[rows], **take_rows(kwargs, rows, num_points)) - log_q
 
         exact, boxes, error = _adapt(posterior, boxes, tol=tol, max_nodes=max_nodes, dtype=dtype, budget=budget)
         q_boxes = GridBoxes(*guide_box, boxes.nodes)

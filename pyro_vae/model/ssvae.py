@@ -142,6 +142,16 @@ class SemiSupervisedVAE(VAE):
         """The most probable label of each row, ``(B,)``."""
         return self.classify(x).argmax(-1)
 
+    def complete_labels(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """One label per row: ``y`` where known, the classifier's guess where unknown (``-1``, or no ``y``).
+
+        What needs a label for every row (p(x | z, y), a posterior given y) takes these.
+        """
+        if y is not None and not bool((y < 0).any()):
+            return y
+        guess = self.predict(x)
+        return guess if y is None else torch.where(y >= 0, y, guess)
+
     def encode(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """mu(x, y) and sigma(x, y); unknown labels (``-1`` or no ``y``) take the classifier's guess."""
         return self.variational.encode(self._guide_features(x, y))

@@ -294,7 +294,7 @@ def exact_posterior(
                         vae,
                         x[rows],
                         starts[chains, rows],
-                        take_rows(kwargs, rows),
+                        take_rows(kwargs, rows, num_points),
                         num_samples,
                         warmup_steps,
                         bar,

@@ -278,9 +278,9 @@ def _known_labels(vae: VAE, x: torch.Tensor, y: torch.Tensor | None) -> torch.Te
     The predictive draws and log p(x | z) need one label per point; the draws of z
     (importance resampling) are still from the posterior with the label summed out.
     """
-    if y is None or not hasattr(vae, "predict") or not bool((y < 0).any()):
+    if y is None or not hasattr(vae, "complete_labels"):
         return y
-    return torch.where(y >= 0, y, vae.predict(x))
+    return vae.complete_labels(x, y)
 
 
 def _condition(y: torch.Tensor | None) -> dict[str, tuple[tuple[str, ...], Any]]:

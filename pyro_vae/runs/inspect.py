@@ -34,7 +34,7 @@ import torch
 from ..config import RunConfig
 from ..data.rows import Rows
 from ..errors import ConfigError, DataError
-from ..inference.bounds import given, other_latents
+from ..inference.bounds import given, other_latents, take_rows
 from ..inference.gaps import InferenceGaps, inference_gaps
 from ..inference.quadrature import MAX_GRID_DIM, check_grid_dim, posterior_quadrature
 from ..model.vae import VAE
@@ -93,7 +93,7 @@ def default_method(vae: VAE, x: torch.Tensor | None = None, y: torch.Tensor | No
     """
     if vae.z_dim > MAX_GRID_DIM:
         return "sir"
-    if x is not None and other_latents(vae, x[:1], **given(None if y is None else y[:1], x[:1])):
+    if x is not None and other_latents(vae, x[:1], **take_rows(given(y, x), slice(0, 1), len(x))):
         return "sir"
     return "grid"
 
@@ -342,8 +342,7 @@ def condition_of(config: RunConfig, vae: VAE, x: torch.Tensor, labels: np.ndarra
             )
         return known
     with torch.no_grad():
-        guess = vae.predict(x)
-    return guess if known is None else torch.where(known >= 0, known, guess)
+        return vae.complete_labels(x, known)
 
 
 def load_inputs(
